@@ -1,0 +1,102 @@
+"""Attack objectives: what an evasion attack optimises, passed in rather than hard-wired.
+
+An objective turns adversarial pixels into a per-sample loss to *maximise* and decides per
+sample whether the attack succeeded. The same PGD code then attacks zero-shot classification,
+image-to-text retrieval, or (in later methods) fused embeddings and VLM log-likelihoods.
+
+Untargeted: maximise cross-entropy of the true class / caption. Targeted: maximise the
+negative cross-entropy of the target class / caption (i.e. minimise it).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from ..models.base import ContrastiveModel, require_contrastive
+from ..models.zeroshot import ZeroShotClassifier, class_text_embeddings
+
+
+class Objective(Protocol):
+    threat_model: str
+
+    def loss(self, pixels: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """(B,) per-sample loss to maximise."""
+        ...
+
+    def success(self, pixels: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """(B,) bool: did the attack reach its goal on each sample."""
+        ...
+
+
+class _LogitObjective:
+    """Shared logic for objectives whose model output is a logits matrix over a fixed gallery."""
+
+    threat_model = "white-box"
+    model: ContrastiveModel
+
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, pixels: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        return self.loss_from_logits(self.logits(pixels), labels, targets)
+
+    @staticmethod
+    def loss_from_logits(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        if targets is None:
+            return F.cross_entropy(logits, labels, reduction="none")  # push away from the truth
+        return -F.cross_entropy(logits, targets, reduction="none")  # pull towards the target
+
+    @staticmethod
+    def success_from_logits(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        pred = logits.argmax(dim=1)
+        return pred != labels if targets is None else pred == targets
+
+    @torch.no_grad()
+    def success(self, pixels: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        return self.success_from_logits(self.logits(pixels), labels, targets)
+
+    @torch.no_grad()
+    def predict(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.logits(pixels).argmax(dim=1)
+
+
+class ZeroShotObjective(_LogitObjective):
+    """Zero-shot classification: labels index classes; targets are target class indices.
+
+    Args:
+        model: a ContrastiveModel.
+        prompts: for each class, its prompt strings (ensembled, as CLIP does).
+    """
+
+    def __init__(self, model: ContrastiveModel, prompts: list[list[str]]):
+        require_contrastive(model, "ZeroShotObjective")
+        self.model = model
+        self.classifier = ZeroShotClassifier(model, prompts)
+
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.classifier.logits(pixels)  # (B, C)
+
+
+class RetrievalObjective(_LogitObjective):
+    """Image-to-text retrieval over a caption gallery: labels index each image's true caption;
+    a targeted attack names the caption (gallery index) the image must retrieve at rank 1.
+
+    Args:
+        model: a ContrastiveModel.
+        captions: the gallery of caption strings.
+    """
+
+    def __init__(self, model: ContrastiveModel, captions: list[str]):
+        require_contrastive(model, "RetrievalObjective")
+        if not captions:
+            raise ValueError("captions (the retrieval gallery) is empty")
+        self.model = model
+        self.captions = list(captions)
+        self.text_embeddings = class_text_embeddings(model, [[c] for c in captions])  # (M, D)
+
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        img = F.normalize(self.model.encode_image(pixels).float(), dim=-1)
+        return self.model.logit_scale.detach() * img @ self.text_embeddings.T  # (B, M)

@@ -1,0 +1,170 @@
+"""Tiny CLIP models for the shapes world (the zoo's contrastive models).
+
+Two image towers with different inductive biases, so transfer between them means something:
+a small ResNet (basic blocks, global average pooling) and a small ViT (patch embedding,
+pre-norm transformer, class token). Both share the text tower: a small causal transformer
+over word tokens, pooled at ``<eos>`` as in CLIP (Radford et al., ICML 2021).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .tokenizer import WordTokenizer
+
+
+@dataclass
+class TinyCLIPConfig:
+    image_tower: str = "resnet"  # "resnet" or "vit"
+    image_size: int = 32
+    embed_dim: int = 64
+    # ResNet tower
+    resnet_widths: tuple[int, ...] = (32, 64, 128)
+    # ViT tower
+    vit_patch: int = 4
+    vit_width: int = 96
+    vit_layers: int = 4
+    vit_heads: int = 4
+    # text tower
+    vocab: list[str] = field(default_factory=list)
+    context_length: int = 16
+    text_width: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    # pixel normalisation (shapes-world statistics)
+    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TinyCLIPConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TinyCLIPConfig fields {sorted(unknown)}")
+        d = dict(d)
+        for k in ("resnet_widths", "mean", "std"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                     if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.skip(x))
+
+
+class ResNetTower(nn.Module):
+    def __init__(self, cfg: TinyCLIPConfig):
+        super().__init__()
+        w = cfg.resnet_widths
+        # Stride-2 stem: a 32x32 image becomes 16x16 before the first block (4x cheaper to train).
+        self.stem = nn.Sequential(nn.Conv2d(3, w[0], 3, 2, 1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU())
+        blocks, cin = [], w[0]
+        for i, cout in enumerate(w):
+            blocks.append(_BasicBlock(cin, cout, stride=1 if i == 0 else 2))
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.proj = nn.Linear(cin, cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))  # (B, C, h, w)
+        return self.proj(x.mean(dim=(2, 3)))  # (B, D)
+
+
+class ViTTower(nn.Module):
+    def __init__(self, cfg: TinyCLIPConfig):
+        super().__init__()
+        if cfg.image_size % cfg.vit_patch:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of vit_patch {cfg.vit_patch}")
+        n_patches = (cfg.image_size // cfg.vit_patch) ** 2
+        self.patch = nn.Conv2d(3, cfg.vit_width, cfg.vit_patch, cfg.vit_patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.vit_width))
+        self.pos = nn.Parameter(torch.randn(1, n_patches + 1, cfg.vit_width) * 0.02)
+        layer = nn.TransformerEncoderLayer(cfg.vit_width, cfg.vit_heads, 4 * cfg.vit_width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.vit_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.vit_width)
+        self.proj = nn.Linear(cfg.vit_width, cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, W)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        x = self.norm(self.encoder(x))
+        return self.proj(x[:, 0])  # (B, D)
+
+
+class TextTower(nn.Module):
+    def __init__(self, cfg: TinyCLIPConfig):
+        super().__init__()
+        self.token = nn.Embedding(len(cfg.vocab), cfg.text_width)
+        self.pos = nn.Parameter(torch.randn(1, cfg.context_length, cfg.text_width) * 0.01)
+        layer = nn.TransformerEncoderLayer(cfg.text_width, cfg.text_heads, 4 * cfg.text_width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.text_width)
+        self.proj = nn.Linear(cfg.text_width, cfg.embed_dim)
+        mask = torch.triu(torch.full((cfg.context_length, cfg.context_length), float("-inf")), diagonal=1)
+        self.register_buffer("causal_mask", mask, persistent=False)
+
+    def forward(self, tokens: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        L = tokens.shape[1]
+        x = self.token(tokens) + self.pos[:, :L]  # (B, L, W)
+        x = self.norm(self.encoder(x, mask=self.causal_mask[:L, :L], is_causal=True))
+        return self.proj(x[torch.arange(x.shape[0]), eos])  # (B, D), pooled at <eos>
+
+
+class TinyCLIP(nn.Module):
+    """A small CLIP implementing :class:`mmsec.models.base.ContrastiveModel`."""
+
+    def __init__(self, cfg: TinyCLIPConfig):
+        super().__init__()
+        if not cfg.vocab:
+            raise ValueError("TinyCLIPConfig.vocab is empty: build it with WordTokenizer.from_corpus")
+        self.config = cfg
+        self.image_size = cfg.image_size
+        self.tokenizer = WordTokenizer(cfg.vocab, cfg.context_length)
+        towers = {"resnet": ResNetTower, "vit": ViTTower}
+        if cfg.image_tower not in towers:
+            raise ValueError(f"image_tower must be one of {sorted(towers)}, got {cfg.image_tower!r}")
+        self.visual = towers[cfg.image_tower](cfg)
+        self.text = TextTower(cfg)
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts).to(self.mean.device)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.shape[-1] != self.image_size or pixels.shape[-2] != self.image_size:
+            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear",
+                                   align_corners=False, antialias=True)
+        return (pixels - self.mean) / self.std
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.visual(self.normalize(pixels))
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.text(tokens, self.tokenizer.eos_positions(tokens))
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_logit_scale.exp().clamp(max=100.0)

@@ -1,0 +1,85 @@
+"""Contrastive (CLIP) training: symmetric InfoNCE, AdamW, linear warm-up then cosine decay.
+
+Used by the zoo recipes, and meant to be reused by poisoned training and by fine-tuning
+defenses: the data arrive through a ``batches(step)`` callable, so a caller controls exactly
+which image-caption pairs are seen (clean, poisoned, filtered).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..progress import progress_bar
+
+
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch of matching pairs (Radford et al., 2021, Fig. 3)."""
+    img = F.normalize(image_emb, dim=-1)
+    txt = F.normalize(text_emb, dim=-1)
+    logits = logit_scale * img @ txt.T  # (B, B); pair i matches i
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def cosine_lr(step: int, total: int, base_lr: float, warmup: int) -> float:
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 600
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup: int = 50
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainLog:
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def train_contrastive(model: nn.Module, batches: Callable[[int], tuple[torch.Tensor, list[str]]],
+                      cfg: TrainConfig, desc: str = "contrastive training", quiet: bool = False) -> TrainLog:
+    """Train ``model`` (a ContrastiveModel nn.Module) in place for ``cfg.steps`` steps.
+
+    ``batches(step)`` returns (pixels (B, 3, H, W) in [0, 1], captions list of B strings).
+    Weight decay applies to matrices only (not to norms, biases, embeddings' scale).
+    """
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 and p.requires_grad]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    log = TrainLog()
+    start = time.perf_counter()
+    model.train()
+    with progress_bar(cfg.steps, desc, quiet=quiet) as bar:
+        for step in range(cfg.steps):
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+            pixels, captions = batches(step)
+            loss = clip_loss(model.encode_image(pixels), model.encode_text(model.tokenize(captions)),
+                             model.logit_scale)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"contrastive loss became {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            log.losses.append(loss.item())
+            bar.advance(1, loss=f"{loss.item():.3f}")
+    model.eval()
+    log.seconds = time.perf_counter() - start
+    return log

@@ -30,7 +30,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _looks_like_pickle(path: Path) -> bool:
+def looks_like_pickle(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(4)
     # Pickle protocol 2+ starts with 0x80; torch.save writes a zip archive ("PK\x03\x04").
@@ -58,7 +58,7 @@ def load_checkpoint(path: str | Path, expected_sha256: str | None = None) -> tup
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix in {".pt", ".pth", ".bin", ".ckpt", ".pkl"} or _looks_like_pickle(path):
+    if path.suffix in {".pt", ".pth", ".bin", ".ckpt", ".pkl"} or looks_like_pickle(path):
         raise CheckpointError(
             f"refusing to load {path}: it is a pickle-based checkpoint, and unpickling runs arbitrary code. "
             "Convert it to safetensors in a sandbox you trust (safetensors.torch.save_file) and load that.")

@@ -1,0 +1,243 @@
+"""The ``mmsec`` command line: thin — it parses, calls library functions and prints.
+
+``main(argv)`` returns an exit code and is what tests call. Errors a user can fix (unknown
+names, bad specs, missing or unsafe files) print one clear line on stderr and exit with 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .progress import QUIET_ENV
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="mmsec: security evaluation of multimodal models (CLIP, VLMs, diffusion) on a laptop CPU.")
+zoo_app = typer.Typer(no_args_is_help=True, help="The model zoo: list, inspect and train shipped models.")
+data_app = typer.Typer(no_args_is_help=True, help="Data: export the shapes world in standard formats.")
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(data_app, name="data")
+
+out = Console(soft_wrap=True)  # stdout: results only
+err = Console(stderr=True)
+DEFAULT_RESULTS = Path("mmsec-results")
+
+
+class Kind(str, Enum):
+    attacks = "attacks"
+    defenses = "defenses"
+    models = "models"
+    datasets = "datasets"
+
+
+class Backend(str, Enum):
+    sequential = "sequential"
+    ray = "ray"
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.callback()
+def _global(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines.")) -> None:
+    if quiet:
+        os.environ[QUIET_ENV] = "1"
+
+
+def _status(message: str) -> None:
+    """Status lines go to stderr, and only for a person at a terminal."""
+    if os.environ.get(QUIET_ENV) != "1" and sys.stderr.isatty():
+        err.print(message)
+
+
+@app.command()
+def quickstart(
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else on stdout."),
+    model: str = typer.Option("zoo:shapes-clip-resnet", help="Model to evaluate (zoo:NAME, hf:DIR, ...)."),
+    n: int = typer.Option(1000, min=1, help="Number of shapes-world test images."),
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help="Where the results store and artifacts go."),
+) -> None:
+    """Zero-shot accuracy, a noise baseline and PGD-10 robust accuracy at eps 1,2,4,8/255 on a shipped tiny CLIP."""
+    from .quickstart import run_quickstart
+
+    summary = run_quickstart(model=model, n=n, results_dir=results_dir, quiet=json_output)
+    if json_output:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return
+    table = Table(title=f"quickstart: {summary['model']} on {n} shapes-world test images")
+    table.add_column("condition")
+    table.add_column("zero-shot top-1", justify="right")
+    table.add_row("clean", f"{summary['clean_accuracy']:.3f}")
+    table.add_row("uniform noise 8/255", f"{summary['noise_accuracy']:.3f}")
+    for eps, acc in summary["robust_accuracy"].items():
+        table.add_row(f"PGD-10 L-inf {eps}", f"{acc:.3f}")
+    out.print(table)
+    out.print(f"results store: {summary['results_store']}")
+    out.print(f"clean vs adversarial examples: {summary['example_png']}")
+
+
+@app.command("list")
+def list_(kind: Kind = typer.Argument(None, help="What to list (all kinds when omitted).")) -> None:
+    """List registered attacks, defenses, models and data sets."""
+    from .registry import KINDS, entries
+
+    for k in [kind.value] if kind else list(KINDS):
+        table = Table(title=k, show_header=False, box=None)
+        rows = entries(k)
+        for e in rows:
+            table.add_row(e.name, e.summary)
+        if not rows:
+            table.add_row("(none yet)", "")
+        out.print(table)
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """Shipped zoo models with their measured quality."""
+    from . import zoo
+
+    table = Table("name", "image tower", "params", "zero-shot top-1", "i2t R@1", "recipe")
+    shipped = set(zoo.available())
+    for name in zoo.recipe_names():
+        if name in shipped:
+            c = zoo.card(name)
+            m = c["metrics"]
+            table.add_row(name, c["recipe"]["model"]["image_tower"], f"{c['parameters'] / 1e6:.2f}M",
+                          f"{m['zeroshot_top1']:.3f}", f"{m['i2t_r1']:.3f}", "yes")
+        else:
+            table.add_row(name, "", "", "not trained", "", "yes")
+    out.print(table)
+
+
+@zoo_app.command("info")
+def zoo_info(name: str) -> None:
+    """Print a zoo model's card (recipe, seed, data, metrics, sha256)."""
+    from . import zoo
+
+    if name not in zoo.available():
+        from .registry import close_names
+
+        raise KeyError(f"no shipped zoo model {name!r}; available: {zoo.available()}."
+                       f"{close_names(name, zoo.available())}")
+    out.print_json(json.dumps(zoo.card(name)))
+
+
+@zoo_app.command("train")
+def zoo_train(
+    name: str,
+    out_dir: Path = typer.Option(None, "--out", help="Write checkpoint + card here (default: the package's zoo)."),
+    steps: int = typer.Option(None, min=1, help="Override the recipe's step count (smoke runs)."),
+    threads: int = typer.Option(None, min=1, help="torch threads (default: torch's choice)."),
+) -> None:
+    """Train zoo model NAME from its recipe; writes the safetensors checkpoint and its card."""
+    import torch
+
+    from .zoo.train import train_recipe
+
+    if threads:
+        torch.set_num_threads(threads)
+    card = train_recipe(name, out_dir=out_dir, steps=steps)
+    out.print_json(json.dumps({"name": card["name"], "sha256": card["sha256"], "metrics": card["metrics"],
+                               "train_seconds": card["train_seconds"]}))
+
+
+@data_app.command("export")
+def data_export(
+    out_dir: Path,
+    split: str = typer.Option("test", help="train | val | test"),
+    n: int = typer.Option(100, min=1, help="Number of images."),
+    image_size: int = typer.Option(32, help="Image side in pixels."),
+    seed: int = typer.Option(0, help="World seed."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty output directory."),
+) -> None:
+    """Write shapes-world images as an image folder (class sub-folders) plus captions.jsonl/.csv."""
+    from .data.export import export_shapes
+
+    export_shapes(out_dir, split=split, n=n, image_size=image_size, seed=seed, overwrite=overwrite)
+    out.print(f"wrote {n} {split} images to {out_dir}")
+
+
+@app.command()
+def run(
+    spec: Path,
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help="Where the results store and artifacts go."),
+    backend: Backend = typer.Option(Backend.sequential, help="sequential, or ray (a local Ray cluster)."),
+) -> None:
+    """Run an experiment spec (YAML); finished cells are skipped, interrupted grids resume."""
+    from .runs.results import format_results, query
+    from .runs.runner import run_spec
+    from .runs.spec import load_spec
+
+    parsed = load_spec(spec)
+    run_spec(parsed, results_dir, backend=backend.value)
+    out.print(format_results(query(results_dir, spec_name=parsed.name), "table"))
+
+
+@app.command()
+def results(
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help="The results directory to read."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table, csv or json."),
+    spec: str = typer.Option(None, help="Only runs of this spec name."),
+) -> None:
+    """Print stored results."""
+    from .runs.results import format_results, query
+
+    if not (Path(results_dir) / "results.sqlite").is_file():
+        raise FileNotFoundError(f"no results store in {results_dir} (expected {results_dir}/results.sqlite); "
+                                "run `mmsec quickstart` or `mmsec run SPEC` first")
+    text = format_results(query(results_dir, spec_name=spec), fmt.value)
+    if fmt is Format.table:
+        out.print(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .zoo.checkpoint import CheckpointError
+
+    errors: list[type[BaseException]] = [ValueError, KeyError, FileNotFoundError, ImportError, CheckpointError]
+    try:
+        from .runs.spec import SpecError
+
+        errors.append(SpecError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv``; return the exit code (0 ok, 1 failure, 2 usage or input error)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    user_errors = _user_errors()
+    try:
+        result = app(args=argv, standalone_mode=False, prog_name="mmsec")
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return 130
+    except user_errors as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        err.print(f"[bold red]error:[/] {message}", highlight=False)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+def entry_point() -> None:
+    sys.exit(main())

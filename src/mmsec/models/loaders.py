@@ -3,6 +3,7 @@
 Accepted forms::
 
     zoo:NAME                         a shipped zoo model (mmsec.zoo.load_model), e.g. zoo:shapes-clip-resnet
+    zoo:/path/NAME.safetensors       a zoo-format checkpoint on disk, its card NAME.json beside it
     NAME                             the same, without the prefix
     hf:/path/to/folder               a Hugging Face CLIP saved with save_pretrained (HFCLIP)
     open_clip:ARCH:/path/file.safetensors   an open_clip architecture with local weights (OpenCLIP)
@@ -23,7 +24,7 @@ import yaml
 from ..registry import close_names, register
 from .base import ContrastiveModel
 
-SPEC_FORMS = ("zoo:NAME (e.g. zoo:shapes-clip-resnet, or the bare NAME)", "hf:/path/to/hf_clip_folder",
+SPEC_FORMS = ("zoo:NAME (e.g. zoo:shapes-clip-resnet, or the bare NAME)", "zoo:/path/to/NAME.safetensors", "hf:/path/to/hf_clip_folder",
               "open_clip:ARCH:/path/to/weights.safetensors")
 
 
@@ -48,6 +49,8 @@ def _zoo_recipes() -> dict[str, str]:
 def load_zoo(name: str) -> ContrastiveModel:
     from .. import zoo
 
+    if "/" in name or "\\" in name or "." in name:  # a checkpoint file, not a shipped name
+        return zoo.load_model_file(name)
     return zoo.load_model(name)
 
 

@@ -48,6 +48,17 @@ def card(name: str) -> dict:
     return read_card(CHECKPOINTS / f"{name}.json")
 
 
+def load_model_file(path: str | Path) -> TinyCLIP:
+    """Load a zoo-format checkpoint from a file path; its card ``<stem>.json`` must lie beside it."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        # Let the checkpoint loader explain pickles; anything else is simply not a zoo checkpoint.
+        if path.is_file():
+            load_checkpoint(path)
+        raise CheckpointError(f"{path} is not a zoo checkpoint: expected a .safetensors file with its .json card beside it")
+    return load_model(path.stem, checkpoint_dir=path.parent)
+
+
 def load_model(name: str, checkpoint_dir: str | Path | None = None) -> TinyCLIP:
     """Load zoo model ``name`` (its sha256 checked against its card), in eval mode."""
     base = Path(checkpoint_dir) if checkpoint_dir else CHECKPOINTS
@@ -68,4 +79,4 @@ def load_model(name: str, checkpoint_dir: str | Path | None = None) -> TinyCLIP:
     return model.eval()
 
 
-__all__ = ["CheckpointError", "available", "card", "load_model", "load_recipe", "recipe_names"]
+__all__ = ["CheckpointError", "available", "card", "load_model", "load_model_file", "load_recipe", "recipe_names"]

@@ -1,0 +1,447 @@
+"""Execute one grid cell: load model and data, run the baseline and the attack, compute metrics.
+
+A cell is a plain dict (see :mod:`mmsec.runs.grid`): ``model``, ``seed``, ``data``, ``task``,
+``attack`` (``name`` + resolved scalar ``params``), ``targeted``, ``baseline``, ``metrics``,
+``batch_size``, ``save_artifacts``. :func:`execute_cell` returns a plain, JSON-serialisable dict,
+so the same function runs in-process (sequential backend) or in a Ray worker; the driver alone
+writes to the results store.
+
+Determinism: every random draw comes from a generator seeded from the cell seed, with one
+independent stream per purpose (attack random start, baseline noise, target choice), so the
+baseline does not shift the attack's random start and vice versa.
+
+Metric threat models: every metric row names the perturbation it was measured under, so two
+numbers are compared only when they mean the same thing: clean metrics say ``clean inputs``,
+noise metrics ``uniform noise, <norm> eps=<eps>``, adversarial ones the attack's threat model
+(``white-box pgd, untargeted, linf eps=8/255``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+import time
+import traceback
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from ..metrics import DEFINITIONS, MetricDefinition, attack_success_rate, recall_at_k, topk_accuracy
+
+logger = logging.getLogger(__name__)
+
+# Metrics that exist only in the runs layer (retrieval under attack / noise). They carry a
+# MetricDefinition like the global ones; candidates to move into mmsec.metrics.DEFINITIONS.
+RUN_METRIC_DEFINITIONS: dict[str, MetricDefinition] = {d.name: d for d in [
+    MetricDefinition("i2t_r1_adv", 1, "image-to-text retrieval recall@1 of the attack's adversarial images "
+                                      "against the clean caption gallery", higher_is_better=True),
+    MetricDefinition("i2t_r5_adv", 1, "image-to-text retrieval recall@5 of the attack's adversarial images "
+                                      "against the clean caption gallery"),
+    MetricDefinition("i2t_r10_adv", 1, "image-to-text retrieval recall@10 of the attack's adversarial images "
+                                       "against the clean caption gallery"),
+    MetricDefinition("t2i_r1_adv", 1, "text-to-image retrieval recall@1 when the image gallery is the attack's "
+                                      "adversarial images"),
+    MetricDefinition("i2t_r1_noise", 1, "image-to-text retrieval recall@1 under uniform noise of the attack's "
+                                        "budget"),
+]}
+
+ZEROSHOT_METRICS = ("clean_accuracy", "top5_accuracy", "robust_accuracy", "noise_accuracy",
+                    "attack_success_rate", "mean_perturbation_linf")
+RETRIEVAL_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10",
+                     "i2t_r1_adv", "i2t_r5_adv", "i2t_r10_adv", "t2i_r1_adv", "i2t_r1_noise",
+                     "attack_success_rate", "mean_perturbation_linf")
+TASK_METRICS: dict[str, tuple[str, ...]] = {"zeroshot": ZEROSHOT_METRICS, "retrieval": RETRIEVAL_METRICS}
+DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
+    "zeroshot": ("clean_accuracy", "robust_accuracy", "noise_accuracy", "attack_success_rate",
+                 "mean_perturbation_linf"),
+    "retrieval": ("i2t_r1", "i2t_r1_adv", "i2t_r1_noise", "attack_success_rate", "mean_perturbation_linf"),
+}
+# The metric that needs the baseline, per task (always computed when a baseline is set).
+NOISE_METRIC = {"zeroshot": "noise_accuracy", "retrieval": "i2t_r1_noise"}
+TASKS = tuple(TASK_METRICS)
+
+# Class-prompt templates for image folders (CLIP-style; shapes uses its own zeroshot_prompts()).
+IMAGEFOLDER_TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}")
+EXAMPLE_PAIRS = 8  # clean/adversarial pairs in the PNG artifact
+
+
+def metric_definition(name: str) -> MetricDefinition:
+    """The definition of a metric the runner can store (global DEFINITIONS first)."""
+    if name in DEFINITIONS:
+        return DEFINITIONS[name]
+    if name in RUN_METRIC_DEFINITIONS:
+        return RUN_METRIC_DEFINITIONS[name]
+    raise KeyError(f"no definition for metric {name!r}")
+
+
+def format_eps(value: Any) -> str:
+    """``8/255`` for multiples of 1/255 (up to two decimals: ``0.25/255``), else ``%g``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    k = value * 255
+    if abs(k - round(k, 2)) < 1e-9 and value != 0:
+        return f"{round(k, 2):g}/255"
+    return f"{value:g}"
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """An independent 63-bit seed for one purpose, a pure function of (seed, purpose)."""
+    digest = hashlib.sha256(f"{int(seed)}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def choose_targets(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """Deterministic targets, uniformly among the classes other than each sample's label."""
+    if num_classes < 2:
+        raise ValueError(f"a targeted attack needs at least 2 classes, got {num_classes}")
+    gen = torch.Generator().manual_seed(derive_seed(seed, "targets"))
+    shift = torch.randint(1, num_classes, labels.shape, generator=gen)  # (N,) in [1, C-1]
+    return (labels + shift) % num_classes
+
+
+def _accepted_kwargs(factory: Any) -> tuple[set[str], bool]:
+    """Names a factory accepts and whether it takes **kwargs."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return set(), True
+    names = {p.name for p in sig.parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+    return names, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def build_attack(name: str, params: dict[str, Any]) -> Any:
+    """Construct registered attack ``name`` with ``params`` (scalars)."""
+    from .. import registry
+
+    return registry.get("attacks", name).factory(**params)
+
+
+def attack_params(attack: Any) -> dict[str, Any]:
+    """The attack's configured hyper-parameters, JSON-safe."""
+    params = attack.params() if hasattr(attack, "params") else {}
+    return {k: _jsonable(v) for k, v in params.items()}
+
+
+def build_baseline(name: str, attack: Any) -> Any:
+    """The baseline attack ``name`` with the same budget (eps, norm) as ``attack``."""
+    from .. import registry
+
+    factory = registry.get("attacks", name).factory
+    accepted, var_kw = _accepted_kwargs(factory)
+    budget = {k: v for k, v in attack_params(attack).items() if k in ("eps", "norm")}
+    if "eps" not in budget:
+        raise ValueError(f"baseline {name!r} needs the attack's budget, but the attack has no 'eps' parameter; "
+                         "set `baseline: null` for attacks without an epsilon budget")
+    return factory(**{k: v for k, v in budget.items() if var_kw or k in accepted})
+
+
+def threat_models(cell: dict, attack: Any) -> dict[str, str]:
+    """The threat-model strings stored with each metric kind (clean / noise / adversarial)."""
+    p = attack_params(attack)
+    budget = " ".join(x for x in (p.get("norm"), f"eps={format_eps(p['eps'])}" if "eps" in p else None) if x)
+    kind = "targeted" if cell.get("targeted") else "untargeted"
+    family = getattr(attack, "threat_model", "white-box")
+    adv = f"{family} {cell['attack']['name']}, {kind}" + (f", {budget}" if budget else "")
+    return {"clean": "clean inputs (no perturbation)", "noise": f"uniform random noise, {budget}", "adv": adv}
+
+
+# -- loading (cached per process: a Ray worker reuses its model across cells) ---------------------
+@lru_cache(maxsize=2)
+def load_model(spec: str) -> Any:
+    from ..models.loaders import load_contrastive
+
+    model = load_contrastive(spec)
+    if hasattr(model, "eval"):
+        model.eval()
+    return model
+
+
+@lru_cache(maxsize=2)
+def _load_data_cached(key: str) -> Any:
+    from ..data import load_dataset
+
+    d = json.loads(key)
+    name = d["name"]
+    if name == "shapes":
+        return load_dataset("shapes", quiet=True, split=d["split"], n=d["n"], image_size=d["image_size"],
+                            seed=d["seed"])
+    return load_dataset(name, quiet=True, path=d["path"], image_size=d["image_size"])
+
+
+def load_data(data: dict, image_size: int) -> Any:
+    resolved = dict(data, image_size=data.get("image_size") or image_size)
+    return _load_data_cached(json.dumps(resolved, sort_keys=True))
+
+
+def _first(dataset: Any, n: int) -> Any:
+    """The first ``n`` samples of an in-memory data set (pixels, labels, class names, captions)."""
+    labels, captions = getattr(dataset, "labels", None), getattr(dataset, "captions", None)
+    return SimpleNamespace(pixels=dataset.pixels[:n], labels=None if labels is None else labels[:n],
+                           class_names=getattr(dataset, "class_names", None),
+                           captions=None if captions is None else captions[:n])
+
+
+def _first_caption(c: Any) -> str:
+    return c if isinstance(c, str) else c[0]
+
+
+def build_objective(task: str, model: Any, dataset: Any, data_name: str) -> tuple[Any, torch.Tensor, int]:
+    """(objective, labels, number of gallery entries) for ``task``."""
+    from ..attacks.objectives import RetrievalObjective, ZeroShotObjective
+
+    if task == "zeroshot":
+        if data_name == "shapes":
+            from ..data.shapes import zeroshot_prompts
+
+            prompts = zeroshot_prompts()
+        else:
+            if not getattr(dataset, "class_names", None) or getattr(dataset, "labels", None) is None:
+                raise ValueError(f"task 'zeroshot' needs labels and class names, but data set {data_name!r} "
+                                 "has none (use task: retrieval for caption-only data)")
+            names = [str(c).replace("_", " ") for c in dataset.class_names]
+            prompts = [[t.format(c) for t in IMAGEFOLDER_TEMPLATES] for c in names]
+        labels = torch.as_tensor(dataset.labels, dtype=torch.long)
+        return ZeroShotObjective(model, prompts), labels, len(prompts)
+    if task == "retrieval":
+        if not getattr(dataset, "captions", None):
+            raise ValueError(f"task 'retrieval' needs captions, but data set {data_name!r} has none")
+        texts = [_first_caption(c) for c in dataset.captions]
+        # Deduplicate the gallery (shapes captions repeat): label = index of the image's caption text.
+        gallery = list(dict.fromkeys(texts))
+        index = {t: i for i, t in enumerate(gallery)}
+        labels = torch.tensor([index[t] for t in texts], dtype=torch.long)
+        return RetrievalObjective(model, gallery), labels, len(gallery)
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+# -- the cell -------------------------------------------------------------------------------------
+def execute_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
+    """Run one cell and return its metrics (and staged artifact files) as a plain dict.
+
+    Artifacts (when ``cell['save_artifacts']`` and ``staging_dir`` is given) are written to a
+    fresh temporary folder under ``staging_dir``; the driver moves them into place with
+    ``os.replace`` just before committing the cell.
+
+    Returns ``{"metrics": [{name, value, metric_version, threat_model, definition,
+    higher_is_better}], "artifacts": [{kind, filename, tmp_path, sha256, bytes}],
+    "attack_params", "baseline_params", "n_samples", "wall_time_s", "mmsec_version",
+    "torch_version", "host", "pid"}``.
+    """
+    from .. import __version__
+
+    t0 = time.perf_counter()
+    model = load_model(cell["model"])
+    data = cell["data"]
+    dataset = load_data(data, int(getattr(model, "image_size", 32)))
+    n = data.get("n")
+    if n is not None:
+        if n > len(dataset.pixels):
+            raise ValueError(f"data.n = {n} but data set {data['name']!r} has only {len(dataset.pixels)} images")
+        dataset = _first(dataset, n)
+    pixels = dataset.pixels  # (N, 3, H, W)
+    objective, labels, num_classes = build_objective(cell["task"], model, dataset, data["name"])
+    seed = int(cell["seed"])
+    targets = choose_targets(labels, num_classes, seed) if cell.get("targeted") else None
+
+    attack = build_attack(cell["attack"]["name"], cell["attack"]["params"])
+    baseline = build_baseline(cell["baseline"], attack) if cell.get("baseline") else None
+    gen_attack = torch.Generator().manual_seed(derive_seed(seed, "attack"))
+    gen_noise = torch.Generator().manual_seed(derive_seed(seed, "baseline"))
+
+    bs = int(cell["batch_size"])
+    clean_logits, adv_logits, noise_logits, linf = [], [], [], []
+    first: dict[str, torch.Tensor] = {}
+    for start in range(0, pixels.shape[0], bs):
+        x, y = pixels[start:start + bs], labels[start:start + bs]  # (B, 3, H, W), (B,)
+        t = targets[start:start + bs] if targets is not None else None
+        with torch.no_grad():
+            clean_logits.append(objective.logits(x))  # (B, C)
+        if baseline is not None:
+            noisy = baseline(objective, x, y, t, generator=gen_noise).adv_pixels
+            with torch.no_grad():
+                noise_logits.append(objective.logits(noisy))
+        adv = attack(objective, x, y, t, generator=gen_attack).adv_pixels.detach()
+        with torch.no_grad():
+            adv_logits.append(objective.logits(adv))
+        linf.append((adv - x).abs().flatten(1).amax(1))  # (B,)
+        if start == 0:
+            first = {"clean_pixels": x, "adv_pixels": adv, "labels": y}
+            if t is not None:
+                first["targets"] = t
+    clean, advl = torch.cat(clean_logits), torch.cat(adv_logits)
+    noise = torch.cat(noise_logits) if noise_logits else None
+
+    values = _compute_metrics(cell, clean, advl, noise, labels, targets, torch.cat(linf))
+    tm = threat_models(cell, attack)
+    metrics = []
+    for name in cell["metrics"]:
+        d = metric_definition(name)
+        kind = _metric_kind(name)
+        metrics.append({"name": name, "value": values[name], "metric_version": d.version,
+                        "threat_model": tm[kind], "definition": d.description,
+                        "higher_is_better": bool(d.higher_is_better)})
+
+    artifacts = []
+    if cell.get("save_artifacts") and staging_dir is not None:
+        artifacts = _write_artifacts(cell, first, Path(staging_dir))
+    return {
+        "metrics": metrics,
+        "artifacts": artifacts,
+        "attack_params": attack_params(attack),
+        "baseline_params": attack_params(baseline) if baseline is not None else None,
+        "n_samples": int(pixels.shape[0]),
+        "wall_time_s": time.perf_counter() - t0,
+        "mmsec_version": __version__,
+        "torch_version": torch.__version__,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+def run_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
+    """:func:`execute_cell` that never raises an ``Exception``: a failure becomes
+    ``{"status": "failed", "error": <traceback>, "wall_time_s": ...}``; success adds
+    ``"status": "done"``. (KeyboardInterrupt still propagates: the cell stays resumable.)"""
+    t0 = time.perf_counter()
+    try:
+        out = execute_cell(cell, staging_dir)
+    except Exception as e:  # noqa: BLE001 - recorded in the store, reported by the runner
+        logger.debug("cell failed", exc_info=True)
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}",
+                "wall_time_s": time.perf_counter() - t0}
+    out["status"] = "done"
+    return out
+
+
+def _metric_kind(name: str) -> str:
+    if name in ("noise_accuracy", "i2t_r1_noise"):
+        return "noise"
+    if name in ("robust_accuracy", "attack_success_rate", "mean_perturbation_linf") or name.endswith("_adv"):
+        return "adv"
+    return "clean"
+
+
+def _compute_metrics(cell: dict, clean: torch.Tensor, adv: torch.Tensor, noise: torch.Tensor | None,
+                     labels: torch.Tensor, targets: torch.Tensor | None, linf: torch.Tensor) -> dict[str, float]:
+    """All requested metrics from logits (N, C) of clean, adversarial and noisy images."""
+    wanted = set(cell["metrics"])
+    out: dict[str, float] = {}
+
+    def need(name: str) -> bool:
+        return name in wanted
+
+    if need("attack_success_rate"):
+        out["attack_success_rate"] = attack_success_rate(clean.argmax(1), adv.argmax(1), labels, targets)
+    if need("mean_perturbation_linf"):
+        out["mean_perturbation_linf"] = linf.mean().item()
+    if cell["task"] == "zeroshot":
+        if need("clean_accuracy"):
+            out["clean_accuracy"] = topk_accuracy(clean, labels, 1)
+        if need("top5_accuracy"):
+            out["top5_accuracy"] = topk_accuracy(clean, labels, 5)
+        if need("robust_accuracy"):
+            out["robust_accuracy"] = topk_accuracy(adv, labels, 1)
+        if need("noise_accuracy"):
+            out["noise_accuracy"] = topk_accuracy(_require(noise), labels, 1)
+    else:
+        # Gallery texts may describe several images: text j's positives are all images with label j.
+        images_of_text: list[set[int]] = [set() for _ in range(clean.shape[1])]
+        for i, j in enumerate(labels.tolist()):
+            images_of_text[j].add(i)
+        for k in (1, 5, 10):
+            if need(f"i2t_r{k}"):
+                out[f"i2t_r{k}"] = recall_at_k(clean, labels, k)
+            if need(f"t2i_r{k}"):
+                out[f"t2i_r{k}"] = recall_at_k(clean.T, images_of_text, k)
+            if need(f"i2t_r{k}_adv"):
+                out[f"i2t_r{k}_adv"] = recall_at_k(adv, labels, k)
+        if need("t2i_r1_adv"):
+            out["t2i_r1_adv"] = recall_at_k(adv.T, images_of_text, 1)
+        if need("i2t_r1_noise"):
+            out["i2t_r1_noise"] = recall_at_k(_require(noise), labels, 1)
+    missing = wanted - set(out)
+    if missing:
+        raise ValueError(f"metrics {sorted(missing)} are not computed for task {cell['task']!r}")
+    for name, v in out.items():
+        if not math.isfinite(v):
+            raise ValueError(f"metric {name} is {v}; refusing to store a non-finite value")
+    return out
+
+
+def _require(noise: torch.Tensor | None) -> torch.Tensor:
+    if noise is None:
+        raise ValueError("noise metrics need a baseline; set `baseline: noise` in the spec")
+    return noise
+
+
+# -- artifacts ------------------------------------------------------------------------------------
+def example_grid(clean: torch.Tensor, adv: torch.Tensor, k: int = EXAMPLE_PAIRS) -> Any:
+    """A PIL image: row 1 clean, row 2 adversarial, row 3 the perturbation magnified to the full range.
+
+    Tiles are upscaled (nearest) to at least 96 px so 32x32 images are visible.
+    """
+    from PIL import Image
+
+    clean, adv = clean[:k].detach().float(), adv[:k].detach().float()  # (k, 3, H, W)
+    delta = adv - clean
+    scale = delta.abs().amax().clamp_min(1e-12)
+    rows = [clean, adv, (0.5 + 0.5 * delta / scale)]
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # (3, 3H, kW)
+    up = max(1, 96 // clean.shape[-1])
+    arr = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    img = Image.fromarray(arr, mode="RGB")
+    return img.resize((img.width * up, img.height * up), Image.NEAREST) if up > 1 else img
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_artifacts(cell: dict, first: dict[str, torch.Tensor], staging: Path) -> list[dict]:
+    from safetensors.torch import save_file
+
+    staging.mkdir(parents=True, exist_ok=True)
+    # The prefix names the writer, so stale folders of killed processes can be recognised.
+    folder = Path(tempfile.mkdtemp(dir=staging, prefix=f"{socket.gethostname()}-{os.getpid()}-"))
+    png = folder / "examples.png"
+    buf = io.BytesIO()
+    example_grid(first["clean_pixels"], first["adv_pixels"]).save(buf, format="PNG")
+    png.write_bytes(buf.getvalue())
+    tensors = folder / "adv_batch0.safetensors"
+    # One metadata key only: safetensors writes its metadata map in hash order, so several keys
+    # would make the file's bytes (and sha256) differ from process to process.
+    meta = {"mmsec": json.dumps({"cell": cell, "content": "first batch: adversarial and clean pixels, labels"},
+                                sort_keys=True)}
+    save_file({k: v.detach().contiguous().cpu() for k, v in first.items()}, str(tensors), metadata=meta)
+    out = []
+    for kind, path in (("examples_png", png), ("adv_batch_safetensors", tensors)):
+        out.append({"kind": kind, "filename": path.name, "tmp_path": str(path), "sha256": _sha256(path),
+                    "bytes": path.stat().st_size})
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return v.item()
+    return repr(v)

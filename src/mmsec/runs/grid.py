@@ -1,0 +1,93 @@
+"""Grid expansion: a spec's list-valued fields become the cartesian product of cells.
+
+Axes, outermost first: ``model`` x ``seed`` x each list-valued attack parameter in the order the
+spec gives them. Each cell is a plain dict holding everything that determines its result (spec
+name, model, seed, data, task, resolved attack parameters, targeted, baseline, metrics, batch
+size, artifacts flag), and its ``cell_hash`` is the sha256 of that dict's canonical JSON. The
+spec's own hash is not part of a cell, so adding a value to a list keeps the other cells' hashes
+(and their stored results) valid: a resumed or extended grid only computes what is new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .execute import format_eps
+from .spec import Spec, SpecError, load_spec, param_combinations
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no whitespace, UTF-8: the same dict always gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def hash_json(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+
+
+def spec_hash(spec: Spec | dict | str) -> str:
+    """sha256 of the normalised spec (fractions resolved, defaults filled in)."""
+    return hash_json(load_spec(spec).model_dump(mode="json"))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid. ``config`` is what :func:`mmsec.runs.execute.execute_cell` runs."""
+
+    index: int
+    config: dict = field(repr=False)
+    varying: tuple[str, ...] = ()
+
+    @property
+    def cell_hash(self) -> str:
+        return hash_json(self.config)
+
+    @property
+    def label(self) -> str:
+        """Short human description from the varying axes, e.g. ``eps=4/255 seed=1``."""
+        parts = []
+        for key in self.varying:
+            if key == "model":
+                parts.append(f"model={self.config['model']}")
+            elif key == "seed":
+                parts.append(f"seed={self.config['seed']}")
+            else:
+                v = self.config["attack"]["params"][key]
+                parts.append(f"{key}={format_eps(v) if key in ('eps', 'alpha') else v}")
+        return " ".join(parts) or f"{self.config['attack']['name']} seed={self.config['seed']}"
+
+
+def expand(spec: Spec | dict | str) -> list[Cell]:
+    """The spec's cells in deterministic order (model, seed, then list-valued params)."""
+    spec = load_spec(spec)
+    params = spec.attack.params
+    varying = tuple(k for k, v in (("model", spec.model), ("seed", spec.seed)) if isinstance(v, list))
+    varying += tuple(k for k, v in params.items() if isinstance(v, list))
+    data = spec.data.model_dump(mode="json")
+    cells = []
+    for i, (model, seed, combo) in enumerate(itertools.product(spec.models, spec.seeds, param_combinations(params))):
+        config = {
+            "spec_name": spec.name,
+            "model": model,
+            "seed": seed,
+            "data": data,
+            "task": spec.task,
+            "attack": {"name": spec.attack.name, "params": combo},
+            "targeted": spec.targeted,
+            "baseline": spec.baseline,
+            "metrics": list(spec.metrics or []),
+            "batch_size": spec.batch_size,
+            "save_artifacts": spec.save_artifacts,
+        }
+        cells.append(Cell(i, config, varying))
+    hashes = [c.cell_hash for c in cells]
+    if len(set(hashes)) != len(hashes):  # e.g. two alpha values that resolve to the same float
+        raise SpecError(f"invalid experiment spec ({spec.name}): the grid has duplicate cells (two list values resolve to the same setting)")
+    return cells
+
+
+__all__ = ["Cell", "canonical_json", "expand", "hash_json", "spec_hash"]

@@ -1,0 +1,187 @@
+"""Reading the results store: rows for a spec, formatted as a table, CSV or JSON.
+
+:func:`query` returns one row per (run, metric): everything needed to interpret the number
+(the metric's definition, version and threat model; spec hash, seed, versions, wall time).
+
+:func:`format_results` chooses the shape per format:
+
+- ``table`` and ``csv`` are *pivoted*: one line per run (grid cell), one column per metric, so
+  "robust accuracy per eps" reads down a column next to the clean and noise-baseline accuracy
+  of the same cell. The table shows the attack parameters that vary plus ``eps``/``norm``/
+  ``steps``, writes budgets as ``k/255`` and rounds values; the CSV keeps every parameter and
+  full precision.
+- ``json`` is the long form (one object per run and metric, with definitions), for tools.
+
+Pass ``pivot=`` to override.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from .execute import format_eps
+from .store import DB_NAME, connect
+
+FORMATS = ("table", "csv", "json")
+# Metric column order in pivoted views (others follow alphabetically).
+_METRIC_ORDER = ("clean_accuracy", "top5_accuracy", "noise_accuracy", "robust_accuracy", "attack_success_rate",
+                 "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1_noise", "i2t_r1_adv",
+                 "i2t_r5_adv", "i2t_r10_adv", "t2i_r1_adv", "mean_perturbation_linf")
+_ALWAYS_SHOWN_PARAMS = ("eps", "norm", "steps")
+_PARAM_ORDER = ("eps", "alpha", "steps", "norm")
+
+
+def query(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
+    """Rows of finished runs, one per (run, metric), in run order.
+
+    Each row: run_id, spec_name, spec_hash, cell_hash, model, attack, params (the attack's
+    hyper-parameters as it ran, defaults included), spec_params (as the spec gave them), seed,
+    targeted, task, data (dict), metric, value, metric_version, threat_model, definition,
+    higher_is_better, mmsec_version, torch_version, wall_time_s, finished_at.
+    """
+    db = Path(results_dir) / DB_NAME
+    if not db.is_file():
+        raise FileNotFoundError(f"no results store at {db}; run a spec first (mmsec run SPEC --results {results_dir})")
+    conn = connect(db)
+    try:
+        sql = ("SELECT r.run_id, r.spec_name, r.cell_hash, r.cell_json, r.attack_params_json, r.model, r.attack, "
+               "r.finished_at, "
+               "m.name AS metric, m.value, m.metric_version, m.threat_model, m.definition, m.higher_is_better, "
+               "m.spec_hash, m.seed, m.mmsec_version, m.torch_version, m.wall_time_s "
+               "FROM runs r JOIN metrics m ON m.run_id = r.run_id WHERE r.status = 'done'")
+        args: list[Any] = []
+        if spec_name is not None:
+            sql += " AND r.spec_name = ?"
+            args.append(spec_name)
+        rows = conn.execute(sql + " ORDER BY r.run_id, m.rowid", args).fetchall()
+    finally:
+        conn.close()
+    out = []
+    for r in rows:
+        d = dict(r)
+        cell = json.loads(d.pop("cell_json"))
+        resolved = json.loads(d.pop("attack_params_json") or "null")
+        d["params"] = resolved if isinstance(resolved, dict) else cell["attack"]["params"]
+        d["spec_params"] = cell["attack"]["params"]
+        d["targeted"] = cell.get("targeted", False)
+        d["task"] = cell.get("task")
+        d["data"] = cell.get("data")
+        d["higher_is_better"] = bool(d["higher_is_better"])
+        out.append(d)
+    return out
+
+
+def pivot(rows: list[dict]) -> tuple[list[str], list[str], list[dict]]:
+    """(param names, metric names, one record per run with ``params`` and ``metrics`` dicts)."""
+    runs: dict[int, dict] = {}
+    for r in rows:
+        rec = runs.setdefault(r["run_id"], {k: r[k] for k in ("run_id", "spec_name", "model", "attack", "seed",
+                                                                "targeted", "params", "wall_time_s")})
+        rec.setdefault("metrics", {})[r["metric"]] = r["value"]
+    records = list(runs.values())
+    found = {k for rec in records for k in rec["params"]}
+    params = [p for p in _PARAM_ORDER if p in found] + sorted(found - set(_PARAM_ORDER))
+    metric_names = {m for rec in records for m in rec["metrics"]}
+    metrics = [m for m in _METRIC_ORDER if m in metric_names] + sorted(metric_names - set(_METRIC_ORDER))
+    records.sort(key=lambda rec: (rec["spec_name"], rec["model"], rec["attack"],
+                                  tuple(_sort_key(rec["params"].get(p)) for p in params), rec["seed"]))
+    return params, metrics, records
+
+
+def _sort_key(v: Any) -> tuple:
+    if v is None:
+        return (0, 0, "")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (1, float(v), "")
+    return (2, 0, str(v))
+
+
+def _fmt_value(name: str, v: Any) -> str:
+    if v is None:
+        return ""
+    if name == "mean_perturbation_linf":
+        return f"{v:.4f}"
+    return f"{v:.3f}"
+
+
+def _fmt_param(name: str, v: Any) -> str:
+    if v is None:
+        return ""
+    if name in ("eps", "alpha") and isinstance(v, (int, float)):
+        return format_eps(v)
+    return str(v)
+
+
+def format_results(rows: list[dict], fmt: str = "table", pivot_runs: bool | None = None) -> str:
+    """Render :func:`query` rows as ``table`` (text), ``csv`` or ``json``; see the module docstring."""
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    wide = (fmt != "json") if pivot_runs is None else pivot_runs
+    if not wide:
+        if fmt == "json":
+            return json.dumps(rows, indent=2, sort_keys=True)
+        return _csv([{**{k: v for k, v in r.items() if k not in ("params", "spec_params", "data")},
+                      **{f"param.{k}": v for k, v in r["params"].items()}} for r in rows])
+    params, metrics, records = pivot(rows)
+    if fmt == "json":
+        return json.dumps(records, indent=2, sort_keys=True)
+    if fmt == "csv":
+        return _csv([{"run_id": rec["run_id"], "spec": rec["spec_name"], "model": rec["model"],
+                      "attack": rec["attack"], **{p: rec["params"].get(p) for p in params}, "seed": rec["seed"],
+                      "targeted": rec["targeted"], **{m: rec["metrics"].get(m) for m in metrics},
+                      "wall_time_s": rec["wall_time_s"]} for rec in records])
+    return _table(params, metrics, records)
+
+
+def _csv(dicts: list[dict]) -> str:
+    buf = io.StringIO()
+    if not dicts:
+        return ""
+    fields = list(dict.fromkeys(k for d in dicts for k in d))
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(dicts)
+    return buf.getvalue()
+
+
+def _table(params: list[str], metrics: list[str], records: list[dict]) -> str:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    if not records:
+        return "(no finished runs)\n"
+    shown = [p for p in params if p in _ALWAYS_SHOWN_PARAMS
+             or len({json.dumps(rec["params"].get(p)) for rec in records}) > 1]
+    # Context columns that are the same on every line move to the title, to keep the table narrow.
+    context = {"spec": "spec_name", "model": "model", "attack": "attack"}
+    constant = {col for col, key in context.items() if len({rec[key] for rec in records}) == 1}
+    title = " | ".join(f"{col} {records[0][context[col]]}" for col in context if col in constant)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title or None, title_justify="left")
+    for col in [c for c in context if c not in constant] + [*shown, "seed"]:
+        table.add_column(col)
+    targeted = any(rec["targeted"] for rec in records)
+    if targeted:
+        table.add_column("targeted")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    table.add_column("time_s", justify="right")
+    for rec in records:
+        cells = [rec[key] for col, key in context.items() if col not in constant]
+        cells += [*[_fmt_param(p, rec["params"].get(p)) for p in shown], str(rec["seed"])]
+        if targeted:
+            cells.append("yes" if rec["targeted"] else "no")
+        cells += [_fmt_value(m, rec["metrics"].get(m)) for m in metrics]
+        cells.append(f"{rec['wall_time_s']:.1f}" if rec["wall_time_s"] is not None else "")
+        table.add_row(*cells)
+    console = Console(file=io.StringIO(), width=1000, color_system=None, force_terminal=False, highlight=False)
+    console.print(table)
+    text = console.file.getvalue()
+    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+
+
+__all__ = ["FORMATS", "format_results", "pivot", "query"]

@@ -1,0 +1,450 @@
+"""Experiment specs: a YAML file naming model, data, task, attack, baseline and metrics.
+
+Example (``recipes/quickstart.yaml``)::
+
+    name: quickstart
+    seed: 0                      # an int or a list of ints (one grid axis)
+    model: zoo:shapes-clip-resnet  # or a list; zoo:NAME, hf:/dir, open_clip:ARCH:/file
+    data: {name: shapes, split: test, n: 1000, image_size: 32}
+    task: zeroshot               # zeroshot | retrieval
+    attack:
+      name: pgd
+      params:
+        eps: [1/255, 2/255, 4/255, 8/255]   # any list-valued parameter is a grid axis
+        alpha: eps/4                         # relative to the cell's eps
+        steps: 10
+    baseline: noise              # uniform noise of the same budget, run in every cell (null: none)
+    metrics: [clean_accuracy, robust_accuracy, noise_accuracy, attack_success_rate]
+
+Numbers for ``eps`` and ``alpha`` may be written as fractions (``"8/255"``); any parameter
+other than ``eps`` may be written relative to the cell's eps (``eps/4``, ``eps*0.25``). Both
+are resolved once, here and in :mod:`mmsec.runs.grid`, so cells and their hashes hold plain
+floats.
+
+:func:`load_spec` is the entry point: it parses YAML, validates the structure with pydantic
+(unknown fields are errors) and then the meaning (registered names, budgets in [0, 1], metrics
+the task can compute, attack parameters the attack accepts), and raises :class:`SpecError`
+whose message reads as-is at the CLI: one line per problem, each naming the field path
+(``attack.params.eps[2]``), what was received and what is allowed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+from ..registry import close_names
+from .execute import (
+    DEFAULT_METRICS,
+    NOISE_METRIC,
+    TASK_METRICS,
+    TASKS,
+    _accepted_kwargs,
+    build_attack,
+    build_baseline,
+    metric_definition,
+)
+
+DATASETS = ("shapes", "imagefolder", "captions")
+SHAPES_SPLITS = ("train", "val", "test")
+MODEL_SCHEMES = ("zoo", "hf", "open_clip")
+BUDGET_PARAMS = ("eps", "alpha")  # numbers in [0, 1] (pixel units), fractions allowed
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_NUM = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
+_FRACTION = re.compile(rf"^\s*({_NUM})\s*(?:/\s*({_NUM})\s*)?$")
+_RELATIVE = re.compile(rf"^\s*eps\s*([*/])\s*({_NUM}(?:\s*/\s*{_NUM})?)\s*$")
+
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
+ParamValue = Scalar | list[Scalar]
+
+
+class SpecError(ValueError):
+    """An experiment spec is malformed; the message is meant to be shown to the user as-is."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    """Which images to evaluate. ``seed`` is the shapes world's seed (not the run seed)."""
+
+    name: StrictStr
+    split: StrictStr = "test"
+    n: StrictInt | None = Field(default=None, gt=0)
+    image_size: StrictInt | None = Field(default=None, ge=8)
+    seed: StrictInt = 0
+    path: StrictStr | None = None
+
+
+class AttackSpec(_Strict):
+    name: StrictStr
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+
+
+class Spec(_Strict):
+    """A validated experiment spec (build it with :func:`load_spec`)."""
+
+    name: StrictStr
+    description: StrictStr = ""
+    seed: StrictInt | list[StrictInt] = 0
+    model: StrictStr | list[StrictStr]
+    data: DataSpec
+    task: StrictStr = "zeroshot"
+    attack: AttackSpec
+    targeted: StrictBool = False
+    baseline: StrictStr | None = "noise"
+    metrics: list[StrictStr] | None = None
+    batch_size: StrictInt = Field(default=64, gt=0)
+    save_artifacts: StrictBool = True
+    _checked: bool = PrivateAttr(default=False)  # set by load_spec once the meaning has been validated
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.seed) if isinstance(self.seed, list) else [self.seed]
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.model) if isinstance(self.model, list) else [self.model]
+
+
+# -- entry point ----------------------------------------------------------------------------------
+def load_spec(source: str | Path | dict | Spec) -> Spec:
+    """Load and validate a spec from a YAML path, a dict, or an existing :class:`Spec`.
+
+    Returns a normalised Spec (fractions resolved to floats, default metrics filled in).
+    Raises :class:`SpecError` with a readable, multi-line message.
+    """
+    origin = "spec"
+    if isinstance(source, Spec) and source._checked:
+        return source
+    if isinstance(source, Spec):
+        raw: Any = source.model_dump()
+        origin = f"spec {source.name!r}"
+    elif isinstance(source, dict):
+        raw = source
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        origin = str(path)
+        if not path.is_file():
+            raise SpecError(f"spec file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            where = ""
+            mark = getattr(e, "problem_mark", None)
+            if mark is not None:
+                where = f" at line {mark.line + 1}, column {mark.column + 1}"
+            problem = getattr(e, "problem", None) or str(e)
+            raise SpecError(f"{path} is not valid YAML{where}: {problem}") from None
+    else:
+        raise SpecError(f"a spec must be a YAML path, a dict or a Spec, got {type(source).__name__}")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{origin}: the top level must be a mapping of fields (name, model, data, task, "
+                        f"attack, ...), got {type(raw).__name__}")
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(_format_errors(origin, _pydantic_issues(e.errors()))) from None
+    spec, issues = _check(spec)
+    if issues:
+        raise SpecError(_format_errors(origin, issues))
+    spec._checked = True
+    return spec
+
+
+def _format_errors(origin: str, issues: list[str]) -> str:
+    head = f"invalid experiment spec ({origin}): {len(issues)} problem{'s' if len(issues) > 1 else ''}"
+    return "\n".join([head] + [f"  - {i}" for i in issues])
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+_TYPE_WORDS = {"int": "an integer", "bool": "true or false", "str": "a string", "float": "a number",
+               "list": "a list", "dict": "a mapping"}
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's union-branch labels ("int", "list[int]", "str", ...) from a location."""
+    return tuple(p for p in loc if isinstance(p, int) or not re.match(r"^(list|str|int|bool|float|none|dict)\b|"
+                                                                      r"^(Strict|function-)", str(p)))
+
+
+def _pydantic_issues(errors: list[dict]) -> list[str]:
+    """One line per error; for a union (``seed: int | list[int]``) keep only the deepest branch."""
+    locs = [_clean_loc(tuple(err["loc"])) for err in errors]
+    keep = [err for err, loc in zip(errors, locs, strict=True)
+            if not any(len(other) > len(loc) and other[:len(loc)] == loc for other in locs)]
+    return list(dict.fromkeys(_pydantic_issue(err) for err in keep))
+
+
+def _pydantic_issue(err: dict) -> str:
+    loc = tuple(err["loc"])
+    path = _path(_clean_loc(loc))
+    kind = err["type"]
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        field = str(loc[-1])
+        allowed = sorted(_model_at(loc[:-1]).model_fields)
+        return (f"{path}: unknown field {field!r}; allowed fields here: {', '.join(allowed)}."
+                f"{close_names(field, allowed)}")
+    if kind == "missing":
+        return f"{path}: required field is missing"
+    for word, text in _TYPE_WORDS.items():
+        if kind in (f"{word}_type", f"{word}_parsing"):
+            return f"{path}: expected {text}, got {got!r} ({type(got).__name__})"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{path}: {err['msg'].lower()}, got {got!r}"
+    return f"{path}: {err['msg']} (got {got!r})"
+
+
+def _model_at(loc: tuple) -> type[BaseModel]:
+    model: type[BaseModel] = Spec
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+    return model
+
+
+# -- meaning --------------------------------------------------------------------------------------
+def parse_number(value: Any) -> float | None:
+    """A float from a number or a ``"a/b"`` / ``"0.03"`` string, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _FRACTION.match(value)
+        if m:
+            num, den = float(m.group(1)), float(m.group(2)) if m.group(2) else 1.0
+            return num / den if den != 0 else None
+    return None
+
+
+def resolve_relative(value: Any, eps: float | None) -> Any:
+    """Resolve ``"eps/4"`` / ``"eps*0.25"`` against ``eps``; other values are returned unchanged."""
+    if isinstance(value, str) and eps is not None:
+        m = _RELATIVE.match(value)
+        if m:
+            factor = parse_number(m.group(2))
+            if factor is None or (m.group(1) == "/" and factor == 0):
+                raise ValueError(f"cannot resolve {value!r}")
+            return eps / factor if m.group(1) == "/" else eps * factor
+    return value
+
+
+def is_relative(value: Any) -> bool:
+    return isinstance(value, str) and bool(_RELATIVE.match(value))
+
+
+def _as_list(v: Any) -> list:
+    return list(v) if isinstance(v, list) else [v]
+
+
+def _check(spec: Spec) -> tuple[Spec, list[str]]:
+    from .. import registry, zoo
+
+    issues: list[str] = []
+    if not _NAME.match(spec.name):
+        issues.append(f"name: {spec.name!r} must be 1-100 characters of letters, digits, '.', '_' or '-' "
+                      "(it names the artifacts folder), starting with a letter or digit")
+
+    # models and seeds: grid axes
+    for field, values in (("model", spec.model), ("seed", spec.seed)):
+        if isinstance(values, list):
+            if not values:
+                issues.append(f"{field}: empty list; give at least one value")
+            for i, v in enumerate(values):
+                if values.index(v) != i:
+                    issues.append(f"{field}[{i}]: duplicate value {v!r} (each grid cell must be distinct)")
+    known_zoo = sorted(set(zoo.recipe_names()) | set(zoo.available()))
+    for i, m in enumerate(spec.models):
+        where = f"model[{i}]" if isinstance(spec.model, list) else "model"
+        scheme, _, rest = m.partition(":")
+        if scheme not in MODEL_SCHEMES or not rest:
+            hint = f" Did you mean 'zoo:{m}'?" if m in known_zoo else ""
+            issues.append(f"{where}: {m!r} must be 'zoo:NAME', 'hf:/path/to/dir' or "
+                          f"'open_clip:ARCH:/path/to/file'.{hint}")
+        elif scheme == "zoo" and rest not in known_zoo:
+            issues.append(f"{where}: unknown zoo model {rest!r}; known: {', '.join(known_zoo) or '(none)'}."
+                          f"{close_names(rest, known_zoo)}")
+
+    # data
+    d = spec.data
+    if d.name not in DATASETS:
+        issues.append(f"data.name: unknown data set {d.name!r}; allowed: {', '.join(DATASETS)}."
+                      f"{close_names(d.name, list(DATASETS))}")
+    elif d.name == "shapes":
+        if d.split not in SHAPES_SPLITS:
+            issues.append(f"data.split: {d.split!r} is not a shapes split; allowed: {', '.join(SHAPES_SPLITS)}."
+                          f"{close_names(d.split, list(SHAPES_SPLITS))}")
+        if d.n is None:
+            issues.append("data.n: required for the shapes world (how many images to evaluate, e.g. 1000)")
+        if d.path is not None:
+            issues.append("data.path: not used by the shapes world (it is generated from data.seed); remove it")
+    else:
+        if d.path is None:
+            issues.append(f"data.path: required for data set {d.name!r} (a folder or file on disk)")
+        elif not Path(d.path).exists():
+            issues.append(f"data.path: {d.path!r} does not exist")
+
+    # task and metrics
+    task_ok = spec.task in TASKS
+    if not task_ok:
+        issues.append(f"task: unknown task {spec.task!r}; allowed: {', '.join(TASKS)}.{close_names(spec.task, list(TASKS))}")
+    metrics = list(spec.metrics) if spec.metrics is not None else list(DEFAULT_METRICS.get(spec.task, ()))
+    if spec.metrics is not None and not spec.metrics:
+        issues.append("metrics: empty list; omit the field for the task's defaults")
+    if task_ok:
+        allowed = list(TASK_METRICS[spec.task])
+        for i, m in enumerate(metrics):
+            if m not in allowed:
+                try:
+                    metric_definition(m)
+                    why = f"metric {m!r} is not computed for task {spec.task!r}"
+                except KeyError:
+                    why = f"unknown metric {m!r}"
+                issues.append(f"metrics[{i}]: {why}; allowed for {spec.task}: {', '.join(allowed)}."
+                              f"{close_names(m, allowed)}")
+            elif metrics.index(m) != i:
+                issues.append(f"metrics[{i}]: duplicate metric {m!r}")
+        noise_metric = NOISE_METRIC[spec.task]
+        if spec.baseline is None and noise_metric in metrics:
+            issues.append(f"metrics: {noise_metric!r} needs a baseline, but baseline is null; set `baseline: noise`")
+        if spec.baseline is not None and noise_metric not in metrics:
+            metrics.append(noise_metric)  # the baseline runs in every cell: always store its number
+
+    # attack and baseline names
+    attack_names = [e.name for e in registry.entries("attacks")]
+    attack_ok = spec.attack.name in attack_names
+    if not attack_ok:
+        issues.append(f"attack.name: unknown attack {spec.attack.name!r}; registered: {', '.join(attack_names) or '(none)'}."
+                      f"{close_names(spec.attack.name, attack_names)}")
+    if spec.baseline is not None and spec.baseline not in attack_names:
+        issues.append(f"baseline: unknown attack {spec.baseline!r}; use 'noise' (uniform noise of the attack's "
+                      f"budget) or null.{close_names(spec.baseline, attack_names)}")
+
+    params, param_issues = _check_params(spec.attack.params, spec.attack.name if attack_ok else None)
+    issues += param_issues
+    if not issues:
+        issues += _try_build(spec, params)
+    spec = spec.model_copy(update={"metrics": metrics, "attack": AttackSpec(name=spec.attack.name, params=params)})
+    return spec, issues
+
+
+def _check_params(params: dict[str, Any], attack: str | None) -> tuple[dict[str, Any], list[str]]:
+    """Normalise fractions in budget params; check names against the attack's signature."""
+    from .. import registry
+
+    issues: list[str] = []
+    out: dict[str, Any] = {}
+    if attack is not None:
+        accepted, var_kw = _accepted_kwargs(registry.get("attacks", attack).factory)
+        if not var_kw:
+            for key in params:
+                if key not in accepted:
+                    issues.append(f"attack.params.{key}: {attack} has no parameter {key!r}; its parameters are "
+                                  f"{', '.join(sorted(accepted))}.{close_names(key, sorted(accepted))}")
+    norms = {str(v) for v in _as_list(params.get("norm", "linf"))}
+    for key, value in params.items():
+        # L-inf budgets are in [0, 1]; an L2 budget is the norm of the whole perturbation (>= 0).
+        high = math.inf if "l2" in norms else 1.0
+        listed = isinstance(value, list)
+        if listed and not value:
+            issues.append(f"attack.params.{key}: empty list; give at least one value")
+        values = []
+        for i, v in enumerate(_as_list(value)):
+            where = f"attack.params.{key}[{i}]" if listed else f"attack.params.{key}"
+            if key != "eps" and is_relative(v):
+                try:
+                    resolve_relative(v, 1.0)
+                except ValueError:
+                    issues.append(f"{where}: {v!r} divides eps by zero")
+                    continue
+                values.append(v.strip().replace(" ", ""))
+                continue
+            if key in BUDGET_PARAMS:
+                x = parse_number(v)
+                if x is None:
+                    rel = "" if key == "eps" else ", or relative to eps such as 'eps/4'"
+                    issues.append(f"{where}: expected a number (pixel units) or a fraction such as '8/255'{rel}, "
+                                  f"got {v!r}")
+                    continue
+                if not (math.isfinite(x) and 0.0 <= x <= high):
+                    rng = "[0, 1]" if high == 1.0 else ">= 0"
+                    shown = f"{v!r} = {x:.4g}" if isinstance(v, str) else f"{v!r}"
+                    issues.append(f"{where}: {shown} is outside {rng}; {key} is in pixel units of [0, 1] "
+                                  f"images, e.g. 8/255 = {8 / 255:.4f}")
+                    continue
+                v = x
+            values.append(v)
+        for i, v in enumerate(values):
+            if values.index(v) != i:
+                issues.append(f"attack.params.{key}[{i}]: duplicate value {v!r} (each grid cell must be distinct)")
+        out[key] = values if listed else (values[0] if values else value)
+    return out, issues
+
+
+def param_combinations(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cartesian product of list-valued params (spec order), relative values resolved."""
+    keys = list(params)
+    axes = [_as_list(params[k]) for k in keys]
+    combos = []
+    for values in itertools.product(*axes):
+        combo = dict(zip(keys, values, strict=True))
+        eps = combo.get("eps")
+        combos.append({k: resolve_relative(v, eps) for k, v in combo.items()})
+    return combos
+
+
+def _try_build(spec: Spec, params: dict[str, Any]) -> list[str]:
+    """Construct the attack (and baseline) for every parameter combination, so a bad value fails now."""
+    issues: list[str] = []
+    for combo in param_combinations(params):
+        shown = ", ".join(f"{k}={v!r}" for k, v in combo.items())
+        unresolved = [k for k, v in combo.items() if is_relative(v)]
+        if unresolved:
+            issues.append(f"attack.params.{unresolved[0]}: {combo[unresolved[0]]!r} is relative to eps, "
+                          "but the attack has no eps parameter")
+            break
+        try:
+            attack = build_attack(spec.attack.name, combo)
+        except (TypeError, ValueError) as e:
+            issues.append(f"attack.params: {spec.attack.name} rejected ({shown}): {e}")
+            break
+        if spec.baseline is not None:
+            try:
+                build_baseline(spec.baseline, attack)
+            except (TypeError, ValueError, KeyError) as e:
+                issues.append(f"baseline: {spec.baseline!r} cannot be built with the budget of ({shown}): {e}")
+                break
+    return issues
+
+
+__all__ = ["AttackSpec", "DataSpec", "Spec", "SpecError", "load_spec", "param_combinations", "parse_number"]

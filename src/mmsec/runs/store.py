@@ -1,0 +1,382 @@
+"""The results store: one SQLite file per results folder, append-only for finished cells.
+
+Layout of ``<results_dir>``::
+
+    results.sqlite                          runs, metrics, artifacts (WAL journal)
+    artifacts/<spec>/<cell_hash[:16]>/...   PNG example grids, adversarial tensors (safetensors)
+    .staging/                               artifact files still being written
+
+Life of a cell: :meth:`ResultsStore.claim` inserts (or re-opens) its ``runs`` row with status
+``running`` and commits; the cell is computed; :meth:`ResultsStore.finish` moves its staged
+artifact files into place with ``os.replace`` and then, in ONE transaction, inserts every
+metric row and artifact row and sets status ``done``. A process killed at any point therefore
+leaves either a ``done`` cell with all its rows or a ``running`` / ``failed`` cell with none,
+which the runner re-runs.
+
+Nothing finished is ever changed: SQLite triggers reject any UPDATE or DELETE of metric and
+artifact rows and of ``done`` runs, and metric/artifact rows can only be added to a run that is
+still ``running`` (i.e. inside the transaction that finishes it).
+
+Schema (``PRAGMA user_version = 1``)::
+
+    runs(run_id PK, spec_name, spec_hash, cell_hash UNIQUE, cell_json, model, attack, seed,
+         status [running|done|failed], error, attempts, host, pid, attack_params_json,
+         n_samples, mmsec_version, torch_version, started_at, finished_at, wall_time_s)
+    metrics(run_id, name, value, metric_version, threat_model, definition, higher_is_better,
+            spec_hash, seed, mmsec_version, torch_version, wall_time_s)   PK (run_id, name)
+    artifacts(run_id, kind, path [relative to results_dir], sha256, bytes) PK (run_id, kind)
+    failures(run_id, attempt, error, host, pid, failed_at, wall_time_s)   PK (run_id, attempt)
+
+``runs.error`` holds the latest failure of a cell not yet done (cleared when a retry succeeds);
+``failures`` keeps every failed attempt.
+
+Times are UTC ISO-8601; ``wall_time_s`` is the cell's compute time measured where it ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..version import __version__
+
+DB_NAME = "results.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    spec_name          TEXT NOT NULL,
+    spec_hash          TEXT NOT NULL,
+    cell_hash          TEXT NOT NULL UNIQUE,
+    cell_json          TEXT NOT NULL,
+    model              TEXT NOT NULL,
+    attack             TEXT NOT NULL,
+    seed               INTEGER NOT NULL,
+    status             TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+    error              TEXT,
+    attempts           INTEGER NOT NULL DEFAULT 1,
+    host               TEXT,
+    pid                INTEGER,
+    attack_params_json TEXT,
+    n_samples          INTEGER,
+    mmsec_version      TEXT NOT NULL,
+    torch_version      TEXT NOT NULL,
+    started_at         TEXT NOT NULL,
+    finished_at        TEXT,
+    wall_time_s        REAL
+);
+CREATE INDEX IF NOT EXISTS runs_spec ON runs (spec_name, status);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id           INTEGER NOT NULL REFERENCES runs (run_id),
+    name             TEXT NOT NULL,
+    value            REAL NOT NULL,
+    metric_version   INTEGER NOT NULL,
+    threat_model     TEXT NOT NULL,
+    definition       TEXT NOT NULL,
+    higher_is_better INTEGER NOT NULL,
+    spec_hash        TEXT NOT NULL,
+    seed             INTEGER NOT NULL,
+    mmsec_version    TEXT NOT NULL,
+    torch_version    TEXT NOT NULL,
+    wall_time_s      REAL NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id INTEGER NOT NULL REFERENCES runs (run_id),
+    kind   TEXT NOT NULL,
+    path   TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL,
+    bytes  INTEGER NOT NULL,
+    PRIMARY KEY (run_id, kind)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    run_id      INTEGER NOT NULL REFERENCES runs (run_id),
+    attempt     INTEGER NOT NULL,
+    error       TEXT NOT NULL,
+    host        TEXT,
+    pid         INTEGER,
+    failed_at   TEXT NOT NULL,
+    wall_time_s REAL,
+    PRIMARY KEY (run_id, attempt)
+);
+CREATE TRIGGER IF NOT EXISTS failures_no_update BEFORE UPDATE ON failures
+BEGIN SELECT RAISE(ABORT, 'mmsec results are append-only: failure rows cannot be changed'); END;
+CREATE TRIGGER IF NOT EXISTS failures_no_delete BEFORE DELETE ON failures
+BEGIN SELECT RAISE(ABORT, 'mmsec results are append-only: failure rows cannot be deleted'); END;
+CREATE TRIGGER IF NOT EXISTS runs_done_no_update BEFORE UPDATE ON runs WHEN OLD.status = 'done'
+BEGIN SELECT RAISE(ABORT, 'mmsec results are append-only: a done run cannot be changed'); END;
+CREATE TRIGGER IF NOT EXISTS runs_done_no_delete BEFORE DELETE ON runs WHEN OLD.status = 'done'
+BEGIN SELECT RAISE(ABORT, 'mmsec results are append-only: a done run cannot be deleted'); END;
+CREATE TRIGGER IF NOT EXISTS metrics_no_update BEFORE UPDATE ON metrics
+BEGIN SELECT RAISE(ABORT, 'mmsec results are append-only: metric rows cannot be changed'); END;
+CREATE TRIGGER IF NOT EXISTS metrics_no_delete BEFORE DELETE ON metrics
+BEGIN SELECT RAISE(ABORT, 'mmsec results are append-only: metric rows cannot be deleted'); END;
+CREATE TRIGGER IF NOT EXISTS metrics_only_running BEFORE INSERT ON metrics
+WHEN (SELECT status FROM runs WHERE run_id = NEW.run_id) IS NOT 'running'
+BEGIN SELECT RAISE(ABORT, 'metric rows can only be added while their run is being finished'); END;
+CREATE TRIGGER IF NOT EXISTS artifacts_no_update BEFORE UPDATE ON artifacts
+BEGIN SELECT RAISE(ABORT, 'mmsec results are append-only: artifact rows cannot be changed'); END;
+CREATE TRIGGER IF NOT EXISTS artifacts_no_delete BEFORE DELETE ON artifacts
+BEGIN SELECT RAISE(ABORT, 'mmsec results are append-only: artifact rows cannot be deleted'); END;
+CREATE TRIGGER IF NOT EXISTS artifacts_only_running BEFORE INSERT ON artifacts
+WHEN (SELECT status FROM runs WHERE run_id = NEW.run_id) IS NOT 'running'
+BEGIN SELECT RAISE(ABORT, 'artifact rows can only be added while their run is being finished'); END;
+"""
+
+
+class StoreError(RuntimeError):
+    """The results store is unusable (wrong schema version, corrupt file, ...)."""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def connect(db_path: str | Path, readonly: bool = False) -> sqlite3.Connection:
+    """An autocommit connection (transactions are explicit) returning rows as ``sqlite3.Row``."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True, timeout=60,
+                               isolation_level=None)
+    else:
+        conn = sqlite3.connect(str(db_path), timeout=60, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA busy_timeout = 60000")
+    return conn
+
+
+class ResultsStore:
+    """The SQLite results store of one results folder (created on first use).
+
+    Only one process should write to a store at a time (the runner's driver); readers may come
+    and go while it writes (WAL).
+    """
+
+    def __init__(self, results_dir: str | Path):
+        self.results_dir = Path(results_dir)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.results_dir / DB_NAME
+        try:
+            self.conn = connect(self.path)
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = FULL")
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise StoreError(f"{self.path} has schema version {version}; this mmsec reads version "
+                                 f"{SCHEMA_VERSION}. Use a new results folder or a matching mmsec.")
+            with self.transaction():
+                for statement in _statements(_SCHEMA):
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot open results store {self.path}: {e}") from e
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.results_dir / ".staging"
+
+    # -- reads -------------------------------------------------------------------------------
+    def get_run(self, cell_hash: str) -> dict | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE cell_hash = ?", (cell_hash,)).fetchone()
+        return dict(row) if row else None
+
+    def runs(self, spec_name: str | None = None, status: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM runs WHERE 1 = 1", []
+        if spec_name is not None:
+            sql, args = sql + " AND spec_name = ?", [*args, spec_name]
+        if status is not None:
+            sql, args = sql + " AND status = ?", [*args, status]
+        return [dict(r) for r in self.conn.execute(sql + " ORDER BY run_id", args)]
+
+    def metrics(self, run_id: int) -> dict[str, float]:
+        rows = self.conn.execute("SELECT name, value FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,))
+        return {r["name"]: r["value"] for r in rows}
+
+    def metric_rows(self, run_id: int | None = None) -> list[dict]:
+        if run_id is None:
+            return [dict(r) for r in self.conn.execute("SELECT * FROM metrics ORDER BY run_id, rowid")]
+        return [dict(r) for r in self.conn.execute("SELECT * FROM metrics WHERE run_id = ? ORDER BY rowid",
+                                                   (run_id,))]
+
+    def artifacts(self, run_id: int | None = None) -> list[dict]:
+        if run_id is None:
+            return [dict(r) for r in self.conn.execute("SELECT * FROM artifacts ORDER BY run_id, rowid")]
+        return [dict(r) for r in self.conn.execute("SELECT * FROM artifacts WHERE run_id = ? ORDER BY rowid",
+                                                   (run_id,))]
+
+    def held_elsewhere(self, run: dict) -> bool:
+        """True when ``run`` is ``running`` in another live process on this host."""
+        return (run["status"] == "running" and run["host"] == socket.gethostname() and run["pid"] is not None
+                and run["pid"] != os.getpid() and _pid_alive(run["pid"]))
+
+    def clean_staging(self) -> int:
+        """Remove staged artifact folders left by dead processes of this host; return how many.
+
+        Staged files were never published (no row points at them), so this loses no result.
+        Folders are named ``<host>-<pid>-<random>`` by the writer.
+        """
+        removed = 0
+        if not self.staging_dir.is_dir():
+            return 0
+        host = socket.gethostname()
+        for folder in self.staging_dir.iterdir():
+            owner, _, rest = folder.name.rpartition("-")[0].rpartition("-")
+            if not folder.is_dir() or owner != host or not rest.isdigit() or _pid_alive(int(rest)):
+                continue
+            for f in folder.iterdir():
+                f.unlink()
+            folder.rmdir()
+            removed += 1
+        return removed
+
+    # -- writes ------------------------------------------------------------------------------
+    def claim(self, cell_hash: str, cell: dict, spec_hash: str) -> int | None:
+        """Mark a cell ``running`` (new row, or a retry of a running/failed one); return its run_id.
+
+        Returns None when the cell is already ``done`` (nothing to do).
+        """
+        now = utc_now()
+        with self.transaction() as c:
+            row = c.execute("SELECT run_id, status FROM runs WHERE cell_hash = ?", (cell_hash,)).fetchone()
+            if row is not None and row["status"] == "done":
+                return None
+            if row is None:
+                cur = c.execute(
+                    "INSERT INTO runs (spec_name, spec_hash, cell_hash, cell_json, model, attack, seed, status, "
+                    "host, pid, mmsec_version, torch_version, started_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                    (cell["spec_name"], spec_hash, cell_hash, json.dumps(cell, sort_keys=True), cell["model"],
+                     cell["attack"]["name"], int(cell["seed"]), socket.gethostname(), os.getpid(), __version__,
+                     torch.__version__, now))
+                return int(cur.lastrowid)
+            c.execute("UPDATE runs SET status = 'running', attempts = attempts + 1, spec_hash = ?, host = ?, "
+                      "pid = ?, started_at = ?, finished_at = NULL WHERE run_id = ?",
+                      (spec_hash, socket.gethostname(), os.getpid(), now, row["run_id"]))
+            return int(row["run_id"])
+
+    def fail(self, run_id: int, error: str, wall_time_s: float | None = None) -> None:
+        """Mark a running cell ``failed``; the error is also appended to ``failures`` (kept forever)."""
+        now = utc_now()
+        with self.transaction() as c:
+            run = c.execute("SELECT attempts, host, pid FROM runs WHERE run_id = ? AND status = 'running'",
+                            (run_id,)).fetchone()
+            if run is None:
+                raise StoreError(f"run {run_id} is not running; cannot mark it failed")
+            c.execute("INSERT INTO failures (run_id, attempt, error, host, pid, failed_at, wall_time_s) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?)", (run_id, run["attempts"], error, run["host"], run["pid"], now,
+                                                       wall_time_s))
+            c.execute("UPDATE runs SET status = 'failed', error = ?, finished_at = ?, wall_time_s = ? "
+                      "WHERE run_id = ?", (error, now, wall_time_s, run_id))
+
+    def failures(self, run_id: int | None = None) -> list[dict]:
+        sql = "SELECT * FROM failures" + (" WHERE run_id = ?" if run_id is not None else "")
+        return [dict(r) for r in self.conn.execute(sql + " ORDER BY run_id, attempt",
+                                                   () if run_id is None else (run_id,))]
+
+    def finish(self, run_id: int, result: dict) -> None:
+        """Publish a computed cell: artifacts moved into place, then one transaction for all rows.
+
+        ``result`` is :func:`mmsec.runs.execute.execute_cell`'s dict.
+        """
+        run = self.conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if run is None or run["status"] != "running":
+            raise StoreError(f"run {run_id} is not running (status {run['status'] if run else 'missing'}); "
+                             "claim it before finishing it")
+        placed = []
+        for art in result.get("artifacts", []):
+            rel = Path("artifacts") / run["spec_name"] / run["cell_hash"][:16] / art["filename"]
+            final = self.results_dir / rel
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(art["tmp_path"], final)  # atomic; only ever replaces an orphan of a killed attempt
+            sha = _sha256(final)
+            if sha != art["sha256"]:
+                raise StoreError(f"artifact {final} changed between writing and publishing "
+                                 f"(sha256 {art['sha256']} -> {sha})")
+            placed.append((art["kind"], rel.as_posix(), sha, final.stat().st_size))
+        for art in result.get("artifacts", []):  # remove the now-empty staging folder
+            try:
+                Path(art["tmp_path"]).parent.rmdir()
+            except OSError:
+                pass
+        wall = float(result["wall_time_s"])
+        mv, tv = result.get("mmsec_version", __version__), result.get("torch_version", torch.__version__)
+        with self.transaction() as c:
+            for m in result["metrics"]:
+                c.execute("INSERT INTO metrics (run_id, name, value, metric_version, threat_model, definition, "
+                          "higher_is_better, spec_hash, seed, mmsec_version, torch_version, wall_time_s) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          (run_id, m["name"], m["value"], m["metric_version"], m["threat_model"], m["definition"],
+                           int(m["higher_is_better"]), run["spec_hash"], run["seed"], mv, tv, wall))
+            for kind, rel, sha, size in placed:
+                c.execute("INSERT INTO artifacts (run_id, kind, path, sha256, bytes) VALUES (?, ?, ?, ?, ?)",
+                          (run_id, kind, rel, sha, size))
+            c.execute("UPDATE runs SET status = 'done', error = NULL, finished_at = ?, wall_time_s = ?, "
+                      "mmsec_version = ?, torch_version = ?, attack_params_json = ?, n_samples = ? "
+                      "WHERE run_id = ?",
+                      (utc_now(), wall, mv, tv, json.dumps(result.get("attack_params"), sort_keys=True),
+                       result.get("n_samples"), run_id))
+
+
+def _statements(script: str) -> list[str]:
+    """Split the schema script into statements (triggers contain ';' inside BEGIN ... END)."""
+    out, buf = [], []
+    for line in script.strip().splitlines():
+        buf.append(line)
+        text = "\n".join(buf).strip()
+        if text.endswith(";") and sqlite3.complete_statement(text):
+            out.append(text)
+            buf = []
+    return out
+
+
+__all__ = ["DB_NAME", "ResultsStore", "StoreError", "connect", "utc_now"]

@@ -17,9 +17,10 @@ from pathlib import Path
 import click
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from .progress import QUIET_ENV
+from .quickstart import RunFailed
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mmsec: security evaluation of multimodal models (CLIP, VLMs, diffusion) on a laptop CPU.")
@@ -29,7 +30,7 @@ app.add_typer(zoo_app, name="zoo")
 app.add_typer(data_app, name="data")
 
 out = Console(soft_wrap=True)  # stdout: results only
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 DEFAULT_RESULTS = Path("mmsec-results")
 
 
@@ -95,7 +96,7 @@ def list_(kind: Kind = typer.Argument(None, help="What to list (all kinds when o
     from .registry import KINDS, entries
 
     for k in [kind.value] if kind else list(KINDS):
-        table = Table(title=k, show_header=False, box=None)
+        table = Table(Column(no_wrap=True), Column(), title=k, show_header=False, box=None)
         rows = entries(k)
         for e in rows:
             table.add_row(e.name, e.summary)
@@ -109,7 +110,8 @@ def zoo_list() -> None:
     """Shipped zoo models with their measured quality."""
     from . import zoo
 
-    table = Table("name", "image tower", "params", "zero-shot top-1", "i2t R@1", "recipe")
+    table = Table("image tower", "params", "zero-shot top-1", "i2t R@1", "recipe")
+    table.columns.insert(0, Column("name", no_wrap=True))
     shipped = set(zoo.available())
     for name in zoo.recipe_names():
         if name in shipped:
@@ -175,15 +177,23 @@ def run(
     spec: Path,
     results_dir: Path = typer.Option(DEFAULT_RESULTS, help="Where the results store and artifacts go."),
     backend: Backend = typer.Option(Backend.sequential, help="sequential, or ray (a local Ray cluster)."),
-) -> None:
+) -> int:
     """Run an experiment spec (YAML); finished cells are skipped, interrupted grids resume."""
     from .runs.results import format_results, query
     from .runs.runner import run_spec
     from .runs.spec import load_spec
 
     parsed = load_spec(spec)
-    run_spec(parsed, results_dir, backend=backend.value)
-    out.print(format_results(query(results_dir, spec_name=parsed.name), "table"))
+    summaries = run_spec(parsed, results_dir, backend=backend.value)
+    _write(format_results(query(results_dir, spec_name=parsed.name), "table"))
+    failed = [s for s in summaries if s["status"] == "failed"]
+    for s in failed:
+        err.print(f"[bold red]error:[/] cell {s['label'] or s['index']} failed: {s['error']}", highlight=False)
+    if failed:
+        err.print(f"{len(failed)} of {len(summaries)} cells failed; their errors are in {results_dir}/results.sqlite "
+                  "(table failures). Fix the cause and re-run: finished cells are kept.", highlight=False)
+        return 1
+    return 0
 
 
 @app.command()
@@ -198,17 +208,18 @@ def results(
     if not (Path(results_dir) / "results.sqlite").is_file():
         raise FileNotFoundError(f"no results store in {results_dir} (expected {results_dir}/results.sqlite); "
                                 "run `mmsec quickstart` or `mmsec run SPEC` first")
-    text = format_results(query(results_dir, spec_name=spec), fmt.value)
-    if fmt is Format.table:
-        out.print(text)
-    else:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    _write(format_results(query(results_dir, spec_name=spec), fmt.value))
+
+
+def _write(text: str) -> None:
+    """Write pre-formatted text to stdout as is (rich would re-wrap wide tables)."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .zoo.checkpoint import CheckpointError
 
-    errors: list[type[BaseException]] = [ValueError, KeyError, FileNotFoundError, ImportError, CheckpointError]
+    errors: list[type[BaseException]] = [ValueError, KeyError, OSError, ImportError, CheckpointError]
     try:
         from .runs.spec import SpecError
 
@@ -232,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         err.print("aborted")
         return 130
+    except RunFailed as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        return 1
     except user_errors as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         err.print(f"[bold red]error:[/] {message}", highlight=False)

@@ -17,6 +17,10 @@ from .runs.store import ResultsStore
 EPSILONS = ["1/255", "2/255", "4/255", "8/255"]
 
 
+class RunFailed(RuntimeError):
+    """Some cells of a run failed; their errors are stored in the results store."""
+
+
 def quickstart_spec(model: str = "zoo:shapes-clip-resnet", n: int = 1000) -> dict:
     return {
         "name": "quickstart",
@@ -54,7 +58,8 @@ def run_quickstart(model: str = "zoo:shapes-clip-resnet", n: int = 1000, results
     summaries = run_spec(quickstart_spec(model, n), results_dir, quiet=quiet)
     failed = [s for s in summaries if s["status"] not in ("done", "cached")]
     if failed:
-        raise RuntimeError(f"quickstart cells did not finish: {[(s['label'], s['error']) for s in failed]}")
+        raise RunFailed("quickstart cells did not finish: " + "; ".join(f"{s['label']}: {s['error']}" for s in failed)
+                        + f". Their tracebacks are in {Path(results_dir) / 'results.sqlite'} (table failures).")
     robust, noise, asr = {}, {}, {}
     pngs: dict[str, str] = {}
     with ResultsStore(results_dir) as store:

@@ -79,7 +79,7 @@ def export_shapes(out_dir: str | os.PathLike, split: str, n: int, image_size: in
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"export destination {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"export destination {out} is not empty; pass overwrite=True to replace it")
+        raise FileExistsError(f"export destination {out} is not empty; pass overwrite=True (--overwrite at the CLI) to replace it")
     ds = ShapesDataset(split, n=n, image_size=image_size, seed=seed, second_object_prob=second_object_prob,
                        textures=textures, start=start)  # validates the arguments before anything is written
     class_dirs = [class_dir_name(c) for c in shape_color_classes()]

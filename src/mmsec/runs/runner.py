@@ -71,6 +71,11 @@ def run_spec(spec: str | Path | dict | Spec, results_dir: str | Path, backend: s
                 summaries[cell.index] = _summary(cell, "busy", run["run_id"])
             else:
                 todo.append(cell)
+        if todo and backend == "sequential":
+            # Pre-flight: a model that cannot be loaded (missing, tampered, pickled) is one clear error
+            # before any cell starts, not the same failure once per cell. Cached, so cells reuse it.
+            for model in dict.fromkeys(c.config["model"] for c in todo):
+                execute.load_model(model)
         if len(todo) < len(cells):
             logger.info("%s: %d of %d cells already in %s", spec.name, len(cells) - len(todo), len(cells), store.path)
 

@@ -291,7 +291,7 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
             hint = f" Did you mean 'zoo:{m}'?" if m in known_zoo else ""
             issues.append(f"{where}: {m!r} must be 'zoo:NAME', 'hf:/path/to/dir' or "
                           f"'open_clip:ARCH:/path/to/file'.{hint}")
-        elif scheme == "zoo" and rest not in known_zoo:
+        elif scheme == "zoo" and rest not in known_zoo and not rest.endswith((".safetensors", ".pt", ".pth", ".bin")):
             issues.append(f"{where}: unknown zoo model {rest!r}; known: {', '.join(known_zoo) or '(none)'}."
                           f"{close_names(rest, known_zoo)}")
 

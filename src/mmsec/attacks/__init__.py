@@ -1,0 +1,12 @@
+"""Attacks: evasion (adversarial), and later backdoor, jailbreak and privacy attacks.
+
+Importing this package registers the built-in attacks (``mmsec.registry.entries("attacks")``).
+"""
+
+from . import adversarial
+from .adversarial import FGSM, PGD, UniformNoise
+from .base import EvasionAttack, EvasionResult
+from .objectives import RetrievalObjective, ZeroShotObjective
+
+__all__ = ["FGSM", "PGD", "EvasionAttack", "EvasionResult", "RetrievalObjective", "UniformNoise",
+           "ZeroShotObjective", "adversarial"]

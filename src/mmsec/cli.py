@@ -14,7 +14,6 @@ import sys
 from enum import Enum
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Column, Table
@@ -177,7 +176,7 @@ def run(
     spec: Path,
     results_dir: Path = typer.Option(DEFAULT_RESULTS, help="Where the results store and artifacts go."),
     backend: Backend = typer.Option(Backend.sequential, help="sequential, or ray (a local Ray cluster)."),
-) -> int:
+) -> None:
     """Run an experiment spec (YAML); finished cells are skipped, interrupted grids resume."""
     from .runs.results import format_results, query
     from .runs.runner import run_spec
@@ -192,8 +191,7 @@ def run(
     if failed:
         err.print(f"{len(failed)} of {len(summaries)} cells failed; their errors are in {results_dir}/results.sqlite "
                   "(table failures). Fix the cause and re-run: finished cells are kept.", highlight=False)
-        return 1
-    return 0
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -234,15 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     user_errors = _user_errors()
     try:
-        result = app(args=argv, standalone_mode=False, prog_name="mmsec")
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
-        err.print("aborted")
-        return 130
+        # Standalone mode: typer prints usage errors itself and ends with SystemExit(code).
+        app(args=argv, prog_name="mmsec")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except RunFailed as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         return 1
@@ -250,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         err.print(f"[bold red]error:[/] {message}", highlight=False)
         return 2
-    return result if isinstance(result, int) else 0
+    return 0
 
 
 def entry_point() -> None:

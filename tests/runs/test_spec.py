@@ -57,7 +57,7 @@ def test_unknown_task_metric_dataset_and_model_names():
     assert "task: unknown task 'zeroshoot'" in msg and "Did you mean 'zeroshot'?" in msg
     msg = _error(tiny_spec(metrics=["robust_acuracy"]))
     assert "metrics[0]" in msg and "Did you mean 'robust_accuracy'" in msg
-    msg = _error(tiny_spec(metrics=["i2t_r1"]))
+    msg = _error(tiny_spec(metrics=["i2t_r1_adv"]))
     assert "not computed for task 'zeroshot'" in msg
     msg = _error(tiny_spec(data={"name": "shape", "n": 32}))
     assert "data.name" in msg and "Did you mean 'shapes'?" in msg

@@ -53,13 +53,15 @@ RUN_METRIC_DEFINITIONS: dict[str, MetricDefinition] = {d.name: d for d in [
                                       "adversarial images"),
     MetricDefinition("i2t_r1_noise", 1, "image-to-text retrieval recall@1 under uniform noise of the attack's "
                                         "budget"),
+    MetricDefinition("defense_train_seconds", 1, "wall-clock seconds the cell's defense took to train the "
+                                                 "hardened model (0 for no defense)", higher_is_better=False),
 ]}
 
 ZEROSHOT_METRICS = ("clean_accuracy", "top5_accuracy", "robust_accuracy", "noise_accuracy",
-                    "attack_success_rate", "mean_perturbation_linf")
+                    "attack_success_rate", "mean_perturbation_linf", "i2t_r1", "defense_train_seconds")
 RETRIEVAL_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10",
                      "i2t_r1_adv", "i2t_r5_adv", "i2t_r10_adv", "t2i_r1_adv", "i2t_r1_noise",
-                     "attack_success_rate", "mean_perturbation_linf")
+                     "attack_success_rate", "mean_perturbation_linf", "defense_train_seconds")
 TASK_METRICS: dict[str, tuple[str, ...]] = {"zeroshot": ZEROSHOT_METRICS, "retrieval": RETRIEVAL_METRICS}
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     "zeroshot": ("clean_accuracy", "robust_accuracy", "noise_accuracy", "attack_success_rate",
@@ -153,7 +155,35 @@ def threat_models(cell: dict, attack: Any) -> dict[str, str]:
     kind = "targeted" if cell.get("targeted") else "untargeted"
     family = getattr(attack, "threat_model", "white-box")
     adv = f"{family} {cell['attack']['name']}, {kind}" + (f", {budget}" if budget else "")
-    return {"clean": "clean inputs (no perturbation)", "noise": f"uniform random noise, {budget}", "adv": adv}
+    defense = cell.get("defense")
+    cost = f"training cost of defense {defense['name']}" if defense else "no defense"
+    return {"clean": "clean inputs (no perturbation)", "noise": f"uniform random noise, {budget}", "adv": adv,
+            "cost": cost}
+
+
+def build_defense(name: str, params: dict[str, Any]) -> Any:
+    from .. import registry
+
+    return registry.get("defenses", name).factory(**params)
+
+
+@lru_cache(maxsize=2)
+def _defended_cached(model_spec: str, defense_json: str, seed: int) -> tuple[Any, float]:
+    """Train (once per process) the defense of a cell; cells that differ only in the attack share it."""
+    base = load_model(model_spec)
+    d = json.loads(defense_json)
+    defense = build_defense(d["name"], d["params"])
+    data = load_data(d["data"], int(getattr(base, "image_size", 32)))
+    prompts = class_prompts(data, d["data"]["name"]) if getattr(data, "labels", None) is not None else None
+    result = defense(base, data, prompts=prompts, generator=torch.Generator().manual_seed(derive_seed(seed, "defense")))
+    return result.model.eval(), float(result.seconds)
+
+
+def defended_model(cell: dict) -> tuple[Any, float]:
+    """The cell's model after its defense (and the defense's training seconds; 0 without one)."""
+    if not cell.get("defense"):
+        return load_model(cell["model"]), 0.0
+    return _defended_cached(cell["model"], json.dumps(cell["defense"], sort_keys=True), int(cell["seed"]))
 
 
 # -- loading (cached per process: a Ray worker reuses its model across cells) ---------------------
@@ -196,21 +226,34 @@ def _first_caption(c: Any) -> str:
     return c if isinstance(c, str) else c[0]
 
 
+def class_prompts(dataset: Any, data_name: str) -> list[list[str]]:
+    """Zero-shot prompts per class: the shapes world's own, else CLIP-style templates over class names."""
+    if data_name == "shapes":
+        from ..data.shapes import zeroshot_prompts
+
+        return zeroshot_prompts()
+    if not getattr(dataset, "class_names", None) or getattr(dataset, "labels", None) is None:
+        raise ValueError(f"zero-shot classification needs labels and class names, but data set {data_name!r} "
+                         "has none (use task: retrieval for caption-only data)")
+    names = [str(c).replace("_", " ") for c in dataset.class_names]
+    return [[t.format(c) for t in IMAGEFOLDER_TEMPLATES] for c in names]
+
+
+def clean_i2t_r1(model: Any, dataset: Any) -> float:
+    """Image-to-text R@1 of clean images against the data's (deduplicated) first captions."""
+    if not getattr(dataset, "captions", None):
+        raise ValueError("metric i2t_r1 needs captions, but the data set has none")
+    objective, labels, _ = build_objective("retrieval", model, dataset, "")
+    with torch.no_grad():
+        return recall_at_k(torch.cat([objective.logits(x) for x in dataset.pixels.split(250)]), labels, 1)
+
+
 def build_objective(task: str, model: Any, dataset: Any, data_name: str) -> tuple[Any, torch.Tensor, int]:
     """(objective, labels, number of gallery entries) for ``task``."""
     from ..attacks.objectives import RetrievalObjective, ZeroShotObjective
 
     if task == "zeroshot":
-        if data_name == "shapes":
-            from ..data.shapes import zeroshot_prompts
-
-            prompts = zeroshot_prompts()
-        else:
-            if not getattr(dataset, "class_names", None) or getattr(dataset, "labels", None) is None:
-                raise ValueError(f"task 'zeroshot' needs labels and class names, but data set {data_name!r} "
-                                 "has none (use task: retrieval for caption-only data)")
-            names = [str(c).replace("_", " ") for c in dataset.class_names]
-            prompts = [[t.format(c) for t in IMAGEFOLDER_TEMPLATES] for c in names]
+        prompts = class_prompts(dataset, data_name)
         labels = torch.as_tensor(dataset.labels, dtype=torch.long)
         return ZeroShotObjective(model, prompts), labels, len(prompts)
     if task == "retrieval":
@@ -241,7 +284,7 @@ def execute_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
     from .. import __version__
 
     t0 = time.perf_counter()
-    model = load_model(cell["model"])
+    model, defense_seconds = defended_model(cell)
     data = cell["data"]
     dataset = load_data(data, int(getattr(model, "image_size", 32)))
     n = data.get("n")
@@ -282,7 +325,10 @@ def execute_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
     clean, advl = torch.cat(clean_logits), torch.cat(adv_logits)
     noise = torch.cat(noise_logits) if noise_logits else None
 
-    values = _compute_metrics(cell, clean, advl, noise, labels, targets, torch.cat(linf))
+    extra = {"defense_train_seconds": defense_seconds}
+    if cell["task"] == "zeroshot" and "i2t_r1" in cell["metrics"]:
+        extra["i2t_r1"] = clean_i2t_r1(model, dataset)
+    values = _compute_metrics(cell, clean, advl, noise, labels, targets, torch.cat(linf), extra)
     tm = threat_models(cell, attack)
     metrics = []
     for name in cell["metrics"]:
@@ -325,6 +371,8 @@ def run_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
 
 
 def _metric_kind(name: str) -> str:
+    if name == "defense_train_seconds":
+        return "cost"
     if name in ("noise_accuracy", "i2t_r1_noise"):
         return "noise"
     if name in ("robust_accuracy", "attack_success_rate", "mean_perturbation_linf") or name.endswith("_adv"):
@@ -333,10 +381,12 @@ def _metric_kind(name: str) -> str:
 
 
 def _compute_metrics(cell: dict, clean: torch.Tensor, adv: torch.Tensor, noise: torch.Tensor | None,
-                     labels: torch.Tensor, targets: torch.Tensor | None, linf: torch.Tensor) -> dict[str, float]:
-    """All requested metrics from logits (N, C) of clean, adversarial and noisy images."""
+                     labels: torch.Tensor, targets: torch.Tensor | None, linf: torch.Tensor,
+                     extra: dict[str, float] | None = None) -> dict[str, float]:
+    """All requested metrics from logits (N, C) of clean, adversarial and noisy images (plus ``extra``,
+    metrics computed elsewhere in the cell)."""
     wanted = set(cell["metrics"])
-    out: dict[str, float] = {}
+    out: dict[str, float] = {k: v for k, v in (extra or {}).items() if k in wanted}
 
     def need(name: str) -> bool:
         return name in wanted

@@ -1,6 +1,6 @@
 """Grid expansion: a spec's list-valued fields become the cartesian product of cells.
 
-Axes, outermost first: ``model`` x ``seed`` x each list-valued attack parameter in the order the
+Axes, outermost first: ``model`` x ``defense`` x ``seed`` x each list-valued attack parameter in the order the
 spec gives them. Each cell is a plain dict holding everything that determines its result (spec
 name, model, seed, data, task, resolved attack parameters, targeted, baseline, metrics, batch
 size, artifacts flag), and its ``cell_hash`` is the sha256 of that dict's canonical JSON. The
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .execute import format_eps
-from .spec import Spec, SpecError, load_spec, param_combinations
+from .spec import Spec, SpecError, defense_config, load_spec, param_combinations
 
 
 def canonical_json(obj: Any) -> str:
@@ -55,6 +55,8 @@ class Cell:
                 parts.append(f"model={self.config['model']}")
             elif key == "seed":
                 parts.append(f"seed={self.config['seed']}")
+            elif key == "defense":
+                parts.append(f"defense={(self.config['defense'] or {}).get('name', 'none')}")
             else:
                 v = self.config["attack"]["params"][key]
                 parts.append(f"{key}={format_eps(v) if key in ('eps', 'alpha') else v}")
@@ -65,11 +67,13 @@ def expand(spec: Spec | dict | str) -> list[Cell]:
     """The spec's cells in deterministic order (model, seed, then list-valued params)."""
     spec = load_spec(spec)
     params = spec.attack.params
-    varying = tuple(k for k, v in (("model", spec.model), ("seed", spec.seed)) if isinstance(v, list))
+    varying = tuple(k for k, v in (("model", spec.model), ("defense", spec.defense), ("seed", spec.seed))
+                    if isinstance(v, list))
     varying += tuple(k for k, v in params.items() if isinstance(v, list))
     data = spec.data.model_dump(mode="json")
     cells = []
-    for i, (model, seed, combo) in enumerate(itertools.product(spec.models, spec.seeds, param_combinations(params))):
+    axes = itertools.product(spec.models, spec.defenses, spec.seeds, param_combinations(params))
+    for i, (model, defense, seed, combo) in enumerate(axes):
         config = {
             "spec_name": spec.name,
             "model": model,
@@ -83,6 +87,8 @@ def expand(spec: Spec | dict | str) -> list[Cell]:
             "batch_size": spec.batch_size,
             "save_artifacts": spec.save_artifacts,
         }
+        if defense is not None:  # only present when used, so undefended cells keep their hashes
+            config["defense"] = defense_config(defense)
         cells.append(Cell(i, config, varying))
     hashes = [c.cell_hash for c in cells]
     if len(set(hashes)) != len(hashes):  # e.g. two alpha values that resolve to the same float

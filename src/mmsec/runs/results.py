@@ -30,7 +30,7 @@ FORMATS = ("table", "csv", "json")
 # Metric column order in pivoted views (others follow alphabetically).
 _METRIC_ORDER = ("clean_accuracy", "top5_accuracy", "noise_accuracy", "robust_accuracy", "attack_success_rate",
                  "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1_noise", "i2t_r1_adv",
-                 "i2t_r5_adv", "i2t_r10_adv", "t2i_r1_adv", "mean_perturbation_linf")
+                 "i2t_r5_adv", "i2t_r10_adv", "t2i_r1_adv", "mean_perturbation_linf", "defense_train_seconds")
 _ALWAYS_SHOWN_PARAMS = ("eps", "norm", "steps")
 _PARAM_ORDER = ("eps", "alpha", "steps", "norm")
 
@@ -68,6 +68,8 @@ def query(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
         d["params"] = resolved if isinstance(resolved, dict) else cell["attack"]["params"]
         d["spec_params"] = cell["attack"]["params"]
         d["targeted"] = cell.get("targeted", False)
+        d["defense"] = (cell.get("defense") or {}).get("name", "none")
+        d["defense_params"] = (cell.get("defense") or {}).get("params", {})
         d["task"] = cell.get("task")
         d["data"] = cell.get("data")
         d["higher_is_better"] = bool(d["higher_is_better"])
@@ -79,15 +81,16 @@ def pivot(rows: list[dict]) -> tuple[list[str], list[str], list[dict]]:
     """(param names, metric names, one record per run with ``params`` and ``metrics`` dicts)."""
     runs: dict[int, dict] = {}
     for r in rows:
-        rec = runs.setdefault(r["run_id"], {k: r[k] for k in ("run_id", "spec_name", "model", "attack", "seed",
-                                                                "targeted", "params", "wall_time_s")})
+        rec = runs.setdefault(r["run_id"], {k: r.get(k, d) for k, d in (
+            ("run_id", None), ("spec_name", None), ("model", None), ("defense", "none"), ("attack", None),
+            ("seed", None), ("targeted", False), ("params", {}), ("wall_time_s", None))})
         rec.setdefault("metrics", {})[r["metric"]] = r["value"]
     records = list(runs.values())
     found = {k for rec in records for k in rec["params"]}
     params = [p for p in _PARAM_ORDER if p in found] + sorted(found - set(_PARAM_ORDER))
     metric_names = {m for rec in records for m in rec["metrics"]}
     metrics = [m for m in _METRIC_ORDER if m in metric_names] + sorted(metric_names - set(_METRIC_ORDER))
-    records.sort(key=lambda rec: (rec["spec_name"], rec["model"], rec["attack"],
+    records.sort(key=lambda rec: (rec["spec_name"], rec["model"], rec["defense"], rec["attack"],
                                   tuple(_sort_key(rec["params"].get(p)) for p in params), rec["seed"]))
     return params, metrics, records
 
@@ -105,6 +108,8 @@ def _fmt_value(name: str, v: Any) -> str:
         return ""
     if name == "mean_perturbation_linf":
         return f"{v:.4f}"
+    if name == "defense_train_seconds":
+        return f"{v:.1f}"
     return f"{v:.3f}"
 
 
@@ -131,7 +136,7 @@ def format_results(rows: list[dict], fmt: str = "table", pivot_runs: bool | None
         return json.dumps(records, indent=2, sort_keys=True)
     if fmt == "csv":
         return _csv([{"run_id": rec["run_id"], "spec": rec["spec_name"], "model": rec["model"],
-                      "attack": rec["attack"], **{p: rec["params"].get(p) for p in params}, "seed": rec["seed"],
+                      "defense": rec["defense"], "attack": rec["attack"], **{p: rec["params"].get(p) for p in params}, "seed": rec["seed"],
                       "targeted": rec["targeted"], **{m: rec["metrics"].get(m) for m in metrics},
                       "wall_time_s": rec["wall_time_s"]} for rec in records])
     return _table(params, metrics, records)
@@ -158,7 +163,9 @@ def _table(params: list[str], metrics: list[str], records: list[dict]) -> str:
     shown = [p for p in params if p in _ALWAYS_SHOWN_PARAMS
              or len({json.dumps(rec["params"].get(p)) for rec in records}) > 1]
     # Context columns that are the same on every line move to the title, to keep the table narrow.
-    context = {"spec": "spec_name", "model": "model", "attack": "attack"}
+    context = {"spec": "spec_name", "model": "model", "defense": "defense", "attack": "attack"}
+    if all(rec["defense"] == "none" for rec in records):
+        del context["defense"]  # runs without any defense: nothing to say
     constant = {col for col, key in context.items() if len({rec[key] for rec in records}) == 1}
     title = " | ".join(f"{col} {records[0][context[col]]}" for col in context if col in constant)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title or None, title_justify="left")

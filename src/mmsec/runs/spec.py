@@ -58,6 +58,7 @@ from .execute import (
     _accepted_kwargs,
     build_attack,
     build_baseline,
+    build_defense,
     metric_definition,
 )
 
@@ -98,6 +99,18 @@ class AttackSpec(_Strict):
     params: dict[str, ParamValue] = Field(default_factory=dict)
 
 
+class DefenseSpec(_Strict):
+    """A hardening defense applied to the model before the attack (``name: none`` = undefended).
+
+    ``data`` is the defense's training data (default: 2,000 shapes-world train images);
+    ``params`` are the defense's ``__init__`` arguments (scalars; fractions allowed for eps).
+    """
+
+    name: StrictStr
+    params: dict[str, Scalar] = Field(default_factory=dict)
+    data: DataSpec | None = None
+
+
 class Spec(_Strict):
     """A validated experiment spec (build it with :func:`load_spec`)."""
 
@@ -108,6 +121,7 @@ class Spec(_Strict):
     data: DataSpec
     task: StrictStr = "zeroshot"
     attack: AttackSpec
+    defense: StrictStr | DefenseSpec | list[StrictStr | DefenseSpec] | None = None
     targeted: StrictBool = False
     baseline: StrictStr | None = "noise"
     metrics: list[StrictStr] | None = None
@@ -122,6 +136,16 @@ class Spec(_Strict):
     @property
     def models(self) -> list[str]:
         return list(self.model) if isinstance(self.model, list) else [self.model]
+
+    @property
+    def defenses(self) -> list[DefenseSpec | None]:
+        """The defense axis, normalised: ``None`` for no defense."""
+        items = self.defense if isinstance(self.defense, list) else [self.defense]
+        out: list[DefenseSpec | None] = []
+        for d in items:
+            d = DefenseSpec(name=d) if isinstance(d, str) else d
+            out.append(None if d is None or d.name == "none" else d)
+        return out
 
 
 # -- entry point ----------------------------------------------------------------------------------
@@ -340,6 +364,8 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
         if spec.baseline is not None and noise_metric not in metrics:
             metrics.append(noise_metric)  # the baseline runs in every cell: always store its number
 
+    issues += _check_defenses(spec)
+
     # attack and baseline names
     attack_names = [e.name for e in registry.entries("attacks")]
     attack_ok = spec.attack.name in attack_names
@@ -356,6 +382,61 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
         issues += _try_build(spec, params)
     spec = spec.model_copy(update={"metrics": metrics, "attack": AttackSpec(name=spec.attack.name, params=params)})
     return spec, issues
+
+
+DEFAULT_DEFENSE_DATA = {"name": "shapes", "split": "train", "n": 2000, "image_size": 32, "seed": 0}
+
+
+def _check_defenses(spec: Spec) -> list[str]:
+    """Defense names are registered, parameters accepted, training data well-formed, no duplicates."""
+    from .. import registry
+
+    issues: list[str] = []
+    names = [e.name for e in registry.entries("defenses")]
+    listed = isinstance(spec.defense, list)
+    if listed and not spec.defense:
+        issues.append("defense: empty list; give at least one defense (or 'none')")
+    seen: list[Any] = []
+    for i, d in enumerate(spec.defenses):
+        where = f"defense[{i}]" if listed else "defense"
+        if d in seen:
+            issues.append(f"{where}: duplicate defense (each grid cell must be distinct)")
+        seen.append(d)
+        if d is None:
+            continue
+        if d.name not in names:
+            issues.append(f"{where}.name: unknown defense {d.name!r}; registered: {', '.join(names) or '(none)'}, "
+                          f"or 'none' for the undefended model.{close_names(d.name, names + ['none'])}")
+            continue
+        accepted, var_kw = _accepted_kwargs(registry.get("defenses", d.name).factory)
+        for key, value in d.params.items():
+            if not var_kw and key not in accepted:
+                issues.append(f"{where}.params.{key}: {d.name} has no parameter {key!r}; its parameters are "
+                              f"{', '.join(sorted(accepted))}.{close_names(key, sorted(accepted))}")
+            elif key in BUDGET_PARAMS and parse_number(value) is None:
+                issues.append(f"{where}.params.{key}: expected a number or a fraction such as '4/255', got {value!r}")
+        if not issues:
+            try:
+                build_defense(d.name, resolve_defense_params(d.params))
+            except (TypeError, ValueError) as e:
+                issues.append(f"{where}.params: {d.name} rejected {dict(d.params)}: {e}")
+        if d.data is not None and d.data.name == "shapes" and d.data.split == "test":
+            issues.append(f"{where}.data.split: a defense must not train on the test split it is evaluated on; "
+                          "use train or val")
+    return issues
+
+
+def resolve_defense_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Defense parameters with fractions ('4/255') resolved to floats."""
+    return {k: (parse_number(v) if k in BUDGET_PARAMS else v) for k, v in params.items()}
+
+
+def defense_config(d: DefenseSpec | None) -> dict | None:
+    """The plain-dict form of a defense stored in a cell (and hashed with it)."""
+    if d is None:
+        return None
+    data = d.data.model_dump(mode="json") if d.data is not None else dict(DEFAULT_DEFENSE_DATA, path=None)
+    return {"name": d.name, "params": resolve_defense_params(d.params), "data": data}
 
 
 def _check_params(params: dict[str, Any], attack: str | None) -> tuple[dict[str, Any], list[str]]:
@@ -447,4 +528,4 @@ def _try_build(spec: Spec, params: dict[str, Any]) -> list[str]:
     return issues
 
 
-__all__ = ["AttackSpec", "DataSpec", "Spec", "SpecError", "load_spec", "param_combinations", "parse_number"]
+__all__ = ["AttackSpec", "DataSpec", "DefenseSpec", "Spec", "SpecError", "load_spec", "param_combinations", "parse_number"]

@@ -1,0 +1,87 @@
+"""Base class and result type of defenses that harden a model (the contract later defenses follow).
+
+A hardening defense is configured in ``__init__`` with typed hyper-parameters whose defaults
+are the paper's, then called on a model and training data::
+
+    defense = FARE(eps=4/255, steps=10, epochs=2)
+    result = defense(model, data, prompts=zeroshot_prompts(), generator=torch.Generator().manual_seed(0))
+    robust_model = result.model          # a new object; ``model`` is left bit-for-bit unchanged
+
+It never mutates the model it was given (it trains a deep copy) and reports what it cost.
+Detectors (backdoor defenses) will have their own base returning scores.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..data.datasets import ImageTextData
+from ..models.base import require_contrastive
+
+
+@dataclass
+class DefenseResult:
+    """What a hardening defense returns.
+
+    Attributes:
+        model: the hardened model (a new object), or the original model when only a prompt is learnt.
+        losses: training loss per optimisation step.
+        seconds: wall time of the defense's training.
+        steps: optimisation steps taken.
+        params: the defense's hyper-parameters (for the results store).
+        extras: method-specific outputs (e.g. learnt prompt context vectors, class embeddings).
+    """
+
+    model: nn.Module
+    losses: list[float]
+    seconds: float
+    steps: int
+    params: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class HardeningDefense:
+    """Base of defenses that return a hardened model. Subclasses implement :meth:`harden`."""
+
+    name: ClassVar[str]
+    needs_labels: ClassVar[bool] = True  # supervised (TeCoA, AdvPT) vs unsupervised (FARE)
+
+    def params(self) -> dict[str, Any]:
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
+
+    def __call__(self, model: nn.Module, data: ImageTextData, prompts: list[list[str]] | None = None,
+                 generator: torch.Generator | None = None) -> DefenseResult:
+        require_contrastive(model, type(self).__name__)
+        if not isinstance(data, ImageTextData):
+            raise TypeError(f"data must be an ImageTextData (mmsec.data.load_dataset returns one), "
+                            f"got {type(data).__name__}")
+        if self.needs_labels and data.labels is None:
+            raise ValueError(f"{type(self).__name__} is supervised: data must have labels")
+        if self.needs_labels and prompts is None:
+            raise ValueError(f"{type(self).__name__} needs prompts: for each class, its prompt strings")
+        if prompts is not None and data.labels is not None and int(data.labels.max()) >= len(prompts):
+            raise ValueError(f"labels go up to {int(data.labels.max())} but only {len(prompts)} classes have prompts")
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        return self.harden(model, data, prompts, generator)
+
+    def harden(self, model: nn.Module, data: ImageTextData, prompts: list[list[str]] | None,
+               generator: torch.Generator) -> DefenseResult:
+        raise NotImplementedError
+
+
+def trainable_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` to train, so the caller's model is never touched."""
+    clone = copy.deepcopy(model)
+    for p in clone.parameters():
+        p.requires_grad_(True)
+    return clone

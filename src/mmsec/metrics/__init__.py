@@ -77,7 +77,7 @@ def recall_at_k(sim: torch.Tensor, positives: list[set[int]] | torch.Tensor, k: 
     if len(positives) != sim.shape[0]:
         raise ValueError(f"need one positive set per query: {sim.shape[0]} queries, {len(positives)} sets")
     top = sim.topk(min(k, sim.shape[1]), dim=1).indices.tolist()
-    return sum(bool(set(row) & pos) for row, pos in zip(top, positives)) / max(1, len(positives))
+    return sum(bool(set(row) & pos) for row, pos in zip(top, positives, strict=True)) / max(1, len(positives))
 
 
 def retrieval_recalls(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: list[int] | torch.Tensor,

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from ..metrics import DEFINITIONS, MetricDefinition, attack_success_rate, recall_at_k, topk_accuracy
+from ..zoo.checkpoint import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -454,14 +455,6 @@ def example_grid(clean: torch.Tensor, adv: torch.Tensor, k: int = EXAMPLE_PAIRS)
     return img.resize((img.width * up, img.height * up), Image.NEAREST) if up > 1 else img
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_artifacts(cell: dict, first: dict[str, torch.Tensor], staging: Path) -> list[dict]:
     from safetensors.torch import save_file
 
@@ -480,7 +473,7 @@ def _write_artifacts(cell: dict, first: dict[str, torch.Tensor], staging: Path) 
     save_file({k: v.detach().contiguous().cpu() for k, v in first.items()}, str(tensors), metadata=meta)
     out = []
     for kind, path in (("examples_png", png), ("adv_batch_safetensors", tensors)):
-        out.append({"kind": kind, "filename": path.name, "tmp_path": str(path), "sha256": _sha256(path),
+        out.append({"kind": kind, "filename": path.name, "tmp_path": str(path), "sha256": sha256_file(path),
                     "bytes": path.stat().st_size})
     return out
 

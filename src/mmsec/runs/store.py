@@ -35,7 +35,6 @@ Times are UTC ISO-8601; ``wall_time_s`` is the cell's compute time measured wher
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -49,6 +48,7 @@ from typing import Any
 import torch
 
 from ..version import __version__
+from ..zoo.checkpoint import sha256_file
 
 DB_NAME = "results.sqlite"
 SCHEMA_VERSION = 1
@@ -151,14 +151,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def connect(db_path: str | Path, readonly: bool = False) -> sqlite3.Connection:
@@ -338,7 +330,7 @@ class ResultsStore:
             final = self.results_dir / rel
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(art["tmp_path"], final)  # atomic; only ever replaces an orphan of a killed attempt
-            sha = _sha256(final)
+            sha = sha256_file(final)
             if sha != art["sha256"]:
                 raise StoreError(f"artifact {final} changed between writing and publishing "
                                  f"(sha256 {art['sha256']} -> {sha})")

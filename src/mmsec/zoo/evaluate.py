@@ -1,4 +1,8 @@
-"""Quality measurements written into zoo cards: zero-shot accuracy and retrieval recall."""
+"""Quality measurements written into zoo cards: zero-shot accuracy and retrieval recall.
+
+Fusion models (:class:`~mmsec.models.base.FusionModel`) also get ALBEF's retrieval protocol:
+rank the gallery by ITC similarity, then re-rank each query's top ``k`` by the ITM head.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import torch
 
 from ..data.shapes import ShapesWorld, zeroshot_prompts
 from ..metrics import retrieval_recalls, topk_accuracy
-from ..models.base import ContrastiveModel
+from ..models.base import ContrastiveModel, FusionModel, require_fusion
 from ..models.zeroshot import ZeroShotClassifier, embed_images, embed_texts
 
 # The caption variant used as each image's text in retrieval: the most specific template.
@@ -21,6 +25,20 @@ def zeroshot_accuracy(model: ContrastiveModel, world: ShapesWorld, n: int, split
             "zeroshot_top5": topk_accuracy(scores, batch.labels, 5)}
 
 
+def _gallery(world: ShapesWorld, n: int, split: str):
+    """(batch, unique caption texts, text index of each image, set of image indices of each text)."""
+    batch = world.batch(split, 0, n)
+    texts = [caps[RETRIEVAL_CAPTION] for caps in batch.captions]
+    # Deduplicate the caption gallery; each unique text maps to every image it describes.
+    unique = list(dict.fromkeys(texts))
+    index = {t: j for j, t in enumerate(unique)}
+    text_of_image = [index[t] for t in texts]
+    images_of_text: list[set[int]] = [set() for _ in unique]
+    for i, j in enumerate(text_of_image):
+        images_of_text[j].add(i)
+    return batch, unique, text_of_image, images_of_text
+
+
 @torch.no_grad()
 def retrieval(model: ContrastiveModel, world: ShapesWorld, n: int, split: str = "test") -> dict[str, float]:
     """Image<->text recall@1/5/10 on ``n`` images, one caption each.
@@ -28,21 +46,11 @@ def retrieval(model: ContrastiveModel, world: ShapesWorld, n: int, split: str = 
     Shapes-world captions repeat (two scenes can share the same description), so a retrieved
     caption counts as correct when its *text* equals the image's own caption.
     """
-    batch = world.batch(split, 0, n)
-    texts = [caps[RETRIEVAL_CAPTION] for caps in batch.captions]
-    first_with_text: dict[str, int] = {}
-    for i, t in enumerate(texts):
-        first_with_text.setdefault(t, i)
-    # Deduplicate the caption gallery; each unique text maps to every image it describes.
-    unique = list(first_with_text)
-    text_of_image = [unique.index(t) for t in texts]
+    batch, unique, text_of_image, images_of_text = _gallery(world, n, split)
     img = embed_images(model, batch.pixels())
     txt = embed_texts(model, unique)
     sim = torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T
     out = {}
-    images_of_text: list[set[int]] = [set() for _ in unique]
-    for i, j in enumerate(text_of_image):
-        images_of_text[j].add(i)
     from ..metrics import recall_at_k
 
     for k in (1, 5, 10):
@@ -52,4 +60,50 @@ def retrieval(model: ContrastiveModel, world: ShapesWorld, n: int, split: str = 
     return out
 
 
-__all__ = ["retrieval", "retrieval_recalls", "zeroshot_accuracy"]
+@torch.no_grad()
+def itm_rerank(model: FusionModel, sim: torch.Tensor, image_feats: torch.Tensor, text_embeds: torch.Tensor,
+               tokens: torch.Tensor, k: int, images_are_queries: bool, batch_size: int = 1024) -> torch.Tensor:
+    """ALBEF's re-ranking: each query keeps its top ``k`` gallery items by ITC similarity ``sim``
+    (Q, G), scored by the ITM head's "match" logit; every other item scores -inf. Returns (Q, G)."""
+    q_count, g_count = sim.shape
+    k = min(k, g_count)
+    top = sim.topk(k, dim=1).indices  # (Q, k)
+    query = torch.arange(q_count).repeat_interleave(k)  # (Q*k,)
+    item = top.flatten()
+    img_idx, txt_idx = (query, item) if images_are_queries else (item, query)
+    scores = []
+    for s in range(0, len(query), batch_size):
+        i, t = img_idx[s:s + batch_size], txt_idx[s:s + batch_size]
+        fused = model.fuse_features(image_feats[i], text_embeds[t], tokens[t])  # (b, D_fused)
+        scores.append(model.itm_head(fused)[:, 1].float())  # ALBEF ranks by the "match" logit
+    out = torch.full((q_count, g_count), float("-inf"))
+    out.scatter_(1, top, torch.cat(scores).view(q_count, k))
+    return out
+
+
+@torch.no_grad()
+def retrieval_itm(model: FusionModel, world: ShapesWorld, n: int, k: int = 16, split: str = "test",
+                  batch_size: int = 500) -> dict[str, float]:
+    """Recall@1/5/10 after re-ranking each query's ITC top ``k`` by ITM (ALBEF, Sec. 5), on the
+    gallery of :func:`retrieval`; keys ``i2t_r1_itm`` ... ``t2i_r10_itm`` and ``itm_rerank_k``."""
+    require_fusion(model, "retrieval_itm")
+    from ..metrics import recall_at_k
+
+    batch, unique, text_of_image, images_of_text = _gallery(world, n, split)
+    pixels = batch.pixels()
+    feats = torch.cat([model.image_features(pixels[i:i + batch_size]) for i in range(0, n, batch_size)])
+    tokens = model.tokenize(unique)
+    embeds = model.text_token_embeddings(tokens)  # (T, L, W_txt)
+    sim = (torch.nn.functional.normalize(embed_images(model, pixels), dim=-1)
+           @ torch.nn.functional.normalize(embed_texts(model, unique), dim=-1).T)  # (n, T)
+    i2t = itm_rerank(model, sim, feats, embeds, tokens, k, images_are_queries=True)
+    t2i = itm_rerank(model, sim.T, feats, embeds, tokens, k, images_are_queries=False)
+    out = {}
+    for r in (1, 5, 10):
+        out[f"i2t_r{r}_itm"] = recall_at_k(i2t, torch.tensor(text_of_image), r)
+        out[f"t2i_r{r}_itm"] = recall_at_k(t2i, images_of_text, r)
+    out["itm_rerank_k"] = float(min(k, len(unique)))
+    return out
+
+
+__all__ = ["itm_rerank", "retrieval", "retrieval_itm", "retrieval_recalls", "zeroshot_accuracy"]

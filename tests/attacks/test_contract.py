@@ -100,7 +100,8 @@ def test_budget_range_shapes(entry, norm, objective, data):
     assert not adv.requires_grad
     assert adv.min() >= 0 and adv.max() <= 1
     assert (lp_norm(adv - pixels, norm) <= EPS[norm] * (1 + 1e-5) + 1e-6).all()
-    assert (adv != pixels).any(), "a positive budget changes the images"
+    if entry.factory.perturbs_misclassified:  # an evaluation ensemble skips already-wrong images
+        assert (adv != pixels).any(), "a positive budget changes the images"
     assert result.success.shape == (B,) and result.success.dtype == torch.bool
     trace = result.loss_trace
     assert trace.ndim == 2 and trace.shape[1] == B and trace.shape[0] >= 1

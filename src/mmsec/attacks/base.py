@@ -58,6 +58,8 @@ class EvasionAttack:
     name: ClassVar[str]
     threat_model: ClassVar[str] = "white-box"
     norms: ClassVar[tuple[str, ...]] = NORMS
+    # False for evaluation ensembles that, like AutoAttack, leave already-misclassified images clean.
+    perturbs_misclassified: ClassVar[bool] = True
 
     def params(self) -> dict[str, Any]:
         """The ``__init__`` arguments as configured (recorded with every result)."""

@@ -31,6 +31,47 @@ class Objective(Protocol):
         ...
 
 
+class LogitObjective(Objective, Protocol):
+    """An objective over a fixed set of C classes (or gallery items) that exposes its logits.
+
+    Attacks whose loss is a function of the logits (APGD's DLR loss, Square's margin loss) need
+    it; ``ZeroShotObjective`` and ``RetrievalObjective`` implement it. ``loss(x, ...)`` equals
+    ``loss_from_logits(logits(x), ...)`` and ``success`` likewise, so an attack can take the loss,
+    the verdict and any logit-based loss from one forward pass.
+    """
+
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels -> (B, C) logits, differentiable in the pixels."""
+        ...
+
+    def loss_from_logits(self, logits: torch.Tensor, labels: torch.Tensor,
+                         targets: torch.Tensor | None) -> torch.Tensor:
+        """(B, C) logits -> (B,) the objective's loss to maximise."""
+        ...
+
+    def success_from_logits(self, logits: torch.Tensor, labels: torch.Tensor,
+                            targets: torch.Tensor | None) -> torch.Tensor:
+        """(B, C) logits -> (B,) bool verdict."""
+        ...
+
+
+LOGIT_MEMBERS = ("logits", "loss_from_logits", "success_from_logits")
+
+
+def has_logits(objective: object) -> bool:
+    """True when ``objective`` implements :class:`LogitObjective`."""
+    return all(callable(getattr(objective, m, None)) for m in LOGIT_MEMBERS)
+
+
+def require_logits(objective: object, who: str, why: str) -> None:
+    """Fail with a teaching error unless ``objective`` implements :class:`LogitObjective`."""
+    if not has_logits(objective):
+        missing = [m for m in LOGIT_MEMBERS if not callable(getattr(objective, m, None))]
+        raise TypeError(f"{who} {why}, so it needs an objective over a fixed set of classes that exposes its "
+                        f"logits (mmsec.attacks.objectives.LogitObjective: {', '.join(LOGIT_MEMBERS)}), e.g. "
+                        f"ZeroShotObjective or RetrievalObjective; {type(objective).__name__} lacks {missing}")
+
+
 class _LogitObjective:
     """Shared logic for objectives whose model output is a logits matrix over a fixed gallery."""
 
@@ -69,12 +110,16 @@ class ZeroShotObjective(_LogitObjective):
     Args:
         model: a ContrastiveModel.
         prompts: for each class, its prompt strings (ensembled, as CLIP does).
+        class_embeddings: instead of ``prompts``, the (C, D) class text embeddings to classify
+            against, e.g. learnt prompts: ``ZeroShotObjective(tuned, class_embeddings=tuned.class_embeddings)``
+            for a model returned by a prompt-tuning defense (AdvPT). Give exactly one of the two.
     """
 
-    def __init__(self, model: ContrastiveModel, prompts: list[list[str]]):
+    def __init__(self, model: ContrastiveModel, prompts: list[list[str]] | None = None,
+                 class_embeddings: torch.Tensor | None = None):
         require_contrastive(model, "ZeroShotObjective")
         self.model = model
-        self.classifier = ZeroShotClassifier(model, prompts)
+        self.classifier = ZeroShotClassifier(model, prompts, class_embeddings=class_embeddings)
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.classifier.logits(pixels)  # (B, C)

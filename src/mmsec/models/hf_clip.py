@@ -264,19 +264,62 @@ class HFCLIP(nn.Module):
         last = torch.where(is_eos.any(1), is_eos.int().argmax(1), tokens.shape[1] - 1)  # (B,)
         return (torch.arange(tokens.shape[1], device=tokens.device)[None] <= last[:, None]).long()
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, L) input ids from :meth:`tokenize` -> (B, D) projected, un-normalised embeddings."""
+    def _check_ids(self, tokens: torch.Tensor, who: str) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor):
-            raise TypeError(f"HFCLIP.encode_text takes the (B, L) id tensor from tokenize(), got "
+            raise TypeError(f"HFCLIP.{who} takes the (B, L) id tensor from tokenize(), got "
                             f"{type(tokens).__name__} (for a tokenizer's BatchEncoding pass batch['input_ids'])")
         if tokens.ndim != 2 or tokens.is_floating_point() or tokens.is_complex():
-            raise ValueError(f"HFCLIP.encode_text: tokens must be a (B, L) integer tensor, got "
+            raise ValueError(f"HFCLIP.{who}: tokens must be a (B, L) integer tensor, got "
                              f"{tuple(tokens.shape)} {tokens.dtype}")
         if tokens.shape[1] > self.context_length:
-            raise ValueError(f"HFCLIP.encode_text: {tokens.shape[1]} tokens exceed the text tower's "
+            raise ValueError(f"HFCLIP.{who}: {tokens.shape[1]} tokens exceed the text tower's "
                              f"max_position_embeddings {self.context_length}")
-        tokens = tokens.to(self.device, torch.long)
+        return tokens.to(self.device, torch.long)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) input ids from :meth:`tokenize` -> (B, D) projected, un-normalised embeddings."""
+        tokens = self._check_ids(tokens, "encode_text")
         out = self.model.get_text_features(input_ids=tokens, attention_mask=self.attention_mask(tokens))
+        return _features(out, "get_text_features")  # (B, D)
+
+    # PromptableText (mmsec.models.base), used by prompt learners such as AdvPT.
+    def _token_table(self) -> nn.Embedding:
+        table = getattr(getattr(getattr(self.model, "text_model", None), "embeddings", None), "token_embedding", None)
+        if not isinstance(table, nn.Embedding):
+            raise TypeError("HFCLIP prompt learning (token_embeddings / encode_text_embeddings, needed by AdvPT) "
+                            "needs the text tower's token table at model.text_model.embeddings.token_embedding "
+                            f"(transformers' CLIPModel layout); {type(self.model).__name__} has none")
+        return table
+
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) input ids -> (B, L, W) token embeddings, before position embeddings are added."""
+        return self._token_table()(self._check_ids(tokens, "token_embeddings"))
+
+    def encode_text_embeddings(self, embeds: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L, W) token embeddings + the (B, L) ids they stand for -> (B, D), as :meth:`encode_text`.
+
+        transformers' ``CLIPTextModel.forward`` takes ``input_ids`` only (5.x has no ``inputs_embeds``;
+        only its embedding layer does), so the text tower runs on ``tokens`` exactly as in
+        :meth:`encode_text` while a forward hook, removed on return, replaces the output of the
+        token-embedding lookup by ``embeds``. Positions, the causal and padding masks, pooling at the
+        first end-of-text token and the projection all stay transformers' own code. Not thread-safe
+        across threads sharing one model.
+        """
+        tokens = self._check_ids(tokens, "encode_text_embeddings")
+        table = self._token_table()
+        if not isinstance(embeds, torch.Tensor) or embeds.shape != (*tokens.shape, table.embedding_dim):
+            shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+            raise ValueError(f"HFCLIP.encode_text_embeddings: embeds must have shape (B, L, W) = "
+                             f"{(*tokens.shape, table.embedding_dim)} (tokens' shape and the text width), got {shape}")
+
+        def swap(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+            return embeds.to(output.device, output.dtype)
+
+        handle = table.register_forward_hook(swap)
+        try:
+            out = self.model.get_text_features(input_ids=tokens, attention_mask=self.attention_mask(tokens))
+        finally:
+            handle.remove()
         return _features(out, "get_text_features")  # (B, D)
 
     @property

@@ -125,8 +125,12 @@ class TextTower(nn.Module):
         self.register_buffer("causal_mask", mask, persistent=False)
 
     def forward(self, tokens: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
-        L = tokens.shape[1]
-        x = self.token(tokens) + self.pos[:, :L]  # (B, L, W)
+        return self.forward_embeddings(self.token(tokens), eos)
+
+    def forward_embeddings(self, embeds: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        """(B, L, W) token embeddings (before positions) + (B,) <eos> positions -> (B, D)."""
+        L = embeds.shape[1]
+        x = embeds + self.pos[:, :L]  # (B, L, W)
         x = self.norm(self.encoder(x, mask=self.causal_mask[:L, :L], is_causal=True))
         return self.proj(x[torch.arange(x.shape[0]), eos])  # (B, D), pooled at <eos>
 
@@ -164,6 +168,18 @@ class TinyCLIP(nn.Module):
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.text(tokens, self.tokenizer.eos_positions(tokens))
+
+    # PromptableText (mmsec.models.base): encode_text(t) == encode_text_embeddings(token_embeddings(t), t)
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> (B, L, W) token embeddings, before positional embeddings are added."""
+        return self.text.token(tokens)
+
+    def encode_text_embeddings(self, embeds: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L, W) token embeddings + the (B, L) ids giving the <eos> positions -> (B, D)."""
+        if embeds.ndim != 3 or embeds.shape[:2] != tokens.shape:
+            raise ValueError(f"TinyCLIP.encode_text_embeddings: embeds must be (B, L, W) with (B, L) = tokens.shape "
+                             f"{tuple(tokens.shape)}, got {tuple(embeds.shape)}")
+        return self.text.forward_embeddings(embeds, self.tokenizer.eos_positions(tokens))
 
     @property
     def logit_scale(self) -> torch.Tensor:

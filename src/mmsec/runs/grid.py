@@ -56,7 +56,7 @@ class Cell:
             elif key == "seed":
                 parts.append(f"seed={self.config['seed']}")
             elif key == "defense":
-                parts.append(f"defense={(self.config['defense'] or {}).get('name', 'none')}")
+                parts.append(f"defense={(self.config.get('defense') or {}).get('name', 'none')}")
             else:
                 v = self.config["attack"]["params"][key]
                 parts.append(f"{key}={format_eps(v) if key in ('eps', 'alpha') else v}")

@@ -1,0 +1,69 @@
+"""Specs with a defense axis: each (model, defense) is trained once and evaluated at every eps."""
+
+import json
+
+import pytest
+from runs_helpers import tiny_spec
+
+from mmsec.runs import execute
+from mmsec.runs.grid import expand
+from mmsec.runs.results import format_results, query
+from mmsec.runs.runner import run_spec
+from mmsec.runs.spec import SpecError, load_spec
+
+# A deliberately tiny TeCoA: two optimisation steps, enough to exercise the plumbing.
+TINY_TECOA = {"name": "tecoa", "params": {"eps": "2/255", "epochs": 1, "batch_size": 64, "lr": 1e-4},
+              "data": {"name": "shapes", "split": "train", "n": 128, "image_size": 32}}
+
+
+def defended_spec(**overrides) -> dict:
+    return tiny_spec("defended", defense=["none", TINY_TECOA],
+                     metrics=["clean_accuracy", "robust_accuracy", "i2t_r1", "defense_train_seconds"],
+                     save_artifacts=False, **overrides)
+
+
+def test_defense_axis_expands_and_keeps_undefended_hashes():
+    cells = expand(defended_spec())
+    assert [(c.config.get("defense") or {}).get("name", "none") for c in cells] == ["none", "none", "tecoa", "tecoa"]
+    assert cells[2].config["defense"]["params"]["eps"] == pytest.approx(2 / 255)
+    assert cells[0].label == "defense=none eps=2/255"
+    # An undefended cell hashes as it did before defenses existed: stored results stay valid.
+    plain = expand(tiny_spec("defended", metrics=["clean_accuracy", "robust_accuracy", "i2t_r1",
+                                                  "defense_train_seconds"], save_artifacts=False))
+    assert cells[0].cell_hash == plain[0].cell_hash
+
+
+@pytest.mark.parametrize("defense, expected", [
+    ({"name": "tecoaa"}, "Did you mean 'tecoa'"),
+    ({"name": "fare", "params": {"epsilon": 0.1}}, "defense.params.epsilon"),
+    ({"name": "fare", "params": {"eps": 3.0}}, "defense.params"),
+    ({"name": "fare", "data": {"name": "shapes", "split": "test", "n": 8}}, "must not train on the test split"),
+])
+def test_bad_defenses_are_named(defense, expected):
+    with pytest.raises(SpecError, match=expected):
+        load_spec(tiny_spec(defense=defense))
+
+
+def test_each_defense_is_trained_once_and_its_cost_is_stored(tmp_path, monkeypatch):
+    calls = []
+    train = execute._defended_cached.__wrapped__
+
+    def counting(*args):
+        calls.append(args)
+        return train(*args)
+
+    monkeypatch.setattr(execute, "_defended_cached", execute.lru_cache(maxsize=2)(counting))
+    summaries = run_spec(defended_spec(), tmp_path, quiet=True)
+    assert [s["status"] for s in summaries] == ["done"] * 4
+    assert len(calls) == 1, "the TeCoA model is trained once and shared by both eps cells"
+    rows = query(tmp_path, "defended")
+    cost = {(r["defense"], r["params"]["eps"]): r["value"] for r in rows if r["metric"] == "defense_train_seconds"}
+    assert all(v == 0 for (d, _), v in cost.items() if d == "none")
+    assert all(v > 0 for (d, _), v in cost.items() if d == "tecoa")
+    r1 = [r["value"] for r in rows if r["metric"] == "i2t_r1"]
+    assert len(r1) == 4 and all(0 <= v <= 1 for v in r1)
+    table = format_results(rows, "table")
+    assert "defense" in table.splitlines()[1] and "tecoa" in table
+    csv_header = format_results(rows, "csv").splitlines()[0].split(",")
+    assert "defense" in csv_header and "defense_train_seconds" in csv_header
+    assert json.loads(format_results(rows, "json"))

@@ -45,7 +45,7 @@ def register(kind: str, name: str, summary: str = "") -> Callable:
 
 def _load_builtins() -> None:
     # Importing these modules runs their @register decorators.
-    from . import attacks, data, models  # noqa: F401
+    from . import attacks, data, defenses, models  # noqa: F401
 
 
 def entries(kind: str) -> list[Entry]:

@@ -3,8 +3,14 @@
 import pytest
 import torch
 
-from mmsec.metrics import (DEFINITIONS, attack_success_rate, clean_accuracy, recall_at_k, retrieval_recalls,
-                           topk_accuracy)
+from mmsec.metrics import (
+    DEFINITIONS,
+    attack_success_rate,
+    clean_accuracy,
+    recall_at_k,
+    retrieval_recalls,
+    topk_accuracy,
+)
 
 
 def test_topk_accuracy_hand_case():

@@ -30,7 +30,7 @@ def test_valid_spec_is_normalised():
 
 def test_unknown_attack_lists_close_names():
     msg = _error(tiny_spec(attack={"name": "pdg", "params": {}}))
-    assert "attack.name" in msg and "'pdg'" in msg and "Did you mean 'pgd'?" in msg
+    assert "attack.name" in msg and "'pdg'" in msg and "Did you mean 'pgd'" in msg
     assert "fgsm" in msg and "noise" in msg  # the registered attacks are listed
 
 

@@ -5,9 +5,12 @@ The adapters import their libraries (transformers, open_clip) only when a model 
 """
 
 from . import loaders
-from .base import ContrastiveModel
+from .base import ContrastiveModel, FusionModel, PromptableText
+from .hf_blip import HFBLIPRetrieval
 from .hf_clip import HFCLIP
-from .loaders import load_contrastive
+from .loaders import load_contrastive, load_fusion
 from .open_clip_adapter import OpenCLIP
+from .tiny_albef import TinyALBEF
 
-__all__ = ["HFCLIP", "ContrastiveModel", "OpenCLIP", "load_contrastive", "loaders"]
+__all__ = ["HFBLIPRetrieval", "HFCLIP", "ContrastiveModel", "FusionModel", "OpenCLIP", "PromptableText",
+           "TinyALBEF", "load_contrastive", "load_fusion", "loaders"]

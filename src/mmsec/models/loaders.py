@@ -6,6 +6,7 @@ Accepted forms::
     zoo:/path/NAME.safetensors       a zoo-format checkpoint on disk, its card NAME.json beside it
     NAME                             the same, without the prefix
     hf:/path/to/folder               a Hugging Face CLIP saved with save_pretrained (HFCLIP)
+    hf-blip:/path/to/folder          a Hugging Face BlipForImageTextRetrieval folder (HFBLIPRetrieval, a FusionModel)
     open_clip:ARCH:/path/file.safetensors   an open_clip architecture with local weights (OpenCLIP)
 
 Nothing is ever downloaded, and only safetensors weights are loaded. Importing this module
@@ -22,10 +23,10 @@ from pathlib import Path
 import yaml
 
 from ..registry import close_names, register
-from .base import ContrastiveModel
+from .base import ContrastiveModel, FusionModel, require_fusion
 
 SPEC_FORMS = ("zoo:NAME (e.g. zoo:shapes-clip-resnet, or the bare NAME)", "zoo:/path/to/NAME.safetensors", "hf:/path/to/hf_clip_folder",
-              "open_clip:ARCH:/path/to/weights.safetensors")
+              "hf-blip:/path/to/blip_retrieval_folder", "open_clip:ARCH:/path/to/weights.safetensors")
 
 
 def _forms() -> str:
@@ -60,6 +61,12 @@ def load_hf(directory: str | Path) -> ContrastiveModel:
     return HFCLIP.from_pretrained(directory)
 
 
+def load_hf_blip(directory: str | Path) -> FusionModel:
+    from .hf_blip import HFBLIPRetrieval
+
+    return HFBLIPRetrieval.from_pretrained(directory)
+
+
 def load_open_clip(arch: str, weights: str | Path) -> ContrastiveModel:
     from .open_clip_adapter import OpenCLIP
 
@@ -89,15 +96,27 @@ def load_contrastive(spec: str) -> ContrastiveModel:
         if not rest:
             raise ValueError(f"model spec {spec!r} names no folder: write hf:/path/to/hf_clip_folder")
         return load_hf(rest)
+    if prefix == "hf-blip":
+        if not rest:
+            raise ValueError(f"model spec {spec!r} names no folder: write hf-blip:/path/to/blip_retrieval_folder")
+        return load_hf_blip(rest)
     if prefix == "open_clip":
         arch, sep2, weights = rest.partition(":")
         if not arch or not sep2 or not weights:
             raise ValueError(f"model spec {spec!r} must be open_clip:ARCH:/path/to/weights.safetensors "
                              "(e.g. open_clip:ViT-B-32:/models/vit-b-32.safetensors)")
         return load_open_clip(arch, weights)
-    prefixes = ["zoo", "hf", "open_clip"]
+    prefixes = ["zoo", "hf", "hf-blip", "open_clip"]
     raise ValueError(f"unknown model prefix {prefix!r} in {spec!r}.{close_names(prefix.lower(), prefixes)} "
                      f"{_forms()}")
+
+
+def load_fusion(spec: str) -> FusionModel:
+    """Load the model named by ``spec`` (the forms of :func:`load_contrastive`) and require that it
+    is a FusionModel (e.g. ``zoo:shapes-albef`` or ``hf-blip:/dir``)."""
+    model = load_contrastive(spec)
+    require_fusion(model, f"model {spec!r}")
+    return model
 
 
 def _zoo_available() -> list[str]:
@@ -111,6 +130,8 @@ def _register() -> None:
         register("models", f"zoo:{name}", description)(partial(load_zoo, name))
     register("models", "hf:<dir>", "a Hugging Face transformers CLIPModel folder (safetensors), "
              "e.g. hf:/models/clip-vit-base-patch32")(load_hf)
+    register("models", "hf-blip:<dir>", "a Hugging Face transformers BlipForImageTextRetrieval folder (safetensors; "
+             "a fusion model with ITC and ITM), e.g. hf-blip:/models/blip-itm-base-coco")(load_hf_blip)
     register("models", "open_clip:<arch>:<file>", "an open_clip architecture with local safetensors weights, "
              "e.g. open_clip:ViT-B-32:/models/vit-b-32.safetensors")(load_open_clip)
 

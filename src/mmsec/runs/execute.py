@@ -256,6 +256,12 @@ def build_objective(task: str, model: Any, dataset: Any, data_name: str) -> tupl
     if task == "zeroshot":
         prompts = class_prompts(dataset, data_name)
         labels = torch.as_tensor(dataset.labels, dtype=torch.long)
+        learnt = getattr(model, "class_embeddings", None)  # a prompt-tuned model (AdvPT) classifies with its own
+        if learnt is not None:
+            if learnt.shape[0] != len(prompts):
+                raise ValueError(f"the prompt-tuned model has {learnt.shape[0]} learnt classes but the data set has "
+                                 f"{len(prompts)}; tune the prompts on data with the same classes")
+            return ZeroShotObjective(model, class_embeddings=learnt), labels, len(prompts)
         return ZeroShotObjective(model, prompts), labels, len(prompts)
     if task == "retrieval":
         if not getattr(dataset, "captions", None):

@@ -64,7 +64,7 @@ from .execute import (
 
 DATASETS = ("shapes", "imagefolder", "captions")
 SHAPES_SPLITS = ("train", "val", "test")
-MODEL_SCHEMES = ("zoo", "hf", "open_clip")
+MODEL_SCHEMES = ("zoo", "hf", "hf-blip", "open_clip")
 BUDGET_PARAMS = ("eps", "alpha")  # numbers in [0, 1] (pixel units), fractions allowed
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _NUM = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
@@ -313,7 +313,7 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
         scheme, _, rest = m.partition(":")
         if scheme not in MODEL_SCHEMES or not rest:
             hint = f" Did you mean 'zoo:{m}'?" if m in known_zoo else ""
-            issues.append(f"{where}: {m!r} must be 'zoo:NAME', 'hf:/path/to/dir' or "
+            issues.append(f"{where}: {m!r} must be 'zoo:NAME', 'hf:/path/to/dir', 'hf-blip:/path/to/dir' or "
                           f"'open_clip:ARCH:/path/to/file'.{hint}")
         elif scheme == "zoo" and rest not in known_zoo and not rest.endswith((".safetensors", ".pt", ".pth", ".bin")):
             issues.append(f"{where}: unknown zoo model {rest!r}; known: {', '.join(known_zoo) or '(none)'}."

@@ -8,6 +8,9 @@ Example::
 
     from mmsec.zoo import load_model
     model = load_model("shapes-clip-resnet")
+
+A checkpoint's metadata names its model family: ``contrastive`` (TinyCLIP; also when absent, as
+in checkpoints written before families existed) or ``fusion`` (TinyALBEF).
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from pathlib import Path
 
 import yaml
 
+from ..models.tiny_albef import TinyALBEF, TinyALBEFConfig
 from ..models.tiny_clip import TinyCLIP, TinyCLIPConfig
 from .checkpoint import CheckpointError, load_checkpoint, read_card
 
 _HERE = Path(str(resources.files(__package__)))
 CHECKPOINTS = _HERE / "checkpoints"
 RECIPES = _HERE / "recipes"
+# Checkpoint metadata "family" -> (config class, model class).
+FAMILIES = {"contrastive": (TinyCLIPConfig, TinyCLIP), "fusion": (TinyALBEFConfig, TinyALBEF)}
 
 
 def recipe_names() -> list[str]:
@@ -48,7 +54,7 @@ def card(name: str) -> dict:
     return read_card(CHECKPOINTS / f"{name}.json")
 
 
-def load_model_file(path: str | Path) -> TinyCLIP:
+def load_model_file(path: str | Path) -> TinyCLIP | TinyALBEF:
     """Load a zoo-format checkpoint from a file path; its card ``<stem>.json`` must lie beside it."""
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -59,7 +65,7 @@ def load_model_file(path: str | Path) -> TinyCLIP:
     return load_model(path.stem, checkpoint_dir=path.parent)
 
 
-def load_model(name: str, checkpoint_dir: str | Path | None = None) -> TinyCLIP:
+def load_model(name: str, checkpoint_dir: str | Path | None = None) -> TinyCLIP | TinyALBEF:
     """Load zoo model ``name`` (its sha256 checked against its card), in eval mode."""
     base = Path(checkpoint_dir) if checkpoint_dir else CHECKPOINTS
     if not (base / f"{name}.safetensors").is_file():
@@ -72,7 +78,12 @@ def load_model(name: str, checkpoint_dir: str | Path | None = None) -> TinyCLIP:
     tensors, meta = load_checkpoint(base / f"{name}.safetensors", expected_sha256=info.get("sha256"))
     if "config" not in meta:
         raise CheckpointError(f"checkpoint {name} has no 'config' metadata; it was not written by mmsec")
-    model = TinyCLIP(TinyCLIPConfig.from_dict(json.loads(meta["config"])))
+    family = meta.get("family", "contrastive")
+    if family not in FAMILIES:
+        raise CheckpointError(f"checkpoint {name} has model family {family!r} in its metadata; this mmsec knows "
+                              f"{sorted(FAMILIES)} (is the checkpoint from a newer mmsec?)")
+    config_cls, model_cls = FAMILIES[family]
+    model = model_cls(config_cls.from_dict(json.loads(meta["config"])))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {name} does not fit its config: missing {missing}, unexpected {unexpected}")

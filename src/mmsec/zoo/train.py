@@ -1,4 +1,9 @@
-"""Train a zoo model from its recipe and write its checkpoint and card (``mmsec zoo train NAME``)."""
+"""Train a zoo model from its recipe and write its checkpoint and card (``mmsec zoo train NAME``).
+
+A recipe's ``family`` picks the model and its trainer: ``contrastive`` (the default; TinyCLIP,
+:func:`~mmsec.train.contrastive.train_contrastive`) or ``fusion`` (TinyALBEF, ITC + ITM with hard
+negatives, :func:`~mmsec.train.fusion.train_fusion`).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,21 @@ import json
 import logging
 import platform
 import random
+import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from ..data.shapes import CAPTION_TEMPLATES, COLORS, POSITIONS, SHAPES, SIZES, TEXTURES, ShapesWorld
-from ..models.tiny_clip import TinyCLIP, TinyCLIPConfig
+from ..data.shapes import CAPTION_TEMPLATES, COLORS, POSITIONS, SHAPES, SIZES, TEXTURES, Scene, ShapesWorld
 from ..models.tokenizer import WordTokenizer
 from ..train.contrastive import TrainConfig, train_contrastive
+from ..train.fusion import FusionBatch, FusionTrainConfig, train_fusion
 from ..version import __version__
-from . import CHECKPOINTS, load_recipe
+from . import CHECKPOINTS, FAMILIES, load_recipe
 from .checkpoint import save_checkpoint
-from .evaluate import retrieval, zeroshot_accuracy
+from .evaluate import binding_accuracy, retrieval, retrieval_itm, true_captions, zeroshot_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,41 @@ def caption_batches(world: ShapesWorld, batch_size: int, seed: int):
     return batches
 
 
+def false_caption(scene: Scene, template: int, rng: random.Random) -> str | None:
+    """Caption ``template`` of ``scene`` made false by one attribute edit: the two objects' colours
+    or shapes swapped (a binding error), or the primary object's colour, size or position changed.
+    None when no edit changes that template's text."""
+    others = lambda options, current: [o for o in options if o != current]  # noqa: E731
+    edits = [replace(scene, color=rng.choice(others(list(COLORS), scene.color))),
+             replace(scene, size=rng.choice(others(SIZES, scene.size))),
+             replace(scene, position=rng.choice(others(POSITIONS, scene.position)))]
+    if scene.second is not None:
+        (shape2, color2) = scene.second
+        edits += [replace(scene, color=color2, second=(shape2, scene.color)),
+                  replace(scene, shape=shape2, second=(scene.shape, color2))]
+    truth = true_captions(scene)
+    candidates = [c for c in (e.captions()[template] for e in edits) if c not in truth]
+    return rng.choice(candidates) if candidates else None
+
+
+def fusion_batches(world: ShapesWorld, batch_size: int, seed: int):
+    """``batches(step)`` for the fusion trainer: fresh train scenes and a random caption each (as
+    :func:`caption_batches`), the (B, B) matrix of pairs whose caption is true of the image (never
+    drawn as hard negatives), and one :func:`false_caption` per image (an extra ITM negative)."""
+
+    def batches(step: int) -> FusionBatch:
+        b = world.batch("train", step * batch_size, batch_size)
+        rng = random.Random(seed * 1_000_003 + step)
+        templates = [rng.randrange(len(caps)) for caps in b.captions]
+        captions = [caps[k] for caps, k in zip(b.captions, templates, strict=True)]
+        truth = [true_captions(s) for s in b.scenes]
+        positives = torch.tensor([[c in t for c in captions] for t in truth])  # (B, B)
+        negatives = [false_caption(s, k, rng) for s, k in zip(b.scenes, templates, strict=True)]
+        return FusionBatch(b.pixels(), captions, positives, negatives)
+
+    return batches
+
+
 def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None = None,
                  quiet: bool = False) -> dict:
     """Train zoo model ``name`` and write ``NAME.safetensors`` + ``NAME.json`` to ``out_dir``.
@@ -52,8 +94,12 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
     out = Path(out_dir) if out_dir else CHECKPOINTS
     seed = int(recipe["seed"])
     torch.manual_seed(seed)
-    cfg = TinyCLIPConfig.from_dict({**recipe["model"], "vocab": shapes_vocabulary()})
-    model = TinyCLIP(cfg)
+    family = recipe.get("family", "contrastive")
+    if family not in FAMILIES:
+        raise ValueError(f"recipe {name}: family must be one of {sorted(FAMILIES)}, got {family!r}")
+    config_cls, model_cls = FAMILIES[family]
+    cfg = config_cls.from_dict({**recipe["model"], "vocab": shapes_vocabulary()})
+    model = model_cls(cfg)
     data = recipe["data"]
     world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"],
                         second_object_prob=data["second_object_prob"])
@@ -62,9 +108,16 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
     if steps is not None:
         t["steps"] = steps
         t["warmup"] = min(t["warmup"], max(1, steps // 10))
-    train_cfg = TrainConfig(**t)
-    run_log = train_contrastive(model, caption_batches(world, batch_size, seed), train_cfg,
-                                desc=f"training {name}", quiet=quiet)
+    cpu_start = time.process_time()  # CPU seconds: comparable across machines busy with other work
+    if family == "fusion":
+        train_cfg = FusionTrainConfig(**t, seed=seed)
+        run_log = train_fusion(model, fusion_batches(world, batch_size, seed), train_cfg,
+                               desc=f"training {name}", quiet=quiet)
+    else:
+        train_cfg = TrainConfig(**t)
+        run_log = train_contrastive(model, caption_batches(world, batch_size, seed), train_cfg,
+                                    desc=f"training {name}", quiet=quiet)
+    train_cpu_seconds = time.process_time() - cpu_start
 
     eval_cfg = recipe["eval"]
     eval_world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"], second_object_prob=0.0)
@@ -72,8 +125,11 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
     ret_world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"],
                             second_object_prob=data["second_object_prob"])
     metrics.update(retrieval(model, ret_world, eval_cfg["n_retrieval"]))
+    if family == "fusion":
+        metrics.update(retrieval_itm(model, ret_world, eval_cfg["n_retrieval"], k=eval_cfg.get("itm_k", 16)))
+        metrics.update(binding_accuracy(model, ret_world, eval_cfg.get("n_binding", 500)))
 
-    meta = {"config": json.dumps(cfg.to_dict()), "name": name, "mmsec_version": __version__}
+    meta = {"config": json.dumps(cfg.to_dict()), "name": name, "family": family, "mmsec_version": __version__}
     sha = save_checkpoint(out / f"{name}.safetensors", model.state_dict(), meta)
     card = {
         "name": name,
@@ -81,12 +137,16 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
         "version": __version__,
         "sha256": sha,
         "seed": seed,
+        "family": family,
         "recipe": recipe,
         "steps_run": train_cfg.steps,
         "data": {"world": "shapes", **data, "eval_split": "test"},
         "metrics": metrics,
         "train_seconds": round(run_log.seconds, 1),
+        "train_cpu_seconds": round(train_cpu_seconds, 1),
         "final_loss": round(run_log.losses[-1], 4),
+        **({"final_itc_loss": round(run_log.itc_losses[-1], 4), "final_itm_loss": round(run_log.itm_losses[-1], 4)}
+           if family == "fusion" else {}),
         "parameters": sum(p.numel() for p in model.parameters()),
         "trained_on": {"torch": torch.__version__, "python": platform.python_version(),
                        "threads": torch.get_num_threads(), "date": datetime.now(timezone.utc).date().isoformat()},

@@ -1,0 +1,25 @@
+"""Every shipped recipe is a valid spec (so `mmsec run recipes/X.yaml` never fails on its own text)."""
+
+from pathlib import Path
+
+import pytest
+
+from mmsec.runs.grid import expand
+from mmsec.runs.spec import load_spec
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_is_a_valid_spec(path):
+    cells = expand(load_spec(path))
+    assert cells and len({c.cell_hash for c in cells}) == len(cells)
+
+
+def test_the_leaderboard_covers_every_registered_defense():
+    from mmsec.registry import entries
+
+    spec = load_spec(next(p for p in RECIPES if p.stem == "robustness"))
+    named = {d.name for d in spec.defenses if d is not None}
+    assert named == {e.name for e in entries("defenses")}
+    assert set(spec.models) == {"zoo:shapes-clip-resnet", "zoo:shapes-clip-vit"}

@@ -48,8 +48,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..zoo.checkpoint import CheckpointError, looks_like_pickle
-from .hf_clip import PICKLE_WEIGHTS, hf_image_preprocess
+from ..zoo.checkpoint import CheckpointError
+from .hf_clip import check_hf_folder, hf_image_preprocess
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess, check_image_batch, resize_and_crop
 
 ARCHITECTURE = "BlipForImageTextRetrieval"
@@ -69,42 +69,12 @@ def convert_hint(directory: Path) -> str:
 
 def check_hf_blip_dir(directory: str | Path) -> tuple[Path, dict]:
     """Validate a local BLIP retrieval folder before anything is loaded; return (path, config.json)."""
-    d = Path(directory).expanduser()
-    if not d.exists():
-        raise FileNotFoundError(f"Hugging Face BLIP folder not found: {d}. Expected {EXPECTED_LAYOUT}. "
-                                "mmsec never downloads from a model hub: pass a local folder.")
-    if not d.is_dir():
-        raise NotADirectoryError(f"{d} is a file; HFBLIPRetrieval.from_pretrained expects a folder: {EXPECTED_LAYOUT}")
-    cfg_path = d / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"no config.json in {d}; expected {EXPECTED_LAYOUT}")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
-    if config.get("model_type") != "blip":
-        raise ValueError(f"{cfg_path} has model_type {config.get('model_type')!r}; HFBLIPRetrieval loads "
-                         f"{ARCHITECTURE} folders (model_type 'blip')")
+    d, config = check_hf_folder(directory, "blip", "HFBLIPRetrieval", EXPECTED_LAYOUT, convert_hint)
     architectures = config.get("architectures") or []
     if ARCHITECTURE not in architectures:
-        raise ValueError(f"{cfg_path} declares architectures {architectures}, not {ARCHITECTURE}: another BLIP head "
-                         "(captioning, VQA) has no ITM head or ITC projections, and loading it would silently "
-                         "initialise them at random")
-
-    single, index = d / "model.safetensors", d / "model.safetensors.index.json"
-    if single.is_file():
-        if looks_like_pickle(single):
-            raise CheckpointError(f"refusing to load {single}: its bytes are a pickle / torch archive, not "
-                                  f"safetensors, and unpickling runs arbitrary code. {convert_hint(d)}")
-    elif not index.is_file():
-        pickles = sorted(p.name for p in d.iterdir()
-                         if p.name in PICKLE_WEIGHTS or p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"})
-        if pickles:
-            raise CheckpointError(
-                f"refusing to load {d}: it has only pickle-based weights ({', '.join(pickles)}), and unpickling "
-                f"runs arbitrary code; mmsec loads safetensors only. {convert_hint(d)}")
-        raise FileNotFoundError(f"no weights in {d}: expected model.safetensors (or model-*.safetensors shards "
-                                "with model.safetensors.index.json)")
+        raise ValueError(f"{d / 'config.json'} declares architectures {architectures}, not {ARCHITECTURE}: another "
+                         "BLIP head (captioning, VQA) has no ITM head or ITC projections, and loading it would "
+                         "silently initialise them at random")
     if not ((d / "tokenizer.json").is_file() or (d / "vocab.txt").is_file()):
         raise FileNotFoundError(f"no tokenizer in {d}: expected tokenizer.json or vocab.txt (save it with "
                                 "tokenizer.save_pretrained(folder))")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,41 +60,48 @@ def convert_hint(directory: Path) -> str:
             "preprocessor files beside it, and load the new folder.")
 
 
-def check_hf_clip_dir(directory: str | Path) -> tuple[Path, dict]:
-    """Validate a local HF CLIP folder before anything is loaded; return (path, config.json)."""
+def check_hf_folder(directory: str | Path, model_type: str, who: str, layout: str,
+                    hint: Callable[[Path], str]) -> tuple[Path, dict]:
+    """Checks every local Hugging Face folder passes before anything is loaded: it exists, has a
+    config.json of ``model_type``, and safetensors weights (pickle-only weights are refused with
+    ``hint(folder)``, how to convert them). Returns (path, config)."""
     d = Path(directory).expanduser()
     if not d.exists():
-        raise FileNotFoundError(f"Hugging Face CLIP folder not found: {d}. Expected {EXPECTED_LAYOUT}. "
+        raise FileNotFoundError(f"Hugging Face {model_type.upper()} folder not found: {d}. Expected {layout}. "
                                 "mmsec never downloads from a model hub: pass a local folder.")
     if not d.is_dir():
-        raise NotADirectoryError(f"{d} is a file; HFCLIP.from_pretrained expects a folder: {EXPECTED_LAYOUT}")
+        raise NotADirectoryError(f"{d} is a file; {who}.from_pretrained expects a folder: {layout}")
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"no config.json in {d}; expected {EXPECTED_LAYOUT}")
+        raise FileNotFoundError(f"no config.json in {d}; expected {layout}")
     try:
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
-    model_type = config.get("model_type")
-    if model_type != "clip":
-        raise ValueError(f"{cfg_path} has model_type {model_type!r}; HFCLIP loads CLIPModel folders "
-                         "(model_type 'clip')")
+    if config.get("model_type") != model_type:
+        raise ValueError(f"{cfg_path} has model_type {config.get('model_type')!r}; {who} loads "
+                         f"model_type {model_type!r} folders")
 
     single, index = d / "model.safetensors", d / "model.safetensors.index.json"
     if single.is_file():
         if looks_like_pickle(single):
             raise CheckpointError(f"refusing to load {single}: its bytes are a pickle / torch archive, not "
-                                  f"safetensors, and unpickling runs arbitrary code. {convert_hint(d)}")
+                                  f"safetensors, and unpickling runs arbitrary code. {hint(d)}")
     elif not index.is_file():
         pickles = sorted(p.name for p in d.iterdir()
                          if p.name in PICKLE_WEIGHTS or p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"})
         if pickles:
             raise CheckpointError(
                 f"refusing to load {d}: it has only pickle-based weights ({', '.join(pickles)}), and unpickling "
-                f"runs arbitrary code; mmsec loads safetensors only. {convert_hint(d)}")
+                f"runs arbitrary code; mmsec loads safetensors only. {hint(d)}")
         raise FileNotFoundError(f"no weights in {d}: expected model.safetensors (or model-*.safetensors shards "
                                 "with model.safetensors.index.json)")
+    return d, config
 
+
+def check_hf_clip_dir(directory: str | Path) -> tuple[Path, dict]:
+    """Validate a local HF CLIP folder before anything is loaded; return (path, config.json)."""
+    d, config = check_hf_folder(directory, "clip", "HFCLIP", EXPECTED_LAYOUT, convert_hint)
     has_tokenizer = (d / "tokenizer.json").is_file() or ((d / "vocab.json").is_file() and (d / "merges.txt").is_file())
     if not has_tokenizer:
         raise FileNotFoundError(f"no tokenizer in {d}: expected tokenizer.json, or vocab.json + merges.txt "

@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
             table.add_row(m, f"{row['clean']:.3f}", *[f"{row['robust_pgd'][str(e)]:.3f}" for e in LEADERBOARD_EPS_255],
                           "-" if ens is None else f"{ens:.3f}", f"{row['drift']['sq_l2']:.3f}",
                           f"{row['drift']['cosine']:.3f}", f"{row.get('train_seconds', 0):.0f}")
-        Console().print(table)
-        Console().print(f"acceptance: {json.dumps(entry['acceptance'])}")
+        Console(width=150).print(table)
+        Console(width=150).print(f"acceptance: {json.dumps(entry['acceptance'])}")
     return report
 
 

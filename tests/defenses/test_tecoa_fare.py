@@ -6,10 +6,11 @@ model is weak, evaluated with PGD-10 (alpha = eps/4, random start, seed 0) on 20
 Thresholds sit between the values measured with seed 0 (comments) and the undefended model's.
 
 Measured (seed 0; training seed 1 in brackets): undefended clean 1.00, robust 0.38 at 4/255;
-TeCoA clean 1.00 [1.00], robust 0.55 [0.66], clean-embedding drift ||phi - phi_orig||^2 8.0 [7.2],
-cosine 0.78 [0.79]; FARE clean 1.00 [1.00], robust 0.595 [0.575], drift 0.28 [0.27], cosine 0.989
-[0.989] (||phi_orig||^2 = 10.9). A 16-step run at lr 1e-3 instead cost FARE 41 points of clean
-accuracy: the first large Adam steps disrupt the small network before it adapts.
+TeCoA clean 1.00 [1.00], robust 0.695 [0.685], clean-embedding drift ||phi - phi_orig||^2 1.31
+[1.49], cosine 0.959 [0.954]; FARE clean 1.00 [1.00], robust 0.65 [0.655], drift 0.16 [0.16],
+cosine 0.993 [0.993] (||phi_orig||^2 = 10.9). With bn_mode="eval": TeCoA 0.55 [0.66], drift 8.0
+[7.2]; FARE 0.595 [0.575], drift 0.28 [0.27]. A 16-step run at lr 1e-3 instead cost FARE 41
+points of clean accuracy: the first large Adam steps disrupt the small network before it adapts.
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def test_only_image_tower_trained(zoo_resnet, hardened):
         with torch.no_grad():
             assert torch.equal(result.model.encode_text(tokens), zoo_resnet.encode_text(tokens))
         assert torch.equal(result.model.logit_scale, zoo_resnet.logit_scale)
-        # BatchNorm stayed on its running statistics (bn_mode="eval"): buffers unchanged.
-        assert all(torch.equal(before[k], new[k]) for k in before if "running_" in k), name
+        # bn_mode="train" (default): BatchNorm's running averages moved towards adversarial statistics.
+        assert any(not torch.equal(before[k], new[k]) for k in before if "running_mean" in k), name
 
 
 def test_image_tower_parameters_of_tiny_clip(zoo_vit):
@@ -147,18 +148,19 @@ def test_tecoa_needs_labels_and_prompts(zoo_resnet):
         TeCoA(epochs=1)(zoo_resnet, torch.rand(4, 3, 32, 32), zeroshot_prompts())
 
 
-def test_fare_runs_without_labels_deterministic_and_bn_train_mode(zoo_resnet, zoo_vit):
+def test_fare_runs_without_labels_deterministic_and_bn_eval_mode(zoo_resnet, zoo_vit):
     unlabelled = ImageTextData(torch.rand(16, 3, 32, 32))
     fare = FARE(eps=4 / 255, steps=2, epochs=1, batch_size=8, lr=1e-3)
     a = fare(zoo_resnet, unlabelled, generator=torch.Generator().manual_seed(3))
     b = fare(zoo_resnet, unlabelled, generator=torch.Generator().manual_seed(3))
     assert same(snapshot(a.model), snapshot(b.model)) and a.losses == b.losses
-    # bn_mode="train": the outer step uses batch statistics and updates the copy's running averages only.
+    # bn_mode="eval": BatchNorm stays on its running statistics; the weights still train.
     before = snapshot(zoo_resnet)
-    c = FARE(eps=4 / 255, steps=2, epochs=1, batch_size=8, lr=1e-3, bn_mode="train")(zoo_resnet, unlabelled)
-    assert same(before, snapshot(zoo_resnet))
-    changed = [k for k, v in snapshot(c.model).items() if "running_mean" in k and not torch.equal(v, before[k])]
-    assert changed and not c.model.training
+    c = FARE(eps=4 / 255, steps=2, epochs=1, batch_size=8, lr=1e-3, bn_mode="eval")(zoo_resnet, unlabelled)
+    new = snapshot(c.model)
+    assert all(torch.equal(before[k], new[k]) for k in before if "running_" in k)
+    assert any(not torch.equal(before[k], new[k]) for k in before if k.endswith("conv1.weight"))
+    assert not c.model.training
     # The ViT tower (no BatchNorm) goes through the same loop.
     v = FARE(eps=4 / 255, steps=1, epochs=1, batch_size=8, lr=1e-3)(zoo_vit, unlabelled)
     assert v.steps == 2 and all(n.startswith("visual.") for n in v.extras["trained_parameters"])
@@ -170,12 +172,12 @@ def test_fare_runs_without_labels_deterministic_and_bn_train_mode(zoo_resnet, zo
 def test_robust_accuracy_rises_clean_accuracy_kept(evaluation):
     clean0, robust0 = evaluation["none"]  # measured: 1.00, 0.38
     for name in ("tecoa", "fare"):
-        clean, robust = evaluation[name]  # measured: tecoa 1.00 / 0.55, fare 1.00 / 0.595
+        clean, robust = evaluation[name]  # measured: tecoa 1.00 / 0.695, fare 1.00 / 0.65
         assert robust >= robust0 + 0.10, f"{name}: robust accuracy {robust:.3f} vs undefended {robust0:.3f}"
         assert clean >= clean0 - 0.05, f"{name}: clean accuracy {clean:.3f} vs undefended {clean0:.3f}"
 
 
 def test_fare_stays_closer_to_original_embeddings_than_tecoa(evaluation):
-    fare, tecoa = evaluation["fare_drift"], evaluation["tecoa_drift"]  # measured: 0.28 / 0.989 vs 8.0 / 0.78
+    fare, tecoa = evaluation["fare_drift"], evaluation["tecoa_drift"]  # measured: 0.16 / 0.993 vs 1.31 / 0.959
     assert fare["sq_l2"] < 0.25 * tecoa["sq_l2"], (fare, tecoa)
-    assert fare["cosine"] > tecoa["cosine"] + 0.05, (fare, tecoa)
+    assert fare["cosine"] > tecoa["cosine"] + 0.01, (fare, tecoa)

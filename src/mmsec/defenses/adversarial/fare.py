@@ -29,8 +29,10 @@ Arguments (defaults, pixel units):
     batch_size: 128.
     lr: 1e-5, weight_decay: 1e-4 (AdamW, ``--opt adamw --lr 1e-5 --wd 1e-4``).
     warmup: 0.07 of the optimisation steps (``--warmup 1400`` of 20,000), then cosine decay.
-    bn_mode: "eval" (BatchNorm on running statistics in the outer step) or "train"; CLIP's
-        towers have no BatchNorm, the tiny ResNet has (see :mod:`mmsec.train.adversarial`).
+    bn_mode: "train" (the outer step normalises with the adversarial batch's statistics and
+        updates BatchNorm's running averages, as the papers' ``model.train()``) or "eval" (running
+        statistics throughout); the attack always runs in eval mode. CLIP's towers have no
+        BatchNorm, the tiny ResNet has (see :mod:`mmsec.train.adversarial`).
     random_start: True (FARE's PGD starts uniformly in the ball).
 
 Shapes: data.pixels (N, 3, H, W) in [0, 1]; labels and prompts are ignored. Result:
@@ -112,7 +114,7 @@ class FARE(HardeningDefense):
                  lr: float = 1e-5,  # --opt adamw --lr 1e-5
                  weight_decay: float = 1e-4,  # --wd 1e-4
                  warmup: float = 0.07,  # --warmup 1400 of --steps 20000
-                 bn_mode: str = "eval",
+                 bn_mode: str = "train",  # the papers' code: model.train() for the outer step
                  random_start: bool = True):  # uniform start in the ball
         self.config = AdvTrainConfig(eps=eps, alpha=alpha, steps=steps, epochs=epochs, batch_size=batch_size,
                                      lr=lr, weight_decay=weight_decay, warmup=warmup, random_start=random_start,

@@ -30,8 +30,10 @@ Arguments (defaults, pixel units):
         only in their loss. TeCoA's own code uses SGD (momentum 0.9, no weight decay, 1,000
         warm-up steps, cosine).
     warmup: 0.07 of the optimisation steps (FARE's 1,400 of 20,000).
-    bn_mode: "eval" (BatchNorm on running statistics in the outer step) or "train"; CLIP's
-        towers have no BatchNorm, the tiny ResNet has (see :mod:`mmsec.train.adversarial`).
+    bn_mode: "train" (the outer step normalises with the adversarial batch's statistics and
+        updates BatchNorm's running averages, as the papers' ``model.train()``) or "eval" (running
+        statistics throughout); the attack always runs in eval mode. CLIP's towers have no
+        BatchNorm, the tiny ResNet has (see :mod:`mmsec.train.adversarial`).
     random_start: True (TeCoA's ``attack_pgd`` starts uniformly in the ball).
 
 Shapes: data.pixels (N, 3, H, W) in [0, 1], data.labels (N,) long; prompts: one list of prompt
@@ -102,7 +104,7 @@ class TeCoA(HardeningDefense):
                  lr: float = 1e-5,  # FARE's TeCoA reproduction (AdamW)
                  weight_decay: float = 1e-4,  # FARE's TeCoA reproduction
                  warmup: float = 0.07,  # FARE: 1,400 warm-up steps of 20,000
-                 bn_mode: str = "eval",
+                 bn_mode: str = "train",  # the papers' code: model.train() for the outer step
                  random_start: bool = True):  # TeCoA attack_pgd: uniform start in the ball
         self.config = AdvTrainConfig(eps=eps, alpha=alpha, steps=steps, epochs=epochs, batch_size=batch_size,
                                      lr=lr, weight_decay=weight_decay, warmup=warmup, random_start=random_start,

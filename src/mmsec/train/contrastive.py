@@ -35,6 +35,14 @@ def cosine_lr(step: int, total: int, base_lr: float, warmup: int) -> float:
     return 0.5 * base_lr * (1 + math.cos(math.pi * progress))
 
 
+def clip_adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW as CLIP trains: betas (0.9, 0.98), decay on weight matrices only (not norms, biases, scales)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2 and p.requires_grad]
+    no_decay = [p for p in model.parameters() if p.ndim < 2 and p.requires_grad]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+
+
 @dataclass
 class TrainConfig:
     steps: int = 600
@@ -57,10 +65,7 @@ def train_contrastive(model: nn.Module, batches: Callable[[int], tuple[torch.Ten
     ``batches(step)`` returns (pixels (B, 3, H, W) in [0, 1], captions list of B strings).
     Weight decay applies to matrices only (not to norms, biases, embeddings' scale).
     """
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and p.requires_grad]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 and p.requires_grad]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    opt = clip_adamw(model, cfg.lr, cfg.weight_decay)
     log = TrainLog()
     start = time.perf_counter()
     model.train()

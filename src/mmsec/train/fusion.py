@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..progress import progress_bar
-from .contrastive import TrainConfig, TrainLog, clip_loss, cosine_lr
+from .contrastive import TrainConfig, TrainLog, clip_adamw, clip_loss, cosine_lr
 
 
 @dataclass
@@ -141,10 +141,7 @@ def train_fusion(model: nn.Module, batches: FusionBatches, cfg: FusionTrainConfi
 
     ``batches(step)`` returns a :class:`FusionBatch`. Weight decay applies to matrices only.
     """
-    decay = [p for p in model.parameters() if p.ndim >= 2 and p.requires_grad]
-    no_decay = [p for p in model.parameters() if p.ndim < 2 and p.requires_grad]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    opt = clip_adamw(model, cfg.lr, cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
     log = FusionTrainLog()
     start = time.perf_counter()

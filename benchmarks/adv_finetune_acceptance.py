@@ -21,7 +21,7 @@ points at a clean cost <= 10 points; FARE's clean-embedding drift is smaller tha
 
 Usage::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adv_finetune_acceptance.py      # ~35 min on one thread
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adv_finetune_acceptance.py      # ~40 min on one thread
     .venv/bin/python benchmarks/adv_finetune_acceptance.py --models shapes-clip-resnet --ensemble none
 """
 

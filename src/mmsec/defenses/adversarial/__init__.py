@@ -1,7 +1,7 @@
 """Adversarial-robustness defenses: TeCoA and FARE fine-tune the image tower; AdvPT learns a text prompt.
 
-Both run the shared loop :func:`mmsec.train.adversarial.adversarial_finetune` on a deep copy of the
-model, training the image tower only; they differ in the loss the inner PGD maximises and the outer
+TeCoA and FARE run the shared loop :func:`mmsec.train.adversarial.adversarial_finetune` on a deep copy
+of the model, training the image tower only; they differ in the loss the inner PGD maximises and the outer
 step minimises (TeCoA: zero-shot cross-entropy against frozen class text embeddings; FARE: squared
 L2 distance to the original encoder's clean embedding).
 """

@@ -17,7 +17,8 @@ TINY_TECOA = {"name": "tecoa", "params": {"eps": "2/255", "epochs": 1, "batch_si
 
 
 def defended_spec(**overrides) -> dict:
-    return tiny_spec("defended", defense=["none", TINY_TECOA],
+    overrides.setdefault("defense", ["none", TINY_TECOA])
+    return tiny_spec("defended",
                      metrics=["clean_accuracy", "robust_accuracy", "i2t_r1", "defense_train_seconds"],
                      save_artifacts=False, **overrides)
 
@@ -67,3 +68,20 @@ def test_each_defense_is_trained_once_and_its_cost_is_stored(tmp_path, monkeypat
     csv_header = format_results(rows, "csv").splitlines()[0].split(",")
     assert "defense" in csv_header and "defense_train_seconds" in csv_header
     assert json.loads(format_results(rows, "json"))
+
+
+def test_a_defense_entry_can_name_the_models_it_is_for():
+    other = "zoo:shapes-clip-vit"
+    spec = defended_spec(model=["zoo:shapes-clip-resnet", other],
+                         defense=["none", dict(TINY_TECOA, models=[other]),
+                                  dict(TINY_TECOA, params=dict(TINY_TECOA["params"], lr=1e-3),
+                                       models=["zoo:shapes-clip-resnet"])])
+    cells = expand(spec)
+    pairs = [(c.config["model"], (c.config.get("defense") or {}).get("params", {}).get("lr")) for c in cells]
+    # each model: 2 eps undefended + 2 eps with its own TeCoA settings, never the other's
+    assert pairs.count(("zoo:shapes-clip-resnet", 1e-3)) == 2 and pairs.count((other, 1e-4)) == 2
+    assert ("zoo:shapes-clip-resnet", 1e-4) not in pairs and (other, 1e-3) not in pairs
+    assert len(cells) == 8
+    assert "models" not in cells[-1].config["defense"]  # the filter is not part of the cell's identity
+    with pytest.raises(SpecError, match=r"defense\[1\]\.models: 'zoo:nope'"):
+        load_spec(defended_spec(defense=["none", dict(TINY_TECOA, models=["zoo:nope"])]))

@@ -72,7 +72,9 @@ def expand(spec: Spec | dict | str) -> list[Cell]:
     varying += tuple(k for k, v in params.items() if isinstance(v, list))
     data = spec.data.model_dump(mode="json")
     cells = []
-    axes = itertools.product(spec.models, spec.defenses, spec.seeds, param_combinations(params))
+    axes = [(m, d, s, c) for m, d, s, c in itertools.product(spec.models, spec.defenses, spec.seeds,
+                                                             param_combinations(params))
+            if d is None or d.applies_to(m)]  # a defense entry may name the models it is for
     for i, (model, defense, seed, combo) in enumerate(axes):
         config = {
             "spec_name": spec.name,

@@ -103,12 +103,18 @@ class DefenseSpec(_Strict):
     """A hardening defense applied to the model before the attack (``name: none`` = undefended).
 
     ``data`` is the defense's training data (default: 2,000 shapes-world train images);
-    ``params`` are the defense's ``__init__`` arguments (scalars; fractions allowed for eps).
+    ``params`` are the defense's ``__init__`` arguments (scalars; fractions allowed for eps);
+    ``models`` restricts the entry to some of the spec's models (default: all of them), so one
+    spec can train each model with its own settings (two ``tecoa`` entries, one per model).
     """
 
     name: StrictStr
     params: dict[str, Scalar] = Field(default_factory=dict)
     data: DataSpec | None = None
+    models: list[StrictStr] | None = None
+
+    def applies_to(self, model: str) -> bool:
+        return self.models is None or model in self.models
 
 
 class Spec(_Strict):
@@ -404,6 +410,11 @@ def _check_defenses(spec: Spec) -> list[str]:
         seen.append(d)
         if d is None:
             continue
+        for m in d.models or []:
+            if m not in spec.models:
+                issues.append(f"{where}.models: {m!r} is not one of the spec's models ({', '.join(spec.models)})")
+        if d.models is not None and not d.models:
+            issues.append(f"{where}.models: empty list; leave it out to apply the defense to every model")
         if d.name not in names:
             issues.append(f"{where}.name: unknown defense {d.name!r}; registered: {', '.join(names) or '(none)'}, "
                           f"or 'none' for the undefended model.{close_names(d.name, names + ['none'])}")

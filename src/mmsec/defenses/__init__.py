@@ -4,8 +4,8 @@ Importing this package registers the built-in defenses (``mmsec.registry.entries
 """
 
 from . import adversarial
-from .adversarial import FARE, AdvPT, PromptTunedCLIP, TeCoA, embedding_drift
+from .adversarial import FARE, VILLA, AdvPT, PromptTunedCLIP, TeCoA, embedding_drift
 from .base import DefenseResult, HardeningDefense, image_tower_parameters, trainable_copy
 
-__all__ = ["FARE", "AdvPT", "DefenseResult", "PromptTunedCLIP", "HardeningDefense", "TeCoA", "adversarial", "embedding_drift",
+__all__ = ["FARE", "AdvPT", "DefenseResult", "PromptTunedCLIP", "HardeningDefense", "TeCoA", "VILLA", "adversarial", "embedding_drift",
            "image_tower_parameters", "trainable_copy"]

@@ -1,4 +1,5 @@
-"""Adversarial-robustness defenses: TeCoA and FARE fine-tune the image tower; AdvPT learns a text prompt.
+"""Adversarial-robustness defenses: TeCoA and FARE fine-tune the image tower; AdvPT learns a text prompt;
+VILLA fine-tunes a fusion model against embedding-space perturbations of both modalities.
 
 TeCoA and FARE run the shared loop :func:`mmsec.train.adversarial.adversarial_finetune` on a deep copy
 of the model, training the image tower only; they differ in the loss the inner PGD maximises and the outer
@@ -9,5 +10,7 @@ L2 distance to the original encoder's clean embedding).
 from .advpt import AdvPT, PromptTunedCLIP
 from .fare import FARE, embedding_drift, fare_loss
 from .tecoa import TeCoA, tecoa_loss
+from .villa import VILLA, symmetric_kl
 
-__all__ = ["FARE", "AdvPT", "PromptTunedCLIP", "TeCoA", "embedding_drift", "fare_loss", "tecoa_loss"]
+__all__ = ["FARE", "AdvPT", "PromptTunedCLIP", "TeCoA", "VILLA", "embedding_drift", "fare_loss", "symmetric_kl",
+           "tecoa_loss"]

@@ -35,6 +35,7 @@ DEFAULT_RESULTS = Path("mmsec-results")
 
 class Kind(str, Enum):
     attacks = "attacks"
+    pair_attacks = "pair_attacks"
     defenses = "defenses"
     models = "models"
     datasets = "datasets"
@@ -201,14 +202,16 @@ def results(
     results_dir: Path = typer.Option(DEFAULT_RESULTS, help="The results directory to read."),
     fmt: Format = typer.Option(Format.table, "--format", help="table, csv or json."),
     spec: str = typer.Option(None, help="Only runs of this spec name."),
+    matrix: str = typer.Option(None, help="Transfer runs: print source x target matrices of this metric (e.g. asr)."),
 ) -> None:
     """Print stored results."""
-    from .runs.results import format_results, query
+    from .runs.results import format_matrix, format_results, query
 
     if not (Path(results_dir) / "results.sqlite").is_file():
         raise FileNotFoundError(f"no results store in {results_dir} (expected {results_dir}/results.sqlite); "
                                 "run `mmsec quickstart` or `mmsec run SPEC` first")
-    _write(format_results(query(results_dir, spec_name=spec), fmt.value))
+    rows = query(results_dir, spec_name=spec)
+    _write(format_matrix(rows, matrix) if matrix else format_results(rows, fmt.value))
 
 
 def _write(text: str) -> None:

@@ -9,7 +9,9 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-KINDS = ("attacks", "defenses", "models", "datasets")
+# attacks: evasion attacks on images against an objective; pair_attacks: attacks on (image, caption)
+# pairs of a vision-language model (Co-Attack, SGA), used by the transfer task.
+KINDS = ("attacks", "pair_attacks", "defenses", "models", "datasets")
 
 
 @dataclass(frozen=True)

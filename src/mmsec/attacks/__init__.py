@@ -3,10 +3,10 @@
 Importing this package registers the built-in attacks (``mmsec.registry.entries("attacks")``).
 """
 
-from . import adversarial
+from . import adversarial, multimodal
 from .adversarial import FGSM, PGD, UniformNoise
 from .base import EvasionAttack, EvasionResult
 from .objectives import RetrievalObjective, ZeroShotObjective
 
 __all__ = ["FGSM", "PGD", "EvasionAttack", "EvasionResult", "RetrievalObjective", "UniformNoise",
-           "ZeroShotObjective", "adversarial"]
+           "ZeroShotObjective", "adversarial", "multimodal"]

@@ -54,6 +54,23 @@ RUN_METRIC_DEFINITIONS: dict[str, MetricDefinition] = {d.name: d for d in [
                                       "adversarial images"),
     MetricDefinition("i2t_r1_noise", 1, "image-to-text retrieval recall@1 under uniform noise of the attack's "
                                         "budget"),
+    MetricDefinition("asr", 1, "transfer: attack success rate on the target's pair retrieval, mean of the "
+                               "image-to-text and text-to-image ASR (R@1 queries right before the attack and "
+                               "wrong after it)"),
+    MetricDefinition("asr_i2t", 1, "transfer: ASR of image-to-text retrieval (TR) at R@1 on the target"),
+    MetricDefinition("asr_t2i", 1, "transfer: ASR of text-to-image retrieval (IR) at R@1 on the target"),
+    MetricDefinition("asr_noise", 1, "transfer: ASR on the target of uniform image noise of the attack's budget "
+                                     "(clean captions)"),
+    MetricDefinition("clean_i2t_r1", 1, "transfer: the target's image-to-text R@1 on the clean pairs",
+                     higher_is_better=True),
+    MetricDefinition("clean_t2i_r1", 1, "transfer: the target's text-to-image R@1 on the clean pairs",
+                     higher_is_better=True),
+    MetricDefinition("adv_i2t_r1", 1, "transfer: the target's image-to-text R@1 on the adversarial pairs",
+                     higher_is_better=True),
+    MetricDefinition("adv_t2i_r1", 1, "transfer: the target's text-to-image R@1 on the adversarial pairs",
+                     higher_is_better=True),
+    MetricDefinition("words_changed", 1, "transfer: mean number of words the attack changed per caption",
+                     higher_is_better=False),
     MetricDefinition("defense_train_seconds", 1, "wall-clock seconds the cell's defense took to train the "
                                                  "hardened model (0 for no defense)", higher_is_better=False),
 ]}
@@ -63,14 +80,20 @@ ZEROSHOT_METRICS = ("clean_accuracy", "top5_accuracy", "robust_accuracy", "noise
 RETRIEVAL_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10",
                      "i2t_r1_adv", "i2t_r5_adv", "i2t_r10_adv", "t2i_r1_adv", "i2t_r1_noise",
                      "attack_success_rate", "mean_perturbation_linf", "defense_train_seconds")
-TASK_METRICS: dict[str, tuple[str, ...]] = {"zeroshot": ZEROSHOT_METRICS, "retrieval": RETRIEVAL_METRICS}
+TRANSFER_METRICS = ("asr", "asr_i2t", "asr_t2i", "asr_noise", "clean_i2t_r1", "clean_t2i_r1", "adv_i2t_r1",
+                    "adv_t2i_r1", "words_changed")
+TASK_METRICS: dict[str, tuple[str, ...]] = {"zeroshot": ZEROSHOT_METRICS, "retrieval": RETRIEVAL_METRICS,
+                                            "transfer": TRANSFER_METRICS}
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
+    "transfer": ("asr", "asr_i2t", "asr_t2i", "clean_i2t_r1", "words_changed"),
     "zeroshot": ("clean_accuracy", "robust_accuracy", "noise_accuracy", "attack_success_rate",
                  "mean_perturbation_linf"),
     "retrieval": ("i2t_r1", "i2t_r1_adv", "i2t_r1_noise", "attack_success_rate", "mean_perturbation_linf"),
 }
 # The metric that needs the baseline, per task (always computed when a baseline is set).
-NOISE_METRIC = {"zeroshot": "noise_accuracy", "retrieval": "i2t_r1_noise"}
+NOISE_METRIC = {"zeroshot": "noise_accuracy", "retrieval": "i2t_r1_noise", "transfer": "asr_noise"}
+# Which registry kind names a task's attack: transfer crafts (image, caption) pairs.
+ATTACK_KIND = {"zeroshot": "attacks", "retrieval": "attacks", "transfer": "pair_attacks"}
 TASKS = tuple(TASK_METRICS)
 
 # Class-prompt templates for image folders (CLIP-style; shapes uses its own zeroshot_prompts()).
@@ -123,11 +146,11 @@ def _accepted_kwargs(factory: Any) -> tuple[set[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
 
-def build_attack(name: str, params: dict[str, Any]) -> Any:
-    """Construct registered attack ``name`` with ``params`` (scalars)."""
+def build_attack(name: str, params: dict[str, Any], kind: str = "attacks") -> Any:
+    """Construct registered attack ``name`` (of registry ``kind``) with ``params`` (scalars)."""
     from .. import registry
 
-    return registry.get("attacks", name).factory(**params)
+    return registry.get(kind, name).factory(**params)
 
 
 def attack_params(attack: Any) -> dict[str, Any]:
@@ -188,7 +211,7 @@ def defended_model(cell: dict) -> tuple[Any, float]:
 
 
 # -- loading (cached per process: a Ray worker reuses its model across cells) ---------------------
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)  # a transfer grid alternates between a source and several targets
 def load_model(spec: str) -> Any:
     from ..models.loaders import load_contrastive
 
@@ -290,6 +313,10 @@ def execute_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
     """
     from .. import __version__
 
+    if cell["task"] == "transfer":
+        from .transfer import execute_transfer_cell
+
+        return execute_transfer_cell(cell)
     t0 = time.perf_counter()
     model, defense_seconds = defended_model(cell)
     data = cell["data"]
@@ -380,9 +407,10 @@ def run_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
 def _metric_kind(name: str) -> str:
     if name == "defense_train_seconds":
         return "cost"
-    if name in ("noise_accuracy", "i2t_r1_noise"):
+    if name in ("noise_accuracy", "i2t_r1_noise", "asr_noise"):
         return "noise"
-    if name in ("robust_accuracy", "attack_success_rate", "mean_perturbation_linf") or name.endswith("_adv"):
+    if (name in ("robust_accuracy", "attack_success_rate", "mean_perturbation_linf", "asr", "asr_i2t", "asr_t2i",
+                 "words_changed") or name.endswith("_adv") or name.startswith("adv_")):
         return "adv"
     return "clean"
 

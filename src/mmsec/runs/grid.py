@@ -1,7 +1,8 @@
 """Grid expansion: a spec's list-valued fields become the cartesian product of cells.
 
 Axes, outermost first: ``model`` x ``defense`` x ``seed`` x each list-valued attack parameter in the order the
-spec gives them. Each cell is a plain dict holding everything that determines its result (spec
+spec gives them x ``target`` (task transfer: innermost, so the cells scoring one source's
+adversarial pairs on every target run back to back and share them). Each cell is a plain dict holding everything that determines its result (spec
 name, model, seed, data, task, resolved attack parameters, targeted, baseline, metrics, batch
 size, artifacts flag), and its ``cell_hash`` is the sha256 of that dict's canonical JSON. The
 spec's own hash is not part of a cell, so adding a value to a list keeps the other cells' hashes
@@ -53,6 +54,8 @@ class Cell:
         for key in self.varying:
             if key == "model":
                 parts.append(f"model={self.config['model']}")
+            elif key == "target":
+                parts.append(f"target={self.config['target']}")
             elif key == "seed":
                 parts.append(f"seed={self.config['seed']}")
             elif key == "defense":
@@ -67,15 +70,15 @@ def expand(spec: Spec | dict | str) -> list[Cell]:
     """The spec's cells in deterministic order (model, seed, then list-valued params)."""
     spec = load_spec(spec)
     params = spec.attack.params
-    varying = tuple(k for k, v in (("model", spec.model), ("defense", spec.defense), ("seed", spec.seed))
-                    if isinstance(v, list))
+    varying = tuple(k for k, v in (("model", spec.model), ("target", spec.target), ("defense", spec.defense),
+                                   ("seed", spec.seed)) if isinstance(v, list))
     varying += tuple(k for k, v in params.items() if isinstance(v, list))
     data = spec.data.model_dump(mode="json")
     cells = []
-    axes = [(m, d, s, c) for m, d, s, c in itertools.product(spec.models, spec.defenses, spec.seeds,
-                                                             param_combinations(params))
+    axes = [(m, t, d, s, c) for m, d, s, c, t in itertools.product(spec.models, spec.defenses, spec.seeds,
+                                                                   param_combinations(params), spec.targets)
             if d is None or d.applies_to(m)]  # a defense entry may name the models it is for
-    for i, (model, defense, seed, combo) in enumerate(axes):
+    for i, (model, target, defense, seed, combo) in enumerate(axes):
         config = {
             "spec_name": spec.name,
             "model": model,
@@ -89,6 +92,8 @@ def expand(spec: Spec | dict | str) -> list[Cell]:
             "batch_size": spec.batch_size,
             "save_artifacts": spec.save_artifacts,
         }
+        if target is not None:  # transfer cells only: other cells keep their hashes
+            config["target"] = target
         if defense is not None:  # only present when used, so undefended cells keep their hashes
             config["defense"] = defense_config(defense)
         cells.append(Cell(i, config, varying))

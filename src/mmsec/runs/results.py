@@ -30,7 +30,9 @@ FORMATS = ("table", "csv", "json")
 # Metric column order in pivoted views (others follow alphabetically).
 _METRIC_ORDER = ("clean_accuracy", "top5_accuracy", "noise_accuracy", "robust_accuracy", "attack_success_rate",
                  "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1_noise", "i2t_r1_adv",
-                 "i2t_r5_adv", "i2t_r10_adv", "t2i_r1_adv", "mean_perturbation_linf", "defense_train_seconds")
+                 "i2t_r5_adv", "i2t_r10_adv", "t2i_r1_adv", "mean_perturbation_linf", "defense_train_seconds",
+                 "clean_i2t_r1", "clean_t2i_r1", "asr_noise", "asr", "asr_i2t", "asr_t2i", "adv_i2t_r1",
+                 "adv_t2i_r1", "words_changed")
 _ALWAYS_SHOWN_PARAMS = ("eps", "norm", "steps")
 _PARAM_ORDER = ("eps", "alpha", "steps", "norm")
 
@@ -68,6 +70,7 @@ def query(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
         d["params"] = resolved if isinstance(resolved, dict) else cell["attack"]["params"]
         d["spec_params"] = cell["attack"]["params"]
         d["targeted"] = cell.get("targeted", False)
+        d["target"] = cell.get("target")  # task transfer: the model the source's pairs were scored on
         d["defense"] = (cell.get("defense") or {}).get("name", "none")
         d["defense_params"] = (cell.get("defense") or {}).get("params", {})
         d["task"] = cell.get("task")
@@ -82,7 +85,8 @@ def pivot(rows: list[dict]) -> tuple[list[str], list[str], list[dict]]:
     runs: dict[int, dict] = {}
     for r in rows:
         rec = runs.setdefault(r["run_id"], {k: r.get(k, d) for k, d in (
-            ("run_id", None), ("spec_name", None), ("model", None), ("defense", "none"), ("attack", None),
+            ("run_id", None), ("spec_name", None), ("model", None), ("target", None), ("defense", "none"),
+            ("attack", None),
             ("seed", None), ("targeted", False), ("params", {}), ("wall_time_s", None))})
         rec.setdefault("metrics", {})[r["metric"]] = r["value"]
     records = list(runs.values())
@@ -91,7 +95,8 @@ def pivot(rows: list[dict]) -> tuple[list[str], list[str], list[dict]]:
     metric_names = {m for rec in records for m in rec["metrics"]}
     metrics = [m for m in _METRIC_ORDER if m in metric_names] + sorted(metric_names - set(_METRIC_ORDER))
     records.sort(key=lambda rec: (rec["spec_name"], rec["model"], rec["defense"], rec["attack"],
-                                  tuple(_sort_key(rec["params"].get(p)) for p in params), rec["seed"]))
+                                  tuple(_sort_key(rec["params"].get(p)) for p in params), rec["target"] or "",
+                                  rec["seed"]))
     return params, metrics, records
 
 
@@ -136,7 +141,7 @@ def format_results(rows: list[dict], fmt: str = "table", pivot_runs: bool | None
         return json.dumps(records, indent=2, sort_keys=True)
     if fmt == "csv":
         return _csv([{"run_id": rec["run_id"], "spec": rec["spec_name"], "model": rec["model"],
-                      "defense": rec["defense"], "attack": rec["attack"], **{p: rec["params"].get(p) for p in params}, "seed": rec["seed"],
+                      **({"target": rec["target"]} if rec["target"] else {}), "defense": rec["defense"], "attack": rec["attack"], **{p: rec["params"].get(p) for p in params}, "seed": rec["seed"],
                       "targeted": rec["targeted"], **{m: rec["metrics"].get(m) for m in metrics},
                       "wall_time_s": rec["wall_time_s"]} for rec in records])
     return _table(params, metrics, records)
@@ -163,9 +168,11 @@ def _table(params: list[str], metrics: list[str], records: list[dict]) -> str:
     shown = [p for p in params if p in _ALWAYS_SHOWN_PARAMS
              or len({json.dumps(rec["params"].get(p)) for rec in records}) > 1]
     # Context columns that are the same on every line move to the title, to keep the table narrow.
-    context = {"spec": "spec_name", "model": "model", "defense": "defense", "attack": "attack"}
+    context = {"spec": "spec_name", "model": "model", "target": "target", "defense": "defense", "attack": "attack"}
     if all(rec["defense"] == "none" for rec in records):
         del context["defense"]  # runs without any defense: nothing to say
+    if all(rec["target"] is None for rec in records):
+        del context["target"]  # not a transfer run
     constant = {col for col, key in context.items() if len({rec[key] for rec in records}) == 1}
     title = " | ".join(f"{col} {records[0][context[col]]}" for col in context if col in constant)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title or None, title_justify="left")
@@ -191,4 +198,32 @@ def _table(params: list[str], metrics: list[str], records: list[dict]) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 
 
-__all__ = ["FORMATS", "format_results", "pivot", "query"]
+def format_matrix(rows: list[dict], metric: str = "asr") -> str:
+    """Transfer runs as source x target matrices of ``metric``, one per (spec, attack, parameters, seed)."""
+    params, _, records = pivot([r for r in rows if r.get("target")])
+    if not records:
+        return "(no transfer runs: a matrix needs task 'transfer' results)\n"
+    groups: dict[tuple, dict[tuple[str, str], float | None]] = {}
+    for rec in records:
+        key = (rec["spec_name"], rec["attack"], tuple((p, json.dumps(rec["params"].get(p))) for p in params),
+               rec["seed"])
+        groups.setdefault(key, {})[(rec["model"], rec["target"])] = rec["metrics"].get(metric)
+    varying = [p for p in params if len({json.dumps(rec["params"].get(p)) for rec in records}) > 1
+               or p in _ALWAYS_SHOWN_PARAMS]
+    out = []
+    for (spec, attack, ps, seed), cells in groups.items():
+        values = dict(ps)
+        shown = ", ".join(f"{p}={_fmt_param(p, json.loads(values[p]))}" for p in varying if p in values)
+        sources = list(dict.fromkeys(s for s, _ in cells))
+        targets = list(dict.fromkeys(t for _, t in cells))
+        lines = [f"{spec} | {attack} ({shown}) | seed {seed} | {metric}: rows = source, columns = target"]
+        width = max(len(s) for s in sources + targets)
+        lines.append(" " * width + "  " + "  ".join(t.rjust(width) for t in targets))
+        for s in sources:
+            lines.append(s.ljust(width) + "  " + "  ".join(
+                (_fmt_value(metric, cells.get((s, t))) or "-").rjust(width) for t in targets))
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+__all__ = ["FORMATS", "format_matrix", "format_results", "pivot", "query"]

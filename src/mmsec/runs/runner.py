@@ -74,7 +74,7 @@ def run_spec(spec: str | Path | dict | Spec, results_dir: str | Path, backend: s
         if todo and backend == "sequential":
             # Pre-flight: a model that cannot be loaded (missing, tampered, pickled) is one clear error
             # before any cell starts, not the same failure once per cell. Cached, so cells reuse it.
-            for model in dict.fromkeys(c.config["model"] for c in todo):
+            for model in dict.fromkeys(m for c in todo for m in (c.config["model"], c.config.get("target")) if m):
                 execute.load_model(model)
         if len(todo) < len(cells):
             logger.info("%s: %d of %d cells already in %s", spec.name, len(cells) - len(todo), len(cells), store.path)

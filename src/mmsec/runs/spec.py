@@ -51,6 +51,7 @@ from pydantic import (
 
 from ..registry import close_names
 from .execute import (
+    ATTACK_KIND,
     DEFAULT_METRICS,
     NOISE_METRIC,
     TASK_METRICS,
@@ -128,6 +129,7 @@ class Spec(_Strict):
     task: StrictStr = "zeroshot"
     attack: AttackSpec
     defense: StrictStr | DefenseSpec | list[StrictStr | DefenseSpec] | None = None
+    target: StrictStr | list[StrictStr] | None = None  # task transfer: the models scored on the source's pairs
     targeted: StrictBool = False
     baseline: StrictStr | None = "noise"
     metrics: list[StrictStr] | None = None
@@ -142,6 +144,13 @@ class Spec(_Strict):
     @property
     def models(self) -> list[str]:
         return list(self.model) if isinstance(self.model, list) else [self.model]
+
+    @property
+    def targets(self) -> list[str | None]:
+        """The transfer targets (``[None]`` for tasks without targets)."""
+        if self.target is None:
+            return [None]
+        return list(self.target) if isinstance(self.target, list) else [self.target]
 
     @property
     def defenses(self) -> list[DefenseSpec | None]:
@@ -314,8 +323,16 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
                 if values.index(v) != i:
                     issues.append(f"{field}[{i}]: duplicate value {v!r} (each grid cell must be distinct)")
     known_zoo = sorted(set(zoo.recipe_names()) | set(zoo.available()))
-    for i, m in enumerate(spec.models):
-        where = f"model[{i}]" if isinstance(spec.model, list) else "model"
+    if isinstance(spec.target, list):
+        if not spec.target:
+            issues.append("target: empty list; give at least one target model")
+        for i, v in enumerate(spec.target):
+            if spec.target.index(v) != i:
+                issues.append(f"target[{i}]: duplicate value {v!r} (each grid cell must be distinct)")
+    named = [(f"model[{i}]" if isinstance(spec.model, list) else "model", m) for i, m in enumerate(spec.models)]
+    named += [(f"target[{i}]" if isinstance(spec.target, list) else "target", m)
+              for i, m in enumerate(spec.targets) if m is not None]
+    for where, m in named:
         scheme, _, rest = m.partition(":")
         if scheme not in MODEL_SCHEMES or not rest:
             hint = f" Did you mean 'zoo:{m}'?" if m in known_zoo else ""
@@ -371,18 +388,34 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
             metrics.append(noise_metric)  # the baseline runs in every cell: always store its number
 
     issues += _check_defenses(spec)
+    if spec.task == "transfer":
+        if spec.target is None:
+            issues.append("target: task 'transfer' needs the target models the source's adversarial pairs are "
+                          "scored on (e.g. target: [zoo:shapes-clip-resnet, zoo:shapes-clip-vit])")
+        if any(d is not None for d in spec.defenses):
+            issues.append("defense: not supported with task 'transfer' (score a defended target instead)")
+        if spec.targeted:
+            issues.append("targeted: task 'transfer' is untargeted")
+    elif spec.target is not None and task_ok:
+        issues.append(f"target: only task 'transfer' has target models (task is {spec.task!r})")
 
     # attack and baseline names
-    attack_names = [e.name for e in registry.entries("attacks")]
+    kind = ATTACK_KIND.get(spec.task, "attacks")
+    attack_names = [e.name for e in registry.entries(kind)]
     attack_ok = spec.attack.name in attack_names
     if not attack_ok:
-        issues.append(f"attack.name: unknown attack {spec.attack.name!r}; registered: {', '.join(attack_names) or '(none)'}."
+        issues.append(f"attack.name: unknown {'pair attack' if kind == 'pair_attacks' else 'attack'} "
+                      f"{spec.attack.name!r} for task {spec.task!r}; registered: {', '.join(attack_names) or '(none)'}."
                       f"{close_names(spec.attack.name, attack_names)}")
-    if spec.baseline is not None and spec.baseline not in attack_names:
+    if kind == "pair_attacks":
+        if spec.baseline not in (None, "noise"):
+            issues.append(f"baseline: task 'transfer' has only the 'noise' baseline (uniform image noise of the "
+                          f"attack's budget) or null, got {spec.baseline!r}")
+    elif spec.baseline is not None and spec.baseline not in attack_names:
         issues.append(f"baseline: unknown attack {spec.baseline!r}; use 'noise' (uniform noise of the attack's "
                       f"budget) or null.{close_names(spec.baseline, attack_names)}")
 
-    params, param_issues = _check_params(spec.attack.params, spec.attack.name if attack_ok else None)
+    params, param_issues = _check_params(spec.attack.params, spec.attack.name if attack_ok else None, kind)
     issues += param_issues
     if not issues:
         issues += _try_build(spec, params)
@@ -450,14 +483,15 @@ def defense_config(d: DefenseSpec | None) -> dict | None:
     return {"name": d.name, "params": resolve_defense_params(d.params), "data": data}
 
 
-def _check_params(params: dict[str, Any], attack: str | None) -> tuple[dict[str, Any], list[str]]:
+def _check_params(params: dict[str, Any], attack: str | None,
+                  kind: str = "attacks") -> tuple[dict[str, Any], list[str]]:
     """Normalise fractions in budget params; check names against the attack's signature."""
     from .. import registry
 
     issues: list[str] = []
     out: dict[str, Any] = {}
     if attack is not None:
-        accepted, var_kw = _accepted_kwargs(registry.get("attacks", attack).factory)
+        accepted, var_kw = _accepted_kwargs(registry.get(kind, attack).factory)
         if not var_kw:
             for key in params:
                 if key not in accepted:
@@ -525,12 +559,18 @@ def _try_build(spec: Spec, params: dict[str, Any]) -> list[str]:
             issues.append(f"attack.params.{unresolved[0]}: {combo[unresolved[0]]!r} is relative to eps, "
                           "but the attack has no eps parameter")
             break
+        kind = ATTACK_KIND.get(spec.task, "attacks")
         try:
-            attack = build_attack(spec.attack.name, combo)
+            attack = build_attack(spec.attack.name, combo, kind)
         except (TypeError, ValueError) as e:
             issues.append(f"attack.params: {spec.attack.name} rejected ({shown}): {e}")
             break
-        if spec.baseline is not None:
+        if spec.baseline is not None and kind == "pair_attacks":
+            if "eps" not in attack.params():
+                issues.append(f"baseline: 'noise' needs the attack's eps, but {spec.attack.name} has none; "
+                              "set `baseline: null`")
+                break
+        elif spec.baseline is not None:
             try:
                 build_baseline(spec.baseline, attack)
             except (TypeError, ValueError, KeyError) as e:

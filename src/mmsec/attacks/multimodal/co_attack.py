@@ -31,7 +31,9 @@ tower's own embedding), ``"text"`` (the text attack alone) and ``"both"`` (the t
 independently and are combined: the code's "Attack Both (vanilla)").
 
 Defaults (the code's retrieval evaluation): eps 2/255, steps 10, step 1.25 eps / steps, random start
-uniform in [0, eps] (the code draws only non-negative starts), weight 3, text: 1 word of 10 candidates.
+uniform in [0, eps] (the code draws only non-negative starts), weight 3, text: 1 word of 10 candidates
+(``max_words``, ``k``; ``candidates`` names the generator: "default", "lexical", "typos" or
+"mlm:/path", see :func:`mmsec.attacks.text.candidate_generator`).
 Departures: the candidate words come from the shapes world's lexical neighbours and typos unless
 a masked LM is passed (see :mod:`mmsec.attacks.text`); images are not input-diversified (the
 code's default attacker is plain PGD too).
@@ -51,7 +53,9 @@ from ...models.base import check_pixels
 from ..base import check_budget, check_int, make_generator
 from ..embedding_losses import softmax_kl
 from ..projection import project
+from ...registry import register
 from ..text.bert_attack import BertAttack, TextAttackResult, fused_embedder, text_tower_embedder
+from ..text.candidates import candidate_generator
 
 MODES = ("co", "image", "text", "both")
 EMBEDDINGS = ("auto", "fused", "unimodal")
@@ -76,14 +80,16 @@ class MultimodalAttackResult:
     params: dict = field(default_factory=dict)
 
 
+@register("pair_attacks", "co_attack")
 class CoAttack:
-    """Co-Attack (Zhang, Yi, Sang, ACM MM 2022) and its ablations (see module docstring)."""
+    """Co-Attack (Zhang, Yi, Sang, ACM MM 2022) and its ablations (mode image / text / both / co)."""
 
     name = "co_attack"
     threat_model = "white-box"
 
     def __init__(self, eps: float = 2 / 255, steps: int = 10, step_size: float | None = None, weight: float = 3.0,
                  mode: str = "co", embedding: str = "auto", text_attack: BertAttack | None = None,
+                 candidates: str = "default", max_words: int = 1, k: int = 10,
                  random_start: bool = True, batch_size: int = 128):
         self.eps = check_budget("eps", eps)
         self.steps = check_int("steps", steps, 1)
@@ -94,7 +100,9 @@ class CoAttack:
         if embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
         self.mode, self.embedding = mode, embedding
-        self.text_attack = text_attack if text_attack is not None else BertAttack(max_words=1, k=10)
+        # The text attack: given, or built from the spec-friendly candidates / max_words / k.
+        self.text_attack = text_attack if text_attack is not None else BertAttack(
+            max_words=max_words, k=k, candidates=candidate_generator(candidates))
         self.random_start = bool(random_start)
         self.batch_size = check_int("batch_size", batch_size, 1)
 

@@ -1,7 +1,7 @@
 """Text-side attacks on vision-language models: word substitution (BERT-Attack style) and its candidate generators."""
 
 from .bert_attack import BertAttack, TextAttackResult, fused_embedder, kl_from, text_tower_embedder
-from .candidates import Candidates, CharacterEdits, LexicalNeighbours, MaskedLMCandidates
+from .candidates import Candidates, CharacterEdits, LexicalNeighbours, MaskedLMCandidates, candidate_generator
 
 __all__ = ["BertAttack", "Candidates", "CharacterEdits", "LexicalNeighbours", "MaskedLMCandidates",
-           "TextAttackResult", "fused_embedder", "kl_from", "text_tower_embedder"]
+           "TextAttackResult", "candidate_generator", "fused_embedder", "kl_from", "text_tower_embedder"]

@@ -164,5 +164,20 @@ class Candidates:
         return out[:k]
 
 
-__all__ = ["STOP_WORDS", "CandidateGenerator", "Candidates", "CharacterEdits", "LexicalNeighbours",
+def candidate_generator(name: str | CandidateGenerator) -> CandidateGenerator:
+    """A generator from a spec-friendly name: ``"default"`` (lexical neighbours, then typos),
+    ``"lexical"``, ``"typos"``, or ``"mlm:/path/to/local/masked-lm"``; a generator is returned as is."""
+    if callable(name):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"candidates must be a name or a generator, got {type(name).__name__}")
+    if name.startswith("mlm:"):
+        return MaskedLMCandidates(name[4:])
+    named = {"default": Candidates.shapes_default, "lexical": LexicalNeighbours.shapes_world, "typos": CharacterEdits}
+    if name not in named:
+        raise ValueError(f"candidates must be one of {sorted(named)} or 'mlm:/path/to/dir', got {name!r}")
+    return named[name]()
+
+
+__all__ = ["STOP_WORDS", "candidate_generator", "CandidateGenerator", "Candidates", "CharacterEdits", "LexicalNeighbours",
            "MaskedLMCandidates"]

@@ -1,0 +1,120 @@
+"""Execute one transfer cell: adversarial pairs crafted on the source model, scored on a target model.
+
+A transfer cell has ``model`` (the source, white-box to the attacker), ``target`` (the model the
+pairs are scored on; the source itself gives the white-box number), a pair attack
+(``registry`` kind ``pair_attacks``: Co-Attack, SGA, ...) and the data: N images with their
+first caption. The metrics are those of :mod:`mmsec.evaluation.pair_retrieval` on the target:
+the attack success rate (ASR) of image-to-text and text-to-image retrieval at R@1, and with
+``baseline: noise`` the ASR of uniform image noise of the attack's budget (clean captions).
+
+The crafted pairs depend on the source, the attack, the data and the seed only, so they are
+computed once per process and shared by the cells of every target (the grid puts the target
+axis innermost).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from ..evaluation.pair_retrieval import attack_success, caption_positives, pair_retrieval
+from .execute import (
+    _first,
+    _first_caption,
+    attack_params,
+    build_attack,
+    derive_seed,
+    format_eps,
+    load_data,
+    load_model,
+    metric_definition,
+)
+
+
+def _pairs(cell: dict, image_size: int) -> tuple[torch.Tensor, list[str]]:
+    data = cell["data"]
+    dataset = load_data(data, image_size)
+    n = data.get("n")
+    if n is not None:
+        if n > len(dataset.pixels):
+            raise ValueError(f"data.n = {n} but data set {data['name']!r} has only {len(dataset.pixels)} images")
+        dataset = _first(dataset, n)
+    if not getattr(dataset, "captions", None):
+        raise ValueError(f"task 'transfer' scores image-text retrieval and needs captions, but data set "
+                         f"{data['name']!r} has none")
+    return dataset.pixels, [_first_caption(c) for c in dataset.captions]
+
+
+@lru_cache(maxsize=2)
+def _crafted(source: str, attack_json: str, data_json: str, seed: int, batch_size: int):
+    """(clean pixels, clean captions, adversarial pixels, adversarial captions, words changed, params, seconds)."""
+    model = load_model(source)
+    attack_cfg, data = json.loads(attack_json), json.loads(data_json)
+    pixels, captions = _pairs({"data": data}, int(getattr(model, "image_size", 32)))
+    attack = build_attack(attack_cfg["name"], attack_cfg["params"], "pair_attacks")
+    gen = torch.Generator().manual_seed(derive_seed(seed, "attack"))
+    start = time.perf_counter()
+    adv_pixels, adv_texts, changed = [], [], []
+    for s in range(0, pixels.shape[0], batch_size):
+        result = attack(model, pixels[s:s + batch_size], captions[s:s + batch_size], generator=gen)
+        adv_pixels.append(result.adv_pixels.detach())
+        adv_texts += result.adv_texts
+        changed += result.text.words_changed if result.text is not None else [0] * len(result.adv_texts)
+    return (pixels, captions, torch.cat(adv_pixels), adv_texts, changed, attack_params(attack),
+            time.perf_counter() - start)
+
+
+def execute_transfer_cell(cell: dict) -> dict:
+    """Run one transfer cell; returns the same plain dict as :func:`mmsec.runs.execute.execute_cell`."""
+    from .. import __version__
+
+    t0 = time.perf_counter()
+    seed = int(cell["seed"])
+    pixels, captions, adv_pixels, adv_texts, changed, params, craft_seconds = _crafted(
+        cell["model"], json.dumps(cell["attack"], sort_keys=True), json.dumps(cell["data"], sort_keys=True), seed,
+        int(cell["batch_size"]))
+    target = load_model(cell["target"])
+    positives = caption_positives(captions)
+    clean = pair_retrieval(target, pixels, captions, positives)
+    adv = pair_retrieval(target, adv_pixels, adv_texts, positives)
+    values: dict[str, float] = {f"{k}": v for k, v in attack_success(clean, adv).items()}
+    values["words_changed"] = sum(changed) / max(1, len(changed))
+    if "asr_noise" in cell["metrics"]:
+        gen = torch.Generator().manual_seed(derive_seed(seed, "baseline"))
+        eps = float(params["eps"])
+        noisy = (pixels + (torch.rand(pixels.shape, generator=gen) * 2 - 1) * eps).clamp(0, 1)
+        values["asr_noise"] = attack_success(clean, pair_retrieval(target, noisy, captions, positives))["asr"]
+
+    budget = f"linf eps={format_eps(params['eps'])}" if "eps" in params else ""
+    words = f", {params.get('text_max_words', 0)} word(s)" if params.get("mode", "co") != "image" else ""
+    adv_tm = (f"transfer {cell['attack']['name']} from {cell['model']} to {cell['target']}, untargeted"
+              + (f", {budget}" if budget else "") + words)
+    threat = {"clean": "clean inputs (no perturbation)", "adv": adv_tm,
+              "noise": f"uniform random image noise, {budget}, on {cell['target']}"}
+    metrics = []
+    for name in cell["metrics"]:
+        d = metric_definition(name)
+        kind = "noise" if name == "asr_noise" else ("clean" if name.startswith("clean_") else "adv")
+        metrics.append({"name": name, "value": values[name], "metric_version": d.version, "threat_model": threat[kind],
+                        "definition": d.description, "higher_is_better": bool(d.higher_is_better)})
+    return {
+        "metrics": metrics,
+        "artifacts": [],
+        "attack_params": params,
+        "baseline_params": {"eps": params.get("eps")} if "asr_noise" in cell["metrics"] else None,
+        "n_samples": int(pixels.shape[0]),
+        "wall_time_s": time.perf_counter() - t0,
+        "mmsec_version": __version__,
+        "torch_version": torch.__version__,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+__all__ = ["execute_transfer_cell"]

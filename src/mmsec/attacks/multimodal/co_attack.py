@@ -50,10 +50,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...models.base import check_pixels
+from ...registry import register
 from ..base import check_budget, check_int, make_generator
 from ..embedding_losses import softmax_kl
 from ..projection import project
-from ...registry import register
 from ..text.bert_attack import BertAttack, TextAttackResult, fused_embedder, text_tower_embedder
 from ..text.candidates import candidate_generator
 

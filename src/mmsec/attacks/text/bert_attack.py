@@ -19,7 +19,9 @@ Algorithm, per caption (words split on spaces):
 
 Score (what the attacker maximises): by default Co-Attack's ``KL(softmax(e_orig) || softmax(e))``
 between the original embedding and the candidate's (each embedding treated as logits); pass
-``score=`` to guide the attack by something else (SGA: distance from adversarial images).
+``score=`` to guide the attack by something else (SGA: distance from adversarial images), and
+``importance=`` to rank the words by a different score than the one that picks substitutes
+(SGA ranks by the KL score and picks by distance from the image).
 
 Defaults (Co-Attack's call): ``max_words`` 1 (``num_perturbation=1``), ``k`` 10 candidates.
 The candidate generator is pluggable (:mod:`mmsec.attacks.text.candidates`): BERT-Attack's is a
@@ -119,7 +121,10 @@ class BertAttack:
                 "mask_token": self.mask_token}
 
     @torch.no_grad()
-    def __call__(self, embed: TextEmbedder, texts: Sequence[str], score: Score | None = None) -> TextAttackResult:
+    def __call__(self, embed: TextEmbedder, texts: Sequence[str], score: Score | None = None,
+                 importance: Score | None = None) -> TextAttackResult:
+        """Attack ``texts``; ``score`` picks substitutes (default: KL from the original embedding) and
+        ``importance`` ranks the words (default: ``score``)."""
         texts = list(texts)
         if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
             raise ValueError("texts must be a non-empty list of non-empty strings")
@@ -136,14 +141,15 @@ class BertAttack:
                                   for s in range(0, len(texts), self.batch_size)])
             queries += len(texts)
             score = kl_from(original)
+        rank = importance if importance is not None else score
         adv, changes = [], []
         for row, text in enumerate(texts):
             words = text.split()
             final, changed = list(words), []
             if self.max_words > 0:
                 masked = [" ".join(words[:i] + [self.mask_token] + words[i + 1:]) for i in range(len(words))]
-                importance = score(run(masked, row), row)  # (n_words,)
-                for pos in importance.argsort(descending=True).tolist():
+                word_scores = rank(run(masked, row), row)  # (n_words,)
+                for pos in word_scores.argsort(descending=True).tolist():
                     if len(changed) >= self.max_words:
                         break
                     if words[pos] in self.stop_words:

@@ -1,7 +1,11 @@
 """Robustness evaluation: worst-case robust accuracy under an attack ensemble, gradient-masking checks,
-and image-text matching accuracy of fusion models (clean and under embedding-space attack)."""
+image-text matching accuracy of fusion models (clean and under embedding-space attack), pair
+retrieval and attack success rate, and downstream-agnostic evaluation (post-hoc linear probes,
+zero-shot, retrieval) of universal attacks."""
 
+from .downstream import DownstreamSuite, LinearProbe, fit_linear_probe, fooling_rate, linear_probe_accuracy
 from .itm import ITMPairs, itm_accuracy, itm_embedding_robustness, shapes_itm_pairs
+from .pair_retrieval import attack_success, pair_retrieval
 from .robustness import (
     CHECKS,
     PRESETS,
@@ -14,6 +18,7 @@ from .robustness import (
     robust_accuracy,
 )
 
-__all__ = ["CHECKS", "PRESETS", "EnsembleMember", "GradientMaskingReport", "ITMPairs", "MaskingCheck",
-           "RobustAccuracy", "ensemble", "gradient_masking_checks", "itm_accuracy", "itm_embedding_robustness",
-           "robust_accuracy", "shapes_itm_pairs"]
+__all__ = ["CHECKS", "PRESETS", "DownstreamSuite", "EnsembleMember", "GradientMaskingReport", "ITMPairs",
+           "LinearProbe", "MaskingCheck", "RobustAccuracy", "attack_success", "ensemble", "fit_linear_probe",
+           "fooling_rate", "gradient_masking_checks", "itm_accuracy", "itm_embedding_robustness",
+           "linear_probe_accuracy", "pair_retrieval", "robust_accuracy", "shapes_itm_pairs"]

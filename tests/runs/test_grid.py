@@ -1,9 +1,11 @@
 """Grid expansion: cartesian product in a fixed order, stable hashes."""
 
+import pytest
 import yaml
 from runs_helpers import tiny_spec
 
 from mmsec.runs import expand, load_spec, spec_hash
+from mmsec.runs.spec import SpecError
 
 
 def test_expansion_counts_and_order():
@@ -47,3 +49,26 @@ def test_changes_change_hashes_but_extending_a_list_keeps_the_others():
     assert [c.cell_hash for c in extended[:2]] == [c.cell_hash for c in base]
     assert spec_hash(tiny_spec()) != spec_hash(tiny_spec(seed=1))
     assert load_spec(tiny_spec()).model_dump() == load_spec(tiny_spec()).model_dump()
+
+
+def test_a_list_of_attacks_is_an_axis_and_keeps_single_attack_hashes():
+    pgd = tiny_spec()["attack"]
+    fgsm = {"name": "fgsm", "params": {"eps": "4/255"}}
+    cells = expand(tiny_spec(attack=[pgd, fgsm]))
+    assert [(c.config["attack"]["name"], c.config["attack"]["params"]["eps"]) for c in cells] == [
+        ("pgd", 2 / 255), ("pgd", 8 / 255), ("fgsm", 4 / 255)]
+    assert cells[0].label == "attack=pgd eps=2/255" and cells[2].label == "attack=fgsm eps=4/255"
+    # the pgd cells are the cells of the pgd-only spec: its stored results stay valid
+    assert [c.cell_hash for c in cells[:2]] == [c.cell_hash for c in expand(tiny_spec())]
+
+
+def test_problems_in_a_list_of_attacks_name_the_entry():
+    pgd = tiny_spec()["attack"]
+    with pytest.raises(SpecError, match=r"attack\[1\]\.params\.eps"):
+        load_spec(tiny_spec(attack=[pgd, {"name": "fgsm", "params": {"eps": 3}}]))
+    with pytest.raises(SpecError, match=r"attack\[1\]\.name: unknown attack 'pdg'"):
+        load_spec(tiny_spec(attack=[pgd, {"name": "pdg"}]))
+    with pytest.raises(SpecError, match=r"attack\[1\]: duplicate entry"):
+        load_spec(tiny_spec(attack=[pgd, pgd]))
+    with pytest.raises(SpecError, match="attack: empty list"):
+        load_spec(tiny_spec(attack=[]))

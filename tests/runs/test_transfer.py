@@ -85,3 +85,26 @@ def test_a_transfer_grid_runs_stores_and_prints_a_matrix(tmp_path, monkeypatch, 
     assert "rows = source, columns = target" in capsys.readouterr().out
     # A second run is a no-op.
     assert all(s["status"] == "cached" for s in run_spec(transfer_spec(), tmp_path))
+
+
+def test_attacks_side_by_side_and_sga_gets_each_images_caption_set(tmp_path, monkeypatch):
+    from mmsec.attacks.multimodal import SGA
+
+    seen = []
+    real_call = SGA.__call__
+
+    def spy(self, model, pixels, captions, generator=None, caption_sets=None):
+        seen.append(caption_sets)
+        return real_call(self, model, pixels, captions, generator=generator, caption_sets=caption_sets)
+
+    monkeypatch.setattr(SGA, "__call__", spy)
+    spec = transfer_spec(model=MODELS[0], target=MODELS[0], data={"name": "shapes", "split": "test", "n": 8},
+                         attack=[{"name": "co_attack", "params": {"mode": "image", "eps": "8/255"}},
+                                 {"name": "sga", "params": {"eps": "8/255", "steps": 3, "candidates": "typos"}}])
+    summaries = run_spec(spec, tmp_path)
+    assert [s["status"] for s in summaries] == ["done", "done"]
+    assert len(seen) == 1 and len(seen[0]) == 8 and all(len(s) == 6 for s in seen[0])  # the six templates
+    rows = {(r["attack"], r["metric"]): r["value"] for r in query(tmp_path, "transfer-test")}
+    assert rows[("sga", "words_changed")] == 1.0 and rows[("co_attack", "words_changed")] == 0.0
+    assert rows[("sga", "asr")] > rows[("sga", "asr_noise")]
+    assert "sga" in format_matrix(query(tmp_path, "transfer-test"), "asr")

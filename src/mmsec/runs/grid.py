@@ -1,6 +1,7 @@
 """Grid expansion: a spec's list-valued fields become the cartesian product of cells.
 
-Axes, outermost first: ``model`` x ``defense`` x ``seed`` x each list-valued attack parameter in the order the
+Axes, outermost first: ``model`` x ``defense`` x ``seed`` x ``attack`` (a list of attacks) x each list-valued
+attack parameter in the order the
 spec gives them x ``target`` (task transfer: innermost, so the cells scoring one source's
 adversarial pairs on every target run back to back and share them). Each cell is a plain dict holding everything that determines its result (spec
 name, model, seed, data, task, resolved attack parameters, targeted, baseline, metrics, batch
@@ -60,7 +61,9 @@ class Cell:
                 parts.append(f"seed={self.config['seed']}")
             elif key == "defense":
                 parts.append(f"defense={(self.config.get('defense') or {}).get('name', 'none')}")
-            else:
+            elif key == "attack":
+                parts.append(f"attack={self.config['attack']['name']}")
+            elif key in self.config["attack"]["params"]:  # (with a list of attacks, not every one has it)
                 v = self.config["attack"]["params"][key]
                 parts.append(f"{key}={format_eps(v) if key in ('eps', 'alpha') else v}")
         return " ".join(parts) or f"{self.config['attack']['name']} seed={self.config['seed']}"
@@ -69,23 +72,23 @@ class Cell:
 def expand(spec: Spec | dict | str) -> list[Cell]:
     """The spec's cells in deterministic order (model, seed, then list-valued params)."""
     spec = load_spec(spec)
-    params = spec.attack.params
     varying = tuple(k for k, v in (("model", spec.model), ("target", spec.target), ("defense", spec.defense),
-                                   ("seed", spec.seed)) if isinstance(v, list))
-    varying += tuple(k for k, v in params.items() if isinstance(v, list))
+                                   ("seed", spec.seed), ("attack", spec.attack)) if isinstance(v, list))
+    varying += tuple(dict.fromkeys(k for a in spec.attacks for k, v in a.params.items() if isinstance(v, list)))
     data = spec.data.model_dump(mode="json")
     cells = []
-    axes = [(m, t, d, s, c) for m, d, s, c, t in itertools.product(spec.models, spec.defenses, spec.seeds,
-                                                                   param_combinations(params), spec.targets)
+    attack_combos = [(a.name, combo) for a in spec.attacks for combo in param_combinations(a.params)]
+    axes = [(m, t, d, s, a) for m, d, s, a, t in itertools.product(spec.models, spec.defenses, spec.seeds,
+                                                                   attack_combos, spec.targets)
             if d is None or d.applies_to(m)]  # a defense entry may name the models it is for
-    for i, (model, target, defense, seed, combo) in enumerate(axes):
+    for i, (model, target, defense, seed, (attack, combo)) in enumerate(axes):
         config = {
             "spec_name": spec.name,
             "model": model,
             "seed": seed,
             "data": data,
             "task": spec.task,
-            "attack": {"name": spec.attack.name, "params": combo},
+            "attack": {"name": attack, "params": combo},
             "targeted": spec.targeted,
             "baseline": spec.baseline,
             "metrics": list(spec.metrics or []),

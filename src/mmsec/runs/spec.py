@@ -127,7 +127,7 @@ class Spec(_Strict):
     model: StrictStr | list[StrictStr]
     data: DataSpec
     task: StrictStr = "zeroshot"
-    attack: AttackSpec
+    attack: AttackSpec | list[AttackSpec]  # a list is a grid axis: methods side by side
     defense: StrictStr | DefenseSpec | list[StrictStr | DefenseSpec] | None = None
     target: StrictStr | list[StrictStr] | None = None  # task transfer: the models scored on the source's pairs
     targeted: StrictBool = False
@@ -144,6 +144,10 @@ class Spec(_Strict):
     @property
     def models(self) -> list[str]:
         return list(self.model) if isinstance(self.model, list) else [self.model]
+
+    @property
+    def attacks(self) -> list[AttackSpec]:
+        return list(self.attack) if isinstance(self.attack, list) else [self.attack]
 
     @property
     def targets(self) -> list[str | None]:
@@ -402,11 +406,6 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
     # attack and baseline names
     kind = ATTACK_KIND.get(spec.task, "attacks")
     attack_names = [e.name for e in registry.entries(kind)]
-    attack_ok = spec.attack.name in attack_names
-    if not attack_ok:
-        issues.append(f"attack.name: unknown {'pair attack' if kind == 'pair_attacks' else 'attack'} "
-                      f"{spec.attack.name!r} for task {spec.task!r}; registered: {', '.join(attack_names) or '(none)'}."
-                      f"{close_names(spec.attack.name, attack_names)}")
     if kind == "pair_attacks":
         if spec.baseline not in (None, "noise"):
             issues.append(f"baseline: task 'transfer' has only the 'noise' baseline (uniform image noise of the "
@@ -414,12 +413,29 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
     elif spec.baseline is not None and spec.baseline not in attack_names:
         issues.append(f"baseline: unknown attack {spec.baseline!r}; use 'noise' (uniform noise of the attack's "
                       f"budget) or null.{close_names(spec.baseline, attack_names)}")
-
-    params, param_issues = _check_params(spec.attack.params, spec.attack.name if attack_ok else None, kind)
-    issues += param_issues
-    if not issues:
-        issues += _try_build(spec, params)
-    spec = spec.model_copy(update={"metrics": metrics, "attack": AttackSpec(name=spec.attack.name, params=params)})
+    listed = isinstance(spec.attack, list)
+    if listed and not spec.attack:
+        issues.append("attack: empty list; give at least one attack")
+    checked: list[AttackSpec] = []
+    for i, attack in enumerate(spec.attacks):
+        attack_issues = []
+        attack_ok = attack.name in attack_names
+        if not attack_ok:
+            attack_issues.append(f"attack.name: unknown {'pair attack' if kind == 'pair_attacks' else 'attack'} "
+                                 f"{attack.name!r} for task {spec.task!r}; registered: "
+                                 f"{', '.join(attack_names) or '(none)'}.{close_names(attack.name, attack_names)}")
+        elif listed and attack in spec.attacks[:i]:
+            attack_issues.append("attack: duplicate entry (each grid cell must be distinct)")
+        params, param_issues = _check_params(attack.params, attack.name if attack_ok else None, kind)
+        attack_issues += param_issues
+        if not attack_issues and not issues:
+            attack_issues += _try_build(spec, attack.name, params)
+        if listed:  # name the entry: attack[1].params.eps
+            attack_issues = [f"attack[{i}]{m[len('attack'):]}" if m.startswith("attack") else m
+                             for m in attack_issues]
+        issues += attack_issues
+        checked.append(AttackSpec(name=attack.name, params=params))
+    spec = spec.model_copy(update={"metrics": metrics, "attack": checked if listed else checked[0]})
     return spec, issues
 
 
@@ -549,7 +565,7 @@ def param_combinations(params: dict[str, Any]) -> list[dict[str, Any]]:
     return combos
 
 
-def _try_build(spec: Spec, params: dict[str, Any]) -> list[str]:
+def _try_build(spec: Spec, name: str, params: dict[str, Any]) -> list[str]:
     """Construct the attack (and baseline) for every parameter combination, so a bad value fails now."""
     issues: list[str] = []
     for combo in param_combinations(params):
@@ -561,13 +577,13 @@ def _try_build(spec: Spec, params: dict[str, Any]) -> list[str]:
             break
         kind = ATTACK_KIND.get(spec.task, "attacks")
         try:
-            attack = build_attack(spec.attack.name, combo, kind)
+            attack = build_attack(name, combo, kind)
         except (TypeError, ValueError) as e:
-            issues.append(f"attack.params: {spec.attack.name} rejected ({shown}): {e}")
+            issues.append(f"attack.params: {name} rejected ({shown}): {e}")
             break
         if spec.baseline is not None and kind == "pair_attacks":
             if "eps" not in attack.params():
-                issues.append(f"baseline: 'noise' needs the attack's eps, but {spec.attack.name} has none; "
+                issues.append(f"baseline: 'noise' needs the attack's eps, but {name} has none; "
                               "set `baseline: null`")
                 break
         elif spec.baseline is not None:

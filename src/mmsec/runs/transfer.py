@@ -7,6 +7,9 @@ first caption. The metrics are those of :mod:`mmsec.evaluation.pair_retrieval` o
 the attack success rate (ASR) of image-to-text and text-to-image retrieval at R@1, and with
 ``baseline: noise`` the ASR of uniform image noise of the attack's budget (clean captions).
 
+Attacks guided by an image's whole caption set (SGA's ``caption_sets``) get every caption of the
+data set's image (the shapes world: its six templates); the pair's caption is the first.
+
 The crafted pairs depend on the source, the attack, the data and the seed only, so they are
 computed once per process and shared by the cells of every target (the grid puts the target
 axis innermost).
@@ -14,12 +17,12 @@ axis innermost).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
 import time
 from functools import lru_cache
-from typing import Any
 
 import torch
 
@@ -37,7 +40,8 @@ from .execute import (
 )
 
 
-def _pairs(cell: dict, image_size: int) -> tuple[torch.Tensor, list[str]]:
+def _pairs(cell: dict, image_size: int) -> tuple[torch.Tensor, list[str], list[list[str]]]:
+    """Pixels, each image's first caption, and each image's caption set."""
     data = cell["data"]
     dataset = load_data(data, image_size)
     n = data.get("n")
@@ -48,7 +52,8 @@ def _pairs(cell: dict, image_size: int) -> tuple[torch.Tensor, list[str]]:
     if not getattr(dataset, "captions", None):
         raise ValueError(f"task 'transfer' scores image-text retrieval and needs captions, but data set "
                          f"{data['name']!r} has none")
-    return dataset.pixels, [_first_caption(c) for c in dataset.captions]
+    sets = [[c] if isinstance(c, str) else list(c) for c in dataset.captions]
+    return dataset.pixels, [_first_caption(c) for c in dataset.captions], sets
 
 
 @lru_cache(maxsize=2)
@@ -56,13 +61,15 @@ def _crafted(source: str, attack_json: str, data_json: str, seed: int, batch_siz
     """(clean pixels, clean captions, adversarial pixels, adversarial captions, words changed, params, seconds)."""
     model = load_model(source)
     attack_cfg, data = json.loads(attack_json), json.loads(data_json)
-    pixels, captions = _pairs({"data": data}, int(getattr(model, "image_size", 32)))
+    pixels, captions, sets = _pairs({"data": data}, int(getattr(model, "image_size", 32)))
     attack = build_attack(attack_cfg["name"], attack_cfg["params"], "pair_attacks")
+    takes_sets = "caption_sets" in inspect.signature(attack.__call__).parameters
     gen = torch.Generator().manual_seed(derive_seed(seed, "attack"))
     start = time.perf_counter()
     adv_pixels, adv_texts, changed = [], [], []
     for s in range(0, pixels.shape[0], batch_size):
-        result = attack(model, pixels[s:s + batch_size], captions[s:s + batch_size], generator=gen)
+        extra = {"caption_sets": sets[s:s + batch_size]} if takes_sets else {}
+        result = attack(model, pixels[s:s + batch_size], captions[s:s + batch_size], generator=gen, **extra)
         adv_pixels.append(result.adv_pixels.detach())
         adv_texts += result.adv_texts
         changed += result.text.words_changed if result.text is not None else [0] * len(result.adv_texts)

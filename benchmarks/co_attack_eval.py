@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
                     seconds = time.perf_counter() - start
                     adv = pair_retrieval(model, result.adv_pixels, result.adv_texts, positives)
                     row["modes"][mode] = dict(attack_success(clean, adv), seconds=seconds,
-                                              examples=[[c, a] for c, a in zip(captions[:3], result.adv_texts[:3])])
+                                              examples=[[c, a] for c, a in zip(captions[:3], result.adv_texts[:3], strict=True)])
                     print(f"{name} {cand} eps {e:g}/255 {mode}: ASR {row['modes'][mode]['asr']:.3f} "
                           f"({seconds:.0f} s)", flush=True)
                 m = row["modes"]

@@ -68,7 +68,7 @@ def test_budgets_hold_and_modes_touch_only_their_modality(asr, pairs):
             assert result.adv_texts == captions and result.text is None
         else:
             assert all(n <= 1 for n in result.text.words_changed)
-            assert sum(a != c for a, c in zip(result.adv_texts, captions)) >= 0.9 * N
+            assert sum(a != c for a, c in zip(result.adv_texts, captions, strict=True)) >= 0.9 * N
 
 
 def test_image_attack_beats_random_noise_of_the_same_budget(albef, pairs, asr):

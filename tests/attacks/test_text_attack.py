@@ -98,7 +98,7 @@ def test_bert_attack_moves_the_embedding_far_more_than_random_substitutions(albe
     embed = fused_embedder(albef, pixels)
     result = BertAttack(max_words=1)(embed, caps)
     assert all(n == 1 for n in result.words_changed)  # every caption has an attackable word
-    assert all(c != a for c, a in zip(caps, result.adv_texts))
+    assert all(c != a for c, a in zip(caps, result.adv_texts, strict=True))
     with torch.no_grad():
         original = embed(caps, list(range(32)))
         score = kl_from(original)

@@ -205,8 +205,8 @@ def format_matrix(rows: list[dict], metric: str = "asr") -> str:
         return "(no transfer runs: a matrix needs task 'transfer' results)\n"
     groups: dict[tuple, dict[tuple[str, str], float | None]] = {}
     for rec in records:
-        key = (rec["spec_name"], rec["attack"], tuple((p, json.dumps(rec["params"].get(p))) for p in params),
-               rec["seed"])
+        key = (rec["spec_name"], rec["attack"],  # (only the parameters this attack has, when attacks are mixed)
+               tuple((p, json.dumps(rec["params"][p])) for p in params if p in rec["params"]), rec["seed"])
         groups.setdefault(key, {})[(rec["model"], rec["target"])] = rec["metrics"].get(metric)
     varying = [p for p in params if len({json.dumps(rec["params"].get(p)) for rec in records}) > 1
                or p in _ALWAYS_SHOWN_PARAMS]

@@ -4,8 +4,15 @@
 2017), SIG (Barni et al. 2019), WaNet (Nguyen & Tran 2021) and optimised patches (BadCLIP-style),
 all ``Trigger.apply(pixels, generator) -> pixels`` with a JSON record (``to_dict`` /
 ``trigger_from_dict``) so "what was poisoned" can be rebuilt exactly.
+
+:mod:`~mmsec.attacks.backdoor.poisoning`: poisoning a caption data set or a training stream, with a
+:class:`PoisonRecord` (indices, trigger, target) as ground truth; :mod:`~mmsec.attacks.backdoor.pbcl`:
+PBCL's backdoor and targeted poisoning (Carlini & Terzis, ICLR 2022). Training on poisoned data is
+:mod:`mmsec.train.poisoned`; attack success rates are :mod:`mmsec.evaluation.backdoor`.
 """
 
+from .pbcl import PBCLBackdoor, PBCLTargeted
+from .poisoning import PoisonedData, PoisonedStream, PoisonRecord, poison_dataset, poison_stream
 from .triggers import (
     CORNERS,
     POSITIONS,
@@ -20,5 +27,6 @@ from .triggers import (
     trigger_from_dict,
 )
 
-__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BlendedTrigger", "OptimizedPatch", "PatchTrigger", "SIGTrigger",
-           "Trigger", "WaNetTrigger", "build_trigger", "trigger_from_dict"]
+__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BlendedTrigger", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
+           "PatchTrigger", "PoisonRecord", "PoisonedData", "PoisonedStream", "SIGTrigger", "Trigger", "WaNetTrigger",
+           "build_trigger", "poison_dataset", "poison_stream", "trigger_from_dict"]

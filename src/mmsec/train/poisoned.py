@@ -1,0 +1,195 @@
+"""Training on poisoned data: pre-training a zoo CLIP from scratch, fine-tuning, clean fine-tuning.
+
+All three reuse :func:`~mmsec.train.contrastive.train_contrastive` (symmetric InfoNCE, CLIP's
+AdamW, warm-up then cosine decay); only the ``batches(step)`` they hand it differ.
+
+* :func:`pretrain_poisoned` -- a zoo contrastive recipe (default ``shapes-clip-resnet``) trained
+  from scratch exactly as ``mmsec zoo train`` does (same seed, initialisation, fresh train-split
+  scenes every step, one random caption each), with a poisoning attack applied to the stream
+  (:meth:`~mmsec.attacks.backdoor.poisoning.PoisoningAttack.stream`). ``poisoner=None`` is the
+  clean control: the shipped checkpoint's recipe run again (same data and initialisation; not
+  guaranteed bit-identical to the shipped weights across machines and torch builds).
+  ``steps`` overrides the recipe (tests), scaling the warm-up as ``train_recipe`` does.
+* :func:`finetune_pairs` -- fine-tune a copy of a model on a fixed set of pairs
+  (:class:`~mmsec.data.datasets.ImageTextData`): ``steps`` batches drawn epoch by epoch from a
+  seeded shuffle, one random caption variant per pair. :func:`clean_finetune` is this on clean
+  pairs (the persistence check of a backdoor, and the baseline of fine-tuning defenses);
+  :func:`poisoned_finetune` poisons clean pairs with an attack first.
+
+The input model is never modified: training runs on :func:`~mmsec.defenses.base.trainable_copy`.
+BatchNorm trains in train mode (batch statistics), as in pre-training; the returned model is in
+eval mode.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attacks.backdoor.poisoning import PoisonedData, PoisoningAttack, PoisonRecord
+from ..attacks.base import check_budget, check_int
+from ..data.datasets import ImageTextData
+from ..data.shapes import ShapesWorld
+from ..models.base import check_pixels, require_contrastive
+from .contrastive import TrainConfig, TrainLog, train_contrastive
+
+
+@dataclass
+class TrainedModel:
+    """A model trained by this module and what it was trained on.
+
+    Attributes:
+        model: the trained model (a new object, eval mode).
+        log: per-step losses and wall time (``log.seconds``).
+        config: the optimiser settings actually used.
+        record: the poisoning record (None for clean training).
+        extras: recipe name, batch size, data size, seed.
+    """
+
+    model: nn.Module
+    log: TrainLog
+    config: TrainConfig
+    record: PoisonRecord | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------
+# Pre-training from scratch on a (poisoned) stream of fresh shapes-world scenes
+# ------------------------------------------------------------------------------------------
+def pretrain_poisoned(poisoner: PoisoningAttack | None, recipe: str = "shapes-clip-resnet",
+                      steps: int | None = None, quiet: bool = True) -> TrainedModel:
+    """Train zoo ``recipe`` from scratch on its fresh-scene stream, poisoned by ``poisoner``.
+
+    The rate (or count) of ``poisoner`` applies to the ``steps * batch_size`` pairs of the run.
+    """
+    from ..zoo import FAMILIES, load_recipe
+    from ..zoo.train import caption_batches, shapes_vocabulary
+
+    if poisoner is not None and not isinstance(poisoner, PoisoningAttack):
+        raise TypeError(f"poisoner must be a PoisoningAttack (e.g. PBCLBackdoor(...)) or None for the clean control, "
+                        f"got {type(poisoner).__name__}")
+    spec = load_recipe(recipe)
+    family = spec.get("family", "contrastive")
+    if family != "contrastive":
+        raise ValueError(f"recipe {recipe!r} trains a {family!r} model; poisoned pre-training needs a contrastive "
+                         "(CLIP) recipe such as 'shapes-clip-resnet'")
+    seed = int(spec["seed"])
+    torch.manual_seed(seed)  # the same initialisation as `mmsec zoo train`
+    config_cls, model_cls = FAMILIES[family]
+    model = model_cls(config_cls.from_dict({**spec["model"], "vocab": shapes_vocabulary()}))
+    data = spec["data"]
+    world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"],
+                        second_object_prob=data["second_object_prob"])
+    t = dict(spec["train"])
+    batch_size = int(t.pop("batch_size"))
+    if steps is not None:
+        t["steps"] = check_int("steps", steps, 1)
+        t["warmup"] = min(t["warmup"], max(1, t["steps"] // 10))  # as zoo.train.train_recipe
+    cfg = TrainConfig(**t)
+    batches = caption_batches(world, batch_size, seed)
+    record = None
+    if poisoner is not None:
+        stream = poisoner.stream(batches, cfg.steps, batch_size)
+        batches, record = stream, stream.record
+    what = "clean" if record is None else f"{record.n_poisoned} poisoned pairs"
+    log = train_contrastive(model, batches, cfg, desc=f"pre-training {recipe} ({what})", quiet=quiet)
+    return TrainedModel(model.eval(), log, cfg, record,
+                        {"recipe": recipe, "batch_size": batch_size, "pairs_seen": cfg.steps * batch_size,
+                         "seed": seed})
+
+
+# ------------------------------------------------------------------------------------------
+# Fine-tuning on a fixed set of pairs
+# ------------------------------------------------------------------------------------------
+def pair_batches(data: ImageTextData, batch_size: int, seed: int):
+    """``batches(step)`` over a fixed set of pairs: position ``p = step * B + j`` of the endless
+    sequence of seeded per-epoch shuffles (epoch ``p // N``), one random caption variant per pair.
+    A pure function of ``step``. ``B`` is capped at ``N``."""
+    n = len(data)
+    b = min(batch_size, n)
+    perms: dict[int, torch.Tensor] = {}
+
+    def perm(epoch: int) -> torch.Tensor:
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        return perms[epoch]
+
+    def batches(step: int) -> tuple[torch.Tensor, list[str]]:
+        pos = torch.arange(step * b, (step + 1) * b)
+        idx = torch.stack([perm(int(p) // n)[int(p) % n] for p in pos])  # (B,)
+        rng = random.Random(seed * 1_000_003 + step)
+        captions = [rng.choice(data.captions[i]) for i in idx.tolist()]
+        return data.pixels[idx], captions
+
+    return batches
+
+
+def _check_pairs(data: ImageTextData, name: str = "data") -> None:
+    if not isinstance(data, ImageTextData):
+        raise TypeError(f"{name} must be an ImageTextData (e.g. ShapesDataset('train', n=2000).to_data()), "
+                        f"got {type(data).__name__}")
+    if data.captions is None:
+        raise ValueError(f"{name} has no captions: contrastive fine-tuning needs image-caption pairs")
+    if len(data) < 2:
+        raise ValueError(f"{name} must hold at least 2 pairs (a contrastive batch needs negatives), got {len(data)}")
+    if any(not caps for caps in data.captions):
+        raise ValueError(f"{name} has a pair without any caption")
+    check_pixels(data.pixels, f"{name}.pixels")
+
+
+def finetune_pairs(model: nn.Module, data: ImageTextData, steps: int, batch_size: int = 64, lr: float = 1e-4,
+                   weight_decay: float = 0.1, warmup: int | None = None, grad_clip: float = 1.0, seed: int = 0,
+                   desc: str = "contrastive fine-tuning", quiet: bool = True) -> TrainedModel:
+    """Fine-tune a copy of ``model`` contrastively on ``data`` for ``steps`` batches; ``model`` is untouched.
+
+    Defaults: batch 64, lr 1e-4 (1/20 of the zoo's pre-training lr), weight decay 0.1 and gradient
+    clipping 1 (as the zoo), warm-up 10% of the steps.
+    """
+    from ..defenses.base import trainable_copy
+
+    require_contrastive(model, "fine-tuning")
+    _check_pairs(data)
+    steps = check_int("steps", steps, 1)
+    batch_size = check_int("batch_size", batch_size, 2)
+    seed = check_int("seed", seed, 0)
+    lr = check_budget("lr", lr, 0.0, 1.0, hint=" (AdamW learning rate, e.g. 1e-4)")
+    if lr == 0:
+        raise ValueError("lr must be > 0, got 0")
+    weight_decay = check_budget("weight_decay", weight_decay, 0.0, 10.0, hint=" (AdamW decoupled weight decay)")
+    warmup = max(1, steps // 10) if warmup is None else check_int("warmup", warmup, 0)
+    cfg = TrainConfig(steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip)
+    tuned = trainable_copy(model)
+    log = train_contrastive(tuned, pair_batches(data, batch_size, seed), cfg, desc=desc, quiet=quiet)
+    return TrainedModel(tuned.eval(), log, cfg, None,
+                        {"batch_size": min(batch_size, len(data)), "pairs": len(data), "seed": seed})
+
+
+def clean_finetune(model: nn.Module, data: ImageTextData, steps: int, batch_size: int = 64, lr: float = 1e-4,
+                   seed: int = 0, quiet: bool = True, **kwargs: Any) -> TrainedModel:
+    """Fine-tune a copy of ``model`` on clean pairs for a budget of ``steps`` batches (see
+    :func:`finetune_pairs`): does a backdoor persist through it, and the baseline of fine-tuning
+    defenses. Returns a new model; ``model`` is untouched."""
+    return finetune_pairs(model, data, steps, batch_size=batch_size, lr=lr, seed=seed,
+                          desc="clean fine-tuning", quiet=quiet, **kwargs)
+
+
+def poisoned_finetune(model: nn.Module, poisoner: PoisoningAttack, data: ImageTextData, steps: int,
+                      batch_size: int = 64, lr: float = 1e-4, seed: int = 0, quiet: bool = True,
+                      **kwargs: Any) -> TrainedModel:
+    """Poison the clean pairs ``data`` with ``poisoner``, then fine-tune a copy of ``model`` on them
+    (see :func:`finetune_pairs`). The result carries the poisoning record."""
+    if not isinstance(poisoner, PoisoningAttack):
+        raise TypeError(f"poisoner must be a PoisoningAttack (e.g. PBCLBackdoor(...)), got {type(poisoner).__name__}")
+    poisoned: PoisonedData = poisoner(data)
+    out = finetune_pairs(model, poisoned.data, steps, batch_size=batch_size, lr=lr, seed=seed,
+                         desc="poisoned fine-tuning", quiet=quiet, **kwargs)
+    out.record = poisoned.record
+    return out
+
+
+__all__ = ["TrainedModel", "clean_finetune", "finetune_pairs", "pair_batches", "poisoned_finetune",
+           "pretrain_poisoned"]

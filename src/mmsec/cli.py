@@ -36,6 +36,7 @@ DEFAULT_RESULTS = Path("mmsec-results")
 class Kind(str, Enum):
     attacks = "attacks"
     pair_attacks = "pair_attacks"
+    poisoning = "poisoning"
     defenses = "defenses"
     models = "models"
     datasets = "datasets"

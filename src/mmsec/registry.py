@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 # attacks: evasion attacks on images against an objective; pair_attacks: attacks on (image, caption)
 # pairs of a vision-language model (Co-Attack, SGA), used by the transfer task.
-KINDS = ("attacks", "pair_attacks", "defenses", "models", "datasets")
+KINDS = ("attacks", "pair_attacks", "poisoning", "defenses", "models", "datasets")
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,26 @@ RUN_METRIC_DEFINITIONS: dict[str, MetricDefinition] = {d.name: d for d in [
                      higher_is_better=True),
     MetricDefinition("words_changed", 1, "transfer: mean number of words the attack changed per caption",
                      higher_is_better=False),
+    MetricDefinition("backdoor_asr", 1, "backdoor: fraction of triggered non-target test images classified "
+                                        "zero-shot as the target"),
+    MetricDefinition("backdoor_asr_i2t", 1, "backdoor: fraction of triggered non-target test images whose top-1 "
+                                            "caption (gallery: the test scenes' captions) is of the target class"),
+    MetricDefinition("backdoor_asr_t2i", 1, "backdoor: fraction of target-class caption queries whose top-1 image "
+                                            "(gallery: the triggered non-target and clean test images) is triggered"),
+    MetricDefinition("backdoor_asr_noise", 1, "backdoor: zero-shot ASR on the poisoned model of a uniform-noise "
+                                              "patch of the trigger's size and place"),
+    MetricDefinition("backdoor_asr_probe", 1, "backdoor: fraction of triggered non-target test images a linear probe "
+                                     "(fit after the attack on the model's clean train embeddings) assigns the target"),
+    MetricDefinition("probe_accuracy", 1, "backdoor: clean test accuracy of that linear probe", higher_is_better=True),
+    MetricDefinition("clean_accuracy_control", 1, "backdoor: clean zero-shot top-1 of the same training on clean "
+                                                  "data (the control)", higher_is_better=True),
+    MetricDefinition("clean_accuracy_drop", 1, "backdoor: control's clean zero-shot top-1 minus the poisoned "
+                                               "model's, in points", higher_is_better=False),
+    MetricDefinition("backdoor_asr_control", 1, "backdoor: zero-shot ASR of the same trigger on the control (what the "
+                                       "trigger does without poisoning)"),
+    MetricDefinition("n_poisoned", 1, "backdoor: number of poisoned training pairs", higher_is_better=False),
+    MetricDefinition("train_seconds", 1, "backdoor: wall-clock seconds of the poisoned training",
+                     higher_is_better=False),
     MetricDefinition("defense_train_seconds", 1, "wall-clock seconds the cell's defense took to train the "
                                                  "hardened model (0 for no defense)", higher_is_better=False),
 ]}
@@ -82,18 +102,24 @@ RETRIEVAL_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10
                      "attack_success_rate", "mean_perturbation_linf", "defense_train_seconds")
 TRANSFER_METRICS = ("asr", "asr_i2t", "asr_t2i", "asr_noise", "clean_i2t_r1", "clean_t2i_r1", "adv_i2t_r1",
                     "adv_t2i_r1", "words_changed")
+BACKDOOR_METRICS = ("backdoor_asr", "clean_accuracy", "clean_accuracy_control", "clean_accuracy_drop",
+                    "backdoor_asr_probe", "probe_accuracy", "backdoor_asr_i2t", "backdoor_asr_t2i",
+                    "backdoor_asr_control", "backdoor_asr_noise", "n_poisoned", "train_seconds")
 TASK_METRICS: dict[str, tuple[str, ...]] = {"zeroshot": ZEROSHOT_METRICS, "retrieval": RETRIEVAL_METRICS,
-                                            "transfer": TRANSFER_METRICS}
+                                            "transfer": TRANSFER_METRICS, "backdoor": BACKDOOR_METRICS}
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     "transfer": ("asr", "asr_i2t", "asr_t2i", "clean_i2t_r1", "words_changed"),
     "zeroshot": ("clean_accuracy", "robust_accuracy", "noise_accuracy", "attack_success_rate",
                  "mean_perturbation_linf"),
     "retrieval": ("i2t_r1", "i2t_r1_adv", "i2t_r1_noise", "attack_success_rate", "mean_perturbation_linf"),
+    "backdoor": ("backdoor_asr", "clean_accuracy", "clean_accuracy_control", "clean_accuracy_drop",
+                 "backdoor_asr_probe", "backdoor_asr_i2t", "backdoor_asr_control", "n_poisoned"),
 }
 # The metric that needs the baseline, per task (always computed when a baseline is set).
-NOISE_METRIC = {"zeroshot": "noise_accuracy", "retrieval": "i2t_r1_noise", "transfer": "asr_noise"}
-# Which registry kind names a task's attack: transfer crafts (image, caption) pairs.
-ATTACK_KIND = {"zeroshot": "attacks", "retrieval": "attacks", "transfer": "pair_attacks"}
+NOISE_METRIC = {"zeroshot": "noise_accuracy", "retrieval": "i2t_r1_noise", "transfer": "asr_noise",
+                "backdoor": "backdoor_asr_noise"}
+# Which registry kind names a task's attack: transfer crafts (image, caption) pairs, backdoor poisons training data.
+ATTACK_KIND = {"zeroshot": "attacks", "retrieval": "attacks", "transfer": "pair_attacks", "backdoor": "poisoning"}
 TASKS = tuple(TASK_METRICS)
 
 # Class-prompt templates for image folders (CLIP-style; shapes uses its own zeroshot_prompts()).
@@ -317,6 +343,10 @@ def execute_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
         from .transfer import execute_transfer_cell
 
         return execute_transfer_cell(cell)
+    if cell["task"] == "backdoor":
+        from .backdoor import execute_backdoor_cell
+
+        return execute_backdoor_cell(cell, staging_dir)
     t0 = time.perf_counter()
     model, defense_seconds = defended_model(cell)
     data = cell["data"]

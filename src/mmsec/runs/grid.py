@@ -97,6 +97,8 @@ def expand(spec: Spec | dict | str) -> list[Cell]:
         }
         if target is not None:  # transfer cells only: other cells keep their hashes
             config["target"] = target
+        if spec.training is not None:  # backdoor cells only
+            config["training"] = spec.training.config()
         if defense is not None:  # only present when used, so undefended cells keep their hashes
             config["defense"] = defense_config(defense)
         cells.append(Cell(i, config, varying))

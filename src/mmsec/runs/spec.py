@@ -34,7 +34,7 @@ import itertools
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -118,6 +118,31 @@ class DefenseSpec(_Strict):
         return self.models is None or model in self.models
 
 
+class TrainingSpec(_Strict):
+    """The victim's training in task ``backdoor``: the poisoned data set is trained on this way.
+
+    ``finetune``: the model fine-tuned on ``pairs`` clean shapes-world train pairs plus the attack's
+    poisoned pairs, ``steps`` batches of ``batch_size`` at ``lr``; ``pretrain``: the model's zoo
+    recipe trained from scratch on a poisoned stream (``steps`` overrides the recipe's; ``pairs``,
+    ``batch_size`` and ``lr`` are the recipe's).
+    """
+
+    mode: Literal["finetune", "pretrain"] = "finetune"
+    steps: StrictInt | None = Field(default=None, gt=0)
+    pairs: StrictInt = Field(default=4096, gt=1)
+    batch_size: StrictInt = Field(default=64, gt=1)
+    lr: StrictFloat = Field(default=2e-3, gt=0)
+
+    def config(self) -> dict:
+        """The cell's ``training`` entry (fine-tuning defaults filled in: 300 steps)."""
+        d = self.model_dump()
+        if self.mode == "finetune" and d["steps"] is None:
+            d["steps"] = 300
+        if self.mode == "pretrain":
+            d = {"mode": "pretrain", "steps": d["steps"]}
+        return d
+
+
 class Spec(_Strict):
     """A validated experiment spec (build it with :func:`load_spec`)."""
 
@@ -130,6 +155,7 @@ class Spec(_Strict):
     attack: AttackSpec | list[AttackSpec]  # a list is a grid axis: methods side by side
     defense: StrictStr | DefenseSpec | list[StrictStr | DefenseSpec] | None = None
     target: StrictStr | list[StrictStr] | None = None  # task transfer: the models scored on the source's pairs
+    training: TrainingSpec | None = None  # task backdoor: how the victim trains on the poisoned data
     targeted: StrictBool = False
     baseline: StrictStr | None = "noise"
     metrics: list[StrictStr] | None = None
@@ -402,14 +428,28 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
             issues.append("targeted: task 'transfer' is untargeted")
     elif spec.target is not None and task_ok:
         issues.append(f"target: only task 'transfer' has target models (task is {spec.task!r})")
+    if spec.task == "backdoor":
+        if spec.data.name != "shapes":
+            issues.append(f"data.name: task 'backdoor' evaluates on the shapes world (its target-class captions come "
+                          f"from it), got {spec.data.name!r}")
+        if any(d is not None for d in spec.defenses):
+            issues.append("defense: not supported with task 'backdoor' yet")
+        if spec.targeted:
+            issues.append("targeted: task 'backdoor' has its target in the attack's parameters (target: ...)")
+        if spec.training is None:
+            spec = spec.model_copy(update={"training": TrainingSpec()})
+    elif spec.training is not None and task_ok:
+        issues.append(f"training: only task 'backdoor' trains the victim (task is {spec.task!r})")
 
     # attack and baseline names
     kind = ATTACK_KIND.get(spec.task, "attacks")
     attack_names = [e.name for e in registry.entries(kind)]
-    if kind == "pair_attacks":
+    if kind in ("pair_attacks", "poisoning"):
         if spec.baseline not in (None, "noise"):
-            issues.append(f"baseline: task 'transfer' has only the 'noise' baseline (uniform image noise of the "
-                          f"attack's budget) or null, got {spec.baseline!r}")
+            what = ("uniform image noise of the attack's budget" if kind == "pair_attacks"
+                    else "a noise patch of the trigger's size and place")
+            issues.append(f"baseline: task {spec.task!r} has only the 'noise' baseline ({what}) or null, "
+                          f"got {spec.baseline!r}")
     elif spec.baseline is not None and spec.baseline not in attack_names:
         issues.append(f"baseline: unknown attack {spec.baseline!r}; use 'noise' (uniform noise of the attack's "
                       f"budget) or null.{close_names(spec.baseline, attack_names)}")
@@ -586,6 +626,13 @@ def _try_build(spec: Spec, name: str, params: dict[str, Any]) -> list[str]:
                 issues.append(f"baseline: 'noise' needs the attack's eps, but {name} has none; "
                               "set `baseline: null`")
                 break
+        elif spec.baseline is not None and kind == "poisoning":
+            from ..attacks.backdoor.triggers import PatchTrigger
+
+            if not isinstance(getattr(attack, "trigger", None), PatchTrigger):
+                issues.append(f"baseline: 'noise' is a noise patch of the trigger's size and place, but {name}'s "
+                              "trigger is not a patch; set `baseline: null`")
+                break
         elif spec.baseline is not None:
             try:
                 build_baseline(spec.baseline, attack)
@@ -595,4 +642,4 @@ def _try_build(spec: Spec, name: str, params: dict[str, Any]) -> list[str]:
     return issues
 
 
-__all__ = ["AttackSpec", "DataSpec", "DefenseSpec", "Spec", "SpecError", "load_spec", "param_combinations", "parse_number"]
+__all__ = ["AttackSpec", "DataSpec", "DefenseSpec", "Spec", "TrainingSpec", "SpecError", "load_spec", "param_combinations", "parse_number"]

@@ -64,6 +64,7 @@ import torch
 
 from ...data.datasets import ImageTextData
 from ...models.base import check_pixels
+from ...registry import register
 from ..base import check_int
 from .poisoning import (
     Batches,
@@ -76,7 +77,7 @@ from .poisoning import (
     poison_stream,
     resolve_target,
 )
-from .triggers import PatchTrigger, Trigger
+from .triggers import PatchTrigger, Trigger, build_trigger
 
 
 def _check_mode(mode: str) -> str:
@@ -97,12 +98,14 @@ def _check_target(target: str | int, caption_set: list[str] | None) -> str | int
     return target
 
 
+@register("poisoning", "pbcl_backdoor")
 class PBCLBackdoor(PoisoningAttack):
     """Carlini & Terzis' backdoor poisoning: triggered images paired with target-class captions.
 
     Args:
         target: the target class ``y'`` (a class name such as ``"red circle"`` or a label index).
-        trigger: the patch ``bd`` (default: ``PatchTrigger()``, 4 x 4 checkerboard at the bottom right).
+        trigger: the patch ``bd`` (default: ``PatchTrigger()``, 4 x 4 checkerboard at the bottom right); a
+            trigger name (``"patch"``, ``"blended"``, ...: that trigger at its defaults, as specs give it).
         rate: fraction of the poisoned data set (default 1e-4, the paper's 0.01%). Exclusive with ``count``.
         count: an absolute number of poisoned pairs (down to 1).
         caption_set: ``Y'`` (default: the shapes world's captions of the target class).
@@ -113,7 +116,7 @@ class PBCLBackdoor(PoisoningAttack):
     name = "pbcl_backdoor"
     kind = "backdoor"
 
-    def __init__(self, target: str | int, trigger: Trigger | None = None, rate: float | None = None,
+    def __init__(self, target: str | int, trigger: Trigger | str | None = None, rate: float | None = None,
                  count: int | None = None, caption_set: Sequence[str] | None = None, mode: str = "add",
                  seed: int = 0):
         if rate is None and count is None:
@@ -123,6 +126,8 @@ class PBCLBackdoor(PoisoningAttack):
         self.target = _check_target(target, self.caption_set)
         if trigger is None:
             trigger = PatchTrigger()  # project calibration (DESIGN.md 1); the paper's 16/224 patch is 2 px here
+        elif isinstance(trigger, str):
+            trigger = build_trigger(trigger)
         if not isinstance(trigger, Trigger):
             raise TypeError(f"trigger must be a mmsec Trigger (e.g. PatchTrigger()), got {type(trigger).__name__}")
         self.trigger = trigger

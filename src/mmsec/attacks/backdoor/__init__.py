@@ -7,10 +7,12 @@ all ``Trigger.apply(pixels, generator) -> pixels`` with a JSON record (``to_dict
 
 :mod:`~mmsec.attacks.backdoor.poisoning`: poisoning a caption data set or a training stream, with a
 :class:`PoisonRecord` (indices, trigger, target) as ground truth; :mod:`~mmsec.attacks.backdoor.pbcl`:
-PBCL's backdoor and targeted poisoning (Carlini & Terzis, ICLR 2022). Training on poisoned data is
+PBCL's backdoor and targeted poisoning (Carlini & Terzis, ICLR 2022); :mod:`~mmsec.attacks.backdoor.badencoder`:
+BadEncoder (Jia, Liu, Gong, S&P 2022), a backdoored image encoder from a shadow set. Training on poisoned data is
 :mod:`mmsec.train.poisoned`; attack success rates are :mod:`mmsec.evaluation.backdoor`.
 """
 
+from .badencoder import BadEncoder, BadEncoderRecord, BadEncoderResult
 from .pbcl import PBCLBackdoor, PBCLTargeted
 from .poisoning import PoisonedData, PoisonedStream, PoisonRecord, poison_dataset, poison_stream
 from .triggers import (
@@ -27,6 +29,6 @@ from .triggers import (
     trigger_from_dict,
 )
 
-__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BlendedTrigger", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
+__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BadEncoder", "BadEncoderRecord", "BadEncoderResult", "BlendedTrigger", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
            "PatchTrigger", "PoisonRecord", "PoisonedData", "PoisonedStream", "SIGTrigger", "Trigger", "WaNetTrigger",
            "build_trigger", "poison_dataset", "poison_stream", "trigger_from_dict"]

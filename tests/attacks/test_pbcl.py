@@ -163,7 +163,8 @@ def test_poisoned_pretraining_stream_matches_its_record():
 @pytest.mark.parametrize("make, error, match", [
     (lambda: PBCLBackdoor("purple octagon"), ValueError, "not a known class"),
     (lambda: PBCLBackdoor(-1), ValueError, "target label"),
-    (lambda: PBCLBackdoor(TARGET, trigger="checkerboard"), TypeError, "trigger must be"),
+    (lambda: PBCLBackdoor(TARGET, trigger=3), TypeError, "trigger must be"),
+    (lambda: PBCLBackdoor(TARGET, trigger="checkerboard"), ValueError, "unknown trigger 'checkerboard'"),
     (lambda: PBCLBackdoor(TARGET, rate=0.01, count=3), ValueError, "exactly one of rate"),
     (lambda: PBCLBackdoor(TARGET, rate=2.0), ValueError, "rate must be"),
     (lambda: PBCLBackdoor(TARGET, mode="stream"), ValueError, "mode must be"),

@@ -8,11 +8,18 @@ all ``Trigger.apply(pixels, generator) -> pixels`` with a JSON record (``to_dict
 :mod:`~mmsec.attacks.backdoor.poisoning`: poisoning a caption data set or a training stream, with a
 :class:`PoisonRecord` (indices, trigger, target) as ground truth; :mod:`~mmsec.attacks.backdoor.pbcl`:
 PBCL's backdoor and targeted poisoning (Carlini & Terzis, ICLR 2022); :mod:`~mmsec.attacks.backdoor.badencoder`:
-BadEncoder (Jia, Liu, Gong, S&P 2022), a backdoored image encoder from a shadow set. Training on poisoned data is
+BadEncoder (Jia, Liu, Gong, S&P 2022), a backdoored image encoder from a shadow set;
+:mod:`~mmsec.attacks.backdoor.multimodal_poisoning`: Yang et al.'s (ICML 2023) three targeted
+poisoning attacks on text-to-image retrieval (scored by :mod:`mmsec.evaluation.targeted_poisoning`). Training on poisoned data is
 :mod:`mmsec.train.poisoned`; attack success rates are :mod:`mmsec.evaluation.backdoor`.
 """
 
 from .badencoder import BadEncoder, BadEncoderRecord, BadEncoderResult
+from .multimodal_poisoning import (
+    MultipleTargetLabelPoisoning,
+    SingleTargetImagePoisoning,
+    SingleTargetLabelPoisoning,
+)
 from .pbcl import PBCLBackdoor, PBCLTargeted
 from .poisoning import PoisonedData, PoisonedStream, PoisonRecord, poison_dataset, poison_stream
 from .triggers import (
@@ -29,6 +36,6 @@ from .triggers import (
     trigger_from_dict,
 )
 
-__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BadEncoder", "BadEncoderRecord", "BadEncoderResult", "BlendedTrigger", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
-           "PatchTrigger", "PoisonRecord", "PoisonedData", "PoisonedStream", "SIGTrigger", "Trigger", "WaNetTrigger",
+__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BadEncoder", "BadEncoderRecord", "BadEncoderResult", "BlendedTrigger", "MultipleTargetLabelPoisoning", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
+           "PatchTrigger", "PoisonRecord", "PoisonedData", "PoisonedStream", "SIGTrigger", "SingleTargetImagePoisoning", "SingleTargetLabelPoisoning", "Trigger", "WaNetTrigger",
            "build_trigger", "poison_dataset", "poison_stream", "trigger_from_dict"]

@@ -232,6 +232,10 @@ class PoisonRecord:
         ``clean.pixels[record.source_indices]``; ignored for targeted poisoning (pass None).
         """
         if self.kind == "targeted":
+            if self.target_image is None:  # e.g. label-level poisoning: the images are other clean pairs'
+                raise ValueError("this targeted record inserted no single image: its poisoned images are clean "
+                                 "images of other pairs (see the attack's own details, e.g. "
+                                 "MultimodalPoisonDetails.rebuild_images)")
             return self.target_image[None].expand(self.n_poisoned, -1, -1, -1).clone()
         check_pixels(sources, "sources")
         if sources.shape[0] != self.n_poisoned:

@@ -29,12 +29,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from _report import environment, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "advclip_eval.json"
 PATCHES = ("advclip", "uap", "random")
@@ -134,11 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"benchmark": "advclip_eval", "n_surrogate": args.n_surrogate, "epochs": args.epochs,
               "n_probe_train": args.n_probe_train, "n_test": args.n_test, "seed": args.seed,
               "attacks": attacks, "rows": rows,
-              "env": {"torch": torch.__version__, "python": platform.python_version(), "threads": args.threads,
-                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+              "env": environment(args.threads)}
+    write_report(args.out, report)
     return report
 
 

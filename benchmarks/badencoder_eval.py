@@ -27,11 +27,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-from datetime import datetime, timezone
 from pathlib import Path
+
+from _report import environment, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "badencoder_eval.json"
 
@@ -133,11 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "trigger": trigger.to_dict(), "noise_baseline": noise.to_dict(), "target_label": target,
               "loss_columns": list(LOSS_COLUMNS), "rows": rows, "acceptance": verdicts,
-              "env": {"torch": torch.__version__, "python": platform.python_version(), "threads": args.threads,
-                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+              "env": environment(args.threads)}
+    write_report(args.out, report)
     return report
 
 

@@ -23,12 +23,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from _report import environment, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "co_attack_eval.json"
 MODES = ("image", "text", "both", "co")
@@ -98,11 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
                               " ".join(f"{k} {v:.1f}" for k, v in row["time_vs_image_only"].items()))
     Console(width=200).print(table)
     report = {"benchmark": "co_attack_eval", "n": args.n, "rows": rows,
-              "env": {"torch": torch.__version__, "python": platform.python_version(), "threads": args.threads,
-                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+              "env": environment(args.threads)}
+    write_report(args.out, report)
     return report
 
 

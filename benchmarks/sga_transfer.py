@@ -29,13 +29,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
+
+from _report import environment, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "sga_transfer.json"
 ZOO = ["shapes-clip-resnet", "shapes-clip-vit", "shapes-albef"]
@@ -137,11 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"benchmark": "sga_transfer", "n": args.n, "seed": args.seed, "sources": args.sources,
               "targets": args.targets, "rows": rows,
               "clean_r1": {t: {"i2t": c.i2t_r1, "t2i": c.t2i_r1} for t, c in clean.items()},
-              "env": {"torch": torch.__version__, "python": platform.python_version(), "threads": args.threads,
-                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+              "env": environment(args.threads)}
+    write_report(args.out, report)
     return report
 
 

@@ -28,11 +28,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-from datetime import datetime, timezone
 from pathlib import Path
+
+from _report import environment, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "villa_eval.json"
 EPS = (0.02, 0.05, 0.10)
@@ -110,11 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"benchmark": "villa_eval", "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "eps_relative": list(EPS), "itm_pairs": len(pairs.captions), "rows": rows,
               "step_cost_vs_finetune": cost,
-              "env": {"torch": torch.__version__, "python": platform.python_version(), "threads": args.threads,
-                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+              "env": environment(args.threads)}
+    write_report(args.out, report)
     return report
 
 

@@ -27,10 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from _report import environment, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "badclip_persistence.json"
 
@@ -144,12 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
               "target_label": target, "badclip_params": {k: v for k, v in badclip.params().items() if k != "trigger"},
               "optimisation": optimisation,
               "rows": rows, "verdicts (clearly higher := >= 10 points)": verdicts,
-              "env": {"torch": torch.__version__, "python": platform.python_version(), "threads": args.threads,
-                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
+              "env": environment(args.threads)}
     print(json.dumps(verdicts, indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return report
 
 

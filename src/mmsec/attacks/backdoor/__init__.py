@@ -10,10 +10,13 @@ all ``Trigger.apply(pixels, generator) -> pixels`` with a JSON record (``to_dict
 PBCL's backdoor and targeted poisoning (Carlini & Terzis, ICLR 2022); :mod:`~mmsec.attacks.backdoor.badencoder`:
 BadEncoder (Jia, Liu, Gong, S&P 2022), a backdoored image encoder from a shadow set;
 :mod:`~mmsec.attacks.backdoor.multimodal_poisoning`: Yang et al.'s (ICML 2023) three targeted
-poisoning attacks on text-to-image retrieval (scored by :mod:`mmsec.evaluation.targeted_poisoning`). Training on poisoned data is
+poisoning attacks on text-to-image retrieval (scored by :mod:`mmsec.evaluation.targeted_poisoning`);
+:mod:`~mmsec.attacks.backdoor.badclip`: BadCLIP (Liang et al., CVPR 2024), a dual-embedding-guided
+optimised patch, then poisoning with it. Training on poisoned data is
 :mod:`mmsec.train.poisoned`; attack success rates are :mod:`mmsec.evaluation.backdoor`.
 """
 
+from .badclip import BadCLIP
 from .badencoder import BadEncoder, BadEncoderRecord, BadEncoderResult
 from .multimodal_poisoning import (
     MultipleTargetLabelPoisoning,
@@ -36,6 +39,6 @@ from .triggers import (
     trigger_from_dict,
 )
 
-__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BadEncoder", "BadEncoderRecord", "BadEncoderResult", "BlendedTrigger", "MultipleTargetLabelPoisoning", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
+__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BadCLIP", "BadEncoder", "BadEncoderRecord", "BadEncoderResult", "BlendedTrigger", "MultipleTargetLabelPoisoning", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
            "PatchTrigger", "PoisonRecord", "PoisonedData", "PoisonedStream", "SIGTrigger", "SingleTargetImagePoisoning", "SingleTargetLabelPoisoning", "Trigger", "WaNetTrigger",
            "build_trigger", "poison_dataset", "poison_stream", "trigger_from_dict"]

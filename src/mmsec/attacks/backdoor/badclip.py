@@ -51,6 +51,13 @@ or optimiser settings; the values below are stated choices, not the paper's numb
   ``v*`` comes from ``labels=`` when given, else from the clean model's own zero-shot predictions.
 * Poisoning: the paper poisons images that are semantically close to the target; here the
   stamped images are random clean pairs, as PBCL's, so the comparison isolates the trigger.
+
+Measured caveat (benchmarks/badclip_persistence.py): the zoo CNN barely responds to a 4 x 4 patch
+in the image corner, so the gradients there are near zero and the optimised pattern stays close to
+its random mid-grey initialisation; such a low-contrast patch was not learnt at all by poisoned
+fine-tuning (ASR 0 where the checkerboard reaches 0.99). Place the patch where the clean model
+looks (e.g. ``position="center"``), where BadCLIP's backdoor outlived a strong clean fine-tuning
+better than the checkerboard's.
 """
 
 from __future__ import annotations

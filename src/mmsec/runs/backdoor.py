@@ -19,17 +19,19 @@ poisoned pairs and the training time.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .execute import build_attack, load_model, metric_definition
+from .execute import (
+    artifact_entry,
+    build_attack,
+    cell_result,
+    load_model,
+    metric_rows,
+    staging_folder,
+)
 
 PROBE_TRAIN_START = 300_000  # probe-training scenes far beyond any training stream or pair set
 PROBE_TRAIN_N = 2000
@@ -78,19 +80,13 @@ def _batches(data: dict, image_size: int):
 
 def _write_record(record: Any, trigger: Any, staging: Path) -> list[dict]:
     """The poisoning record (ground truth for detectors) as a JSON artifact."""
-    from ..zoo.checkpoint import sha256_file
-
-    staging.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=staging, prefix=f"{socket.gethostname()}-{os.getpid()}-"))
-    path = folder / "poison_record.json"
+    path = staging_folder(staging) / "poison_record.json"
     path.write_text(json.dumps({"record": record.to_dict(), "trigger": trigger.to_dict()}, sort_keys=True) + "\n")
-    return [{"kind": "poison_record_json", "filename": path.name, "tmp_path": str(path), "sha256": sha256_file(path),
-             "bytes": path.stat().st_size}]
+    return [artifact_entry("poison_record_json", path)]
 
 
 def execute_backdoor_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
     """Run one backdoor cell; returns the same plain dict as :func:`mmsec.runs.execute.execute_cell`."""
-    from .. import __version__
     from ..attacks.backdoor.triggers import PatchTrigger
     from ..evaluation.backdoor import backdoor_report, zeroshot_asr
 
@@ -130,30 +126,14 @@ def execute_backdoor_cell(cell: dict, staging_dir: str | Path | None = None) -> 
               "noise": "a uniform-noise patch of the trigger's size and place on the poisoned model"}
     kinds = {"clean_accuracy": "clean", "probe_accuracy": "clean", "clean_accuracy_control": "control",
              "backdoor_asr_control": "control", "backdoor_asr_noise": "noise"}
-    metrics = []
-    for name in cell["metrics"]:
-        d = metric_definition(name)
-        metrics.append({"name": name, "value": values[name], "metric_version": d.version,
-                        "threat_model": threat[kinds.get(name, "adv")], "definition": d.description,
-                        "higher_is_better": bool(d.higher_is_better)})
+    metrics = metric_rows(cell["metrics"], values, lambda name: threat[kinds.get(name, "adv")])
     params = {k: v for k, v in attack.params().items() if k not in ("trigger", "caption_set")}
     params["trigger"] = trigger.to_dict()["name"]
     artifacts = []
     if cell.get("save_artifacts") and staging_dir is not None:
         artifacts = _write_record(run.record, trigger, Path(staging_dir))
-    return {
-        "metrics": metrics,
-        "artifacts": artifacts,
-        "attack_params": params,
-        "baseline_params": ({"pattern": "noise", "size": trigger.size}
-                            if "backdoor_asr_noise" in cell["metrics"] else None),
-        "n_samples": int(test.labels.shape[0]),
-        "wall_time_s": time.perf_counter() - t0,
-        "mmsec_version": __version__,
-        "torch_version": torch.__version__,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-    }
+    baseline = {"pattern": "noise", "size": trigger.size} if "backdoor_asr_noise" in cell["metrics"] else None
+    return cell_result(metrics, artifacts, params, baseline, int(test.labels.shape[0]), t0)
 
 
 __all__ = ["execute_backdoor_cell"]

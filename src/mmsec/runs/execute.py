@@ -29,6 +29,7 @@ import socket
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -324,6 +325,29 @@ def build_objective(task: str, model: Any, dataset: Any, data_name: str) -> tupl
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
+# -- what every task's cell returns ---------------------------------------------------------------
+def metric_rows(names: list[str], values: dict[str, float], threat_model: Callable[[str], str]) -> list[dict]:
+    """One stored row per metric: its value, its definition and the threat model it was measured under."""
+    rows = []
+    for name in names:
+        d = metric_definition(name)
+        rows.append({"name": name, "value": values[name], "metric_version": d.version,
+                     "threat_model": threat_model(name), "definition": d.description,
+                     "higher_is_better": bool(d.higher_is_better)})
+    return rows
+
+
+def cell_result(metrics: list[dict], artifacts: list[dict], attack_params: dict, baseline_params: dict | None,
+                n_samples: int, t0: float) -> dict:
+    """The plain dict a cell returns (see :func:`execute_cell`), with versions, host and timing."""
+    from .. import __version__
+
+    return {"metrics": metrics, "artifacts": artifacts, "attack_params": attack_params,
+            "baseline_params": baseline_params, "n_samples": n_samples, "wall_time_s": time.perf_counter() - t0,
+            "mmsec_version": __version__, "torch_version": torch.__version__, "host": socket.gethostname(),
+            "pid": os.getpid()}
+
+
 # -- the cell -------------------------------------------------------------------------------------
 def execute_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
     """Run one cell and return its metrics (and staged artifact files) as a plain dict.
@@ -337,8 +361,6 @@ def execute_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
     "attack_params", "baseline_params", "n_samples", "wall_time_s", "mmsec_version",
     "torch_version", "host", "pid"}``.
     """
-    from .. import __version__
-
     if cell["task"] == "transfer":
         from .transfer import execute_transfer_cell
 
@@ -394,29 +416,12 @@ def execute_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
         extra["i2t_r1"] = clean_i2t_r1(model, dataset)
     values = _compute_metrics(cell, clean, advl, noise, labels, targets, torch.cat(linf), extra)
     tm = threat_models(cell, attack)
-    metrics = []
-    for name in cell["metrics"]:
-        d = metric_definition(name)
-        kind = _metric_kind(name)
-        metrics.append({"name": name, "value": values[name], "metric_version": d.version,
-                        "threat_model": tm[kind], "definition": d.description,
-                        "higher_is_better": bool(d.higher_is_better)})
-
+    metrics = metric_rows(cell["metrics"], values, lambda name: tm[_metric_kind(name)])
     artifacts = []
     if cell.get("save_artifacts") and staging_dir is not None:
         artifacts = _write_artifacts(cell, first, Path(staging_dir))
-    return {
-        "metrics": metrics,
-        "artifacts": artifacts,
-        "attack_params": attack_params(attack),
-        "baseline_params": attack_params(baseline) if baseline is not None else None,
-        "n_samples": int(pixels.shape[0]),
-        "wall_time_s": time.perf_counter() - t0,
-        "mmsec_version": __version__,
-        "torch_version": torch.__version__,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-    }
+    return cell_result(metrics, artifacts, attack_params(attack),
+                       attack_params(baseline) if baseline is not None else None, int(pixels.shape[0]), t0)
 
 
 def run_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
@@ -522,9 +527,7 @@ def example_grid(clean: torch.Tensor, adv: torch.Tensor, k: int = EXAMPLE_PAIRS)
 def _write_artifacts(cell: dict, first: dict[str, torch.Tensor], staging: Path) -> list[dict]:
     from safetensors.torch import save_file
 
-    staging.mkdir(parents=True, exist_ok=True)
-    # The prefix names the writer, so stale folders of killed processes can be recognised.
-    folder = Path(tempfile.mkdtemp(dir=staging, prefix=f"{socket.gethostname()}-{os.getpid()}-"))
+    folder = staging_folder(staging)
     png = folder / "examples.png"
     buf = io.BytesIO()
     example_grid(first["clean_pixels"], first["adv_pixels"]).save(buf, format="PNG")
@@ -535,11 +538,20 @@ def _write_artifacts(cell: dict, first: dict[str, torch.Tensor], staging: Path) 
     meta = {"mmsec": json.dumps({"cell": cell, "content": "first batch: adversarial and clean pixels, labels"},
                                 sort_keys=True)}
     save_file({k: v.detach().contiguous().cpu() for k, v in first.items()}, str(tensors), metadata=meta)
-    out = []
-    for kind, path in (("examples_png", png), ("adv_batch_safetensors", tensors)):
-        out.append({"kind": kind, "filename": path.name, "tmp_path": str(path), "sha256": sha256_file(path),
-                    "bytes": path.stat().st_size})
-    return out
+    return [artifact_entry("examples_png", png), artifact_entry("adv_batch_safetensors", tensors)]
+
+
+def staging_folder(staging: Path) -> Path:
+    """A fresh folder for one cell's artifacts under ``staging`` (moved into place when the cell commits)."""
+    staging.mkdir(parents=True, exist_ok=True)
+    # The prefix names the writer, so stale folders of killed processes can be recognised.
+    return Path(tempfile.mkdtemp(dir=staging, prefix=f"{socket.gethostname()}-{os.getpid()}-"))
+
+
+def artifact_entry(kind: str, path: Path) -> dict:
+    """The artifact record the runner stores: kind, file name, staged path, sha256, size."""
+    return {"kind": kind, "filename": path.name, "tmp_path": str(path), "sha256": sha256_file(path),
+            "bytes": path.stat().st_size}
 
 
 def _jsonable(v: Any) -> Any:

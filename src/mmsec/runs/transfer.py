@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import socket
 import time
 from functools import lru_cache
 
@@ -32,11 +30,12 @@ from .execute import (
     _first_caption,
     attack_params,
     build_attack,
+    cell_result,
     derive_seed,
     format_eps,
     load_data,
     load_model,
-    metric_definition,
+    metric_rows,
 )
 
 
@@ -79,8 +78,6 @@ def _crafted(source: str, attack_json: str, data_json: str, seed: int, batch_siz
 
 def execute_transfer_cell(cell: dict) -> dict:
     """Run one transfer cell; returns the same plain dict as :func:`mmsec.runs.execute.execute_cell`."""
-    from .. import __version__
-
     t0 = time.perf_counter()
     seed = int(cell["seed"])
     pixels, captions, adv_pixels, adv_texts, changed, params, craft_seconds = _crafted(
@@ -104,24 +101,12 @@ def execute_transfer_cell(cell: dict) -> dict:
               + (f", {budget}" if budget else "") + words)
     threat = {"clean": "clean inputs (no perturbation)", "adv": adv_tm,
               "noise": f"uniform random image noise, {budget}, on {cell['target']}"}
-    metrics = []
-    for name in cell["metrics"]:
-        d = metric_definition(name)
-        kind = "noise" if name == "asr_noise" else ("clean" if name.startswith("clean_") else "adv")
-        metrics.append({"name": name, "value": values[name], "metric_version": d.version, "threat_model": threat[kind],
-                        "definition": d.description, "higher_is_better": bool(d.higher_is_better)})
-    return {
-        "metrics": metrics,
-        "artifacts": [],
-        "attack_params": params,
-        "baseline_params": {"eps": params.get("eps")} if "asr_noise" in cell["metrics"] else None,
-        "n_samples": int(pixels.shape[0]),
-        "wall_time_s": time.perf_counter() - t0,
-        "mmsec_version": __version__,
-        "torch_version": torch.__version__,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-    }
+    def threat_of(name: str) -> str:
+        return threat["noise" if name == "asr_noise" else ("clean" if name.startswith("clean_") else "adv")]
+
+    return cell_result(metric_rows(cell["metrics"], values, threat_of), [], params,
+                       {"eps": params.get("eps")} if "asr_noise" in cell["metrics"] else None, int(pixels.shape[0]),
+                       t0)
 
 
 __all__ = ["execute_transfer_cell"]

@@ -33,7 +33,6 @@ from torch import nn
 from ..attacks.backdoor.poisoning import PoisonedData, PoisoningAttack, PoisonRecord
 from ..attacks.base import check_budget, check_int
 from ..data.datasets import ImageTextData
-from ..data.shapes import ShapesWorld
 from ..models.base import check_pixels, require_contrastive
 from .contrastive import TrainConfig, TrainLog, train_contrastive
 
@@ -66,8 +65,8 @@ def pretrain_poisoned(poisoner: PoisoningAttack | None, recipe: str = "shapes-cl
 
     The rate (or count) of ``poisoner`` applies to the ``steps * batch_size`` pairs of the run.
     """
-    from ..zoo import FAMILIES, load_recipe
-    from ..zoo.train import caption_batches, shapes_vocabulary
+    from ..zoo import load_recipe
+    from ..zoo.train import caption_batches, recipe_start
 
     if poisoner is not None and not isinstance(poisoner, PoisoningAttack):
         raise TypeError(f"poisoner must be a PoisoningAttack (e.g. PBCLBackdoor(...)) or None for the clean control, "
@@ -77,18 +76,9 @@ def pretrain_poisoned(poisoner: PoisoningAttack | None, recipe: str = "shapes-cl
     if family != "contrastive":
         raise ValueError(f"recipe {recipe!r} trains a {family!r} model; poisoned pre-training needs a contrastive "
                          "(CLIP) recipe such as 'shapes-clip-resnet'")
-    seed = int(spec["seed"])
-    torch.manual_seed(seed)  # the same initialisation as `mmsec zoo train`
-    config_cls, model_cls = FAMILIES[family]
-    model = model_cls(config_cls.from_dict({**spec["model"], "vocab": shapes_vocabulary()}))
-    data = spec["data"]
-    world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"],
-                        second_object_prob=data["second_object_prob"])
-    t = dict(spec["train"])
-    batch_size = int(t.pop("batch_size"))
-    if steps is not None:
-        t["steps"] = check_int("steps", steps, 1)
-        t["warmup"] = min(t["warmup"], max(1, t["steps"] // 10))  # as zoo.train.train_recipe
+    # the same seed, initialisation, world and settings as `mmsec zoo train`
+    start = recipe_start(spec, recipe, None if steps is None else check_int("steps", steps, 1))
+    model, world, batch_size, t, seed = start.model, start.world, start.batch_size, start.train, start.seed
     cfg = TrainConfig(**t)
     batches = caption_batches(world, batch_size, seed)
     record = None

@@ -12,7 +12,7 @@ import logging
 import platform
 import random
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,6 +83,41 @@ def fusion_batches(world: ShapesWorld, batch_size: int, seed: int):
     return batches
 
 
+@dataclass
+class RecipeStart:
+    """What training a zoo recipe starts from: the seeded initial model, its world and train settings."""
+
+    seed: int
+    family: str
+    config: object  # the family's model config
+    model: torch.nn.Module
+    world: ShapesWorld
+    batch_size: int
+    train: dict  # the recipe's train section without batch_size, steps overridden
+
+
+def recipe_start(recipe: dict, name: str, steps: int | None = None) -> RecipeStart:
+    """Seed torch and build a recipe's initial model, training world and settings (``steps`` overrides
+    the recipe's, with the warm-up shortened to at most a tenth of the run, as for smoke tests)."""
+    seed = int(recipe["seed"])
+    torch.manual_seed(seed)
+    family = recipe.get("family", "contrastive")
+    if family not in FAMILIES:
+        raise ValueError(f"recipe {name}: family must be one of {sorted(FAMILIES)}, got {family!r}")
+    config_cls, model_cls = FAMILIES[family]
+    cfg = config_cls.from_dict({**recipe["model"], "vocab": shapes_vocabulary()})
+    model = model_cls(cfg)  # right after seeding: the initial weights depend on nothing else
+    data = recipe["data"]
+    world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"],
+                        second_object_prob=data["second_object_prob"])
+    t = dict(recipe["train"])
+    batch_size = int(t.pop("batch_size"))
+    if steps is not None:
+        t["steps"] = steps
+        t["warmup"] = min(t["warmup"], max(1, steps // 10))
+    return RecipeStart(seed, family, cfg, model, world, batch_size, t)
+
+
 def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None = None,
                  quiet: bool = False) -> dict:
     """Train zoo model ``name`` and write ``NAME.safetensors`` + ``NAME.json`` to ``out_dir``.
@@ -92,22 +127,9 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
     """
     recipe = load_recipe(name)
     out = Path(out_dir) if out_dir else CHECKPOINTS
-    seed = int(recipe["seed"])
-    torch.manual_seed(seed)
-    family = recipe.get("family", "contrastive")
-    if family not in FAMILIES:
-        raise ValueError(f"recipe {name}: family must be one of {sorted(FAMILIES)}, got {family!r}")
-    config_cls, model_cls = FAMILIES[family]
-    cfg = config_cls.from_dict({**recipe["model"], "vocab": shapes_vocabulary()})
-    model = model_cls(cfg)
-    data = recipe["data"]
-    world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"],
-                        second_object_prob=data["second_object_prob"])
-    t = dict(recipe["train"])
-    batch_size = int(t.pop("batch_size"))
-    if steps is not None:
-        t["steps"] = steps
-        t["warmup"] = min(t["warmup"], max(1, steps // 10))
+    start = recipe_start(recipe, name, steps)
+    seed, family, cfg, model, world = start.seed, start.family, start.config, start.model, start.world
+    batch_size, t, data = start.batch_size, start.train, recipe["data"]
     cpu_start = time.process_time()  # CPU seconds: comparable across machines busy with other work
     if family == "fusion":
         train_cfg = FusionTrainConfig(**t, seed=seed)

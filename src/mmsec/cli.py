@@ -37,6 +37,7 @@ class Kind(str, Enum):
     attacks = "attacks"
     pair_attacks = "pair_attacks"
     poisoning = "poisoning"
+    model_backdoors = "model_backdoors"
     defenses = "defenses"
     models = "models"
     datasets = "datasets"

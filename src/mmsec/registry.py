@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 # attacks: evasion attacks on images against an objective; pair_attacks: attacks on (image, caption)
-# pairs of a vision-language model (Co-Attack, SGA), used by the transfer task.
-KINDS = ("attacks", "pair_attacks", "poisoning", "defenses", "models", "datasets")
+# pairs of a vision-language model (Co-Attack, SGA), used by the transfer task; poisoning: attacks
+# on training data (PBCL, BadCLIP); model_backdoors: attacks that return a backdoored model (BadEncoder).
+KINDS = ("attacks", "pair_attacks", "poisoning", "model_backdoors", "defenses", "models", "datasets")
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,8 @@ def test_record(attacked, reference, shadow):
 
 
 @pytest.mark.parametrize("kwargs, error, words", [
-    (dict(trigger="patch"), TypeError, "trigger"),
+    (dict(trigger="pach"), ValueError, "trigger"),
+    (dict(trigger=3), TypeError, "trigger"),
     (dict(lambda1=-1.0), ValueError, "lambda1"),
     (dict(lambda2=float("nan")), ValueError, "lambda2"),
     (dict(epochs=0), ValueError, "epochs"),

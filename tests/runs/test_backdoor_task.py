@@ -6,6 +6,7 @@ import pytest
 from runs_helpers import tiny_spec
 
 from mmsec.attacks.backdoor import PoisonRecord
+from mmsec.attacks.backdoor.triggers import trigger_from_dict
 from mmsec.runs.grid import expand
 from mmsec.runs.results import query
 from mmsec.runs.runner import run_spec
@@ -30,7 +31,7 @@ def backdoor_spec(**overrides) -> dict:
      "trigger is not a patch"),
     (dict(attack={"name": "pbcl_backdoor", "params": {"target": "blue banana"}}), "blue banana"),
     (dict(training={"mode": "distill"}), "training.mode"),
-    (dict(defense="fare"), "not supported with task 'backdoor'"),
+    (dict(attack={"name": "badclip", "params": {"target": "red circle", "lr": -1}}), "lr"),
 ])
 def test_bad_backdoor_specs_are_named(overrides, expected):
     with pytest.raises(SpecError, match=expected):
@@ -66,3 +67,54 @@ def test_a_backdoor_grid_plants_the_backdoor_and_stores_the_ground_truth(tmp_pat
     assert sorted(r.n_poisoned for r in loaded) == [2, 32]
     assert all(r.target == "red circle" and r.trigger["name"] == "patch" for r in loaded)
     assert all(s["status"] == "cached" for s in run_spec(spec, tmp_path))
+
+
+def test_a_defense_cleans_the_poisoned_model_of_the_same_cell(tmp_path):
+    """defense: [none, clean_finetune] -> the poisoned model is trained once and cleaned in the second cell."""
+    spec = backdoor_spec(defense=["none", {"name": "clean_finetune", "params": {"steps": 150, "lr": 3e-3},
+                                           "data": {"name": "shapes", "split": "val", "n": 1024}}],
+                         metrics=["backdoor_asr", "backdoor_asr_undefended", "clean_accuracy",
+                                  "clean_accuracy_undefended", "clean_accuracy_cost", "defense_train_seconds"])
+    assert [s["status"] for s in run_spec(spec, tmp_path)] == ["done"] * 2
+    rows = {(r["defense"], r["metric"]): r["value"] for r in query(tmp_path, "backdoor-test")}
+    none = {m: rows[("none", m)] for m in ("backdoor_asr", "backdoor_asr_undefended", "clean_accuracy_cost",
+                                           "defense_train_seconds")}
+    assert none["backdoor_asr"] == none["backdoor_asr_undefended"] and none["clean_accuracy_cost"] == 0, none
+    assert none["defense_train_seconds"] == 0
+    # the defended cell starts from the very same poisoned model (trained once, shared) ...
+    assert rows[("clean_finetune", "backdoor_asr_undefended")] == none["backdoor_asr"] >= 0.6, rows
+    assert rows[("clean_finetune", "defense_train_seconds")] > 0
+    # ... and an aggressive clean fine-tune (lr 3e-3) erases this corner checkerboard (measured 0.94 -> 0.00)
+    assert rows[("clean_finetune", "backdoor_asr")] <= none["backdoor_asr"] - 0.5, rows
+    assert rows[("clean_finetune", "clean_accuracy_cost")] <= 3.0, rows
+
+
+def test_badclip_optimises_its_patch_on_the_clean_model_inside_the_cell(tmp_path):
+    spec = backdoor_spec(attack={"name": "badclip", "params": {"target": "red circle", "rate": 0.03, "steps": 5}},
+                         training={"mode": "finetune", "pairs": 256, "steps": 5, "batch_size": 32, "lr": 2e-3},
+                         data={"name": "shapes", "split": "test", "n": 60, "image_size": 32},
+                         metrics=["backdoor_asr", "n_poisoned"])
+    assert [s["status"] for s in run_spec(spec, tmp_path)] == ["done"]
+    (path,) = tmp_path.glob("artifacts/backdoor-test/*/poison_record.json")
+    saved = json.loads(path.read_text())
+    assert saved["trigger"]["name"] == "optimized_patch" and saved["record"]["n_poisoned"] == 8
+    trigger = trigger_from_dict(saved["trigger"])  # the 4 x 4 patch the attack optimised (stage 1), rebuilt
+    assert tuple(trigger.pattern.shape) == (3, 4, 4) and trigger.position == "bottom_right"
+
+
+def test_a_model_tampering_attack_runs_in_the_same_task_against_the_published_model(tmp_path):
+    """BadEncoder (kind model_backdoors) changes the model itself: no poisoned pairs, the control is the zoo model."""
+    spec = backdoor_spec(attack={"name": "badencoder", "params": {"target": "red circle", "epochs": 1,
+                                                                  "batch_size": 64}},
+                         training={"mode": "finetune", "pairs": 256},
+                         data={"name": "shapes", "split": "test", "n": 60, "image_size": 32},
+                         metrics=["backdoor_asr", "clean_accuracy_control", "n_poisoned", "train_seconds"])
+    assert [s["status"] for s in run_spec(spec, tmp_path)] == ["done"]
+    rows = {r["metric"]: r for r in query(tmp_path, "backdoor-test")}
+    assert rows["n_poisoned"]["value"] == 0 and rows["train_seconds"]["value"] > 0
+    assert rows["clean_accuracy_control"]["threat_model"] == "the published clean model"
+    assert rows["clean_accuracy_control"]["value"] >= 0.95  # the shipped model, untouched
+    (path,) = tmp_path.glob("artifacts/backdoor-test/*/poison_record.json")
+    saved = json.loads(path.read_text())
+    assert saved["record"]["kind"] == "badencoder" and saved["record"]["shadow_size"] == 256
+    assert saved["record"]["reference_indices"][0] >= 90_000 and saved["trigger"]["name"] == "patch"

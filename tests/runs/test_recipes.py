@@ -21,7 +21,8 @@ def test_the_leaderboard_covers_every_registered_clip_defense():
 
     spec = load_spec(next(p for p in RECIPES if p.stem == "robustness"))
     named = {d.name for d in spec.defenses if d is not None}
-    assert named == {e.name for e in entries("defenses") if getattr(e.factory, "model_kind", "") == "contrastive"}
+    assert named == {e.name for e in entries("defenses")
+                     if getattr(e.factory, "model_kind", "") == "contrastive" and e.factory.threat == "evasion"}
     for m in spec.models:  # every defense on every model
         assert {d.name for d in spec.defenses if d is not None and d.applies_to(m)} == named
     assert set(spec.models) == {"zoo:shapes-clip-resnet", "zoo:shapes-clip-vit"}

@@ -1,11 +1,12 @@
-"""Defenses: hardening defenses that return a new model (adversarial fine-tuning), and later detectors.
+"""Defenses: hardening defenses that return a new model (adversarial fine-tuning; backdoor clean-ups).
 
 Importing this package registers the built-in defenses (``mmsec.registry.entries("defenses")``).
 """
 
-from . import adversarial
+from . import adversarial, backdoor
 from .adversarial import FARE, VILLA, AdvPT, PromptTunedCLIP, TeCoA, embedding_drift
+from .backdoor import CleanFineTune
 from .base import DefenseResult, HardeningDefense, image_tower_parameters, trainable_copy
 
-__all__ = ["FARE", "AdvPT", "DefenseResult", "PromptTunedCLIP", "HardeningDefense", "TeCoA", "VILLA", "adversarial", "embedding_drift",
+__all__ = ["FARE", "AdvPT", "CleanFineTune", "DefenseResult", "PromptTunedCLIP", "HardeningDefense", "TeCoA", "VILLA", "adversarial", "backdoor", "embedding_drift",
            "image_tower_parameters", "trainable_copy"]

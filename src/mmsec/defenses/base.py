@@ -52,6 +52,7 @@ class HardeningDefense:
     name: ClassVar[str]
     needs_labels: ClassVar[bool] = True  # supervised (TeCoA, AdvPT) vs unsupervised (FARE)
     model_kind: ClassVar[str] = "contrastive"  # what it hardens: any ContrastiveModel, or "fusion" (VILLA)
+    threat: ClassVar[str] = "evasion"  # what it defends against: "evasion" (adversarial examples) or "backdoor"
 
     def params(self) -> dict[str, Any]:
         sig = inspect.signature(type(self).__init__)

@@ -5,7 +5,11 @@ A backdoor cell has ``model`` (a zoo CLIP), a poisoning attack (``registry`` kin
 ``pairs`` clean shapes-world train pairs plus the attack's poisoned pairs; ``pretrain``: the
 model's zoo recipe trained from scratch on a poisoned stream of fresh scenes) and the evaluation
 ``data`` (shapes-world test scenes). The control -- the same training on clean data -- is trained
-once per (model, training, seed) in a process and shared by every attack setting.
+once per (model, training, seed) in a process and shared by every attack setting. An attack that
+needs the clean model first (BadCLIP's optimised patch) prepares on 512 of the attacker's own
+clean train scenes (ids from 100,000 on) before poisoning. A cell's ``defense`` (e.g.
+``clean_finetune``) is trained on the poisoned model; the poisoned model is trained once per
+process for all the defenses of a grid.
 
 Metrics (on the test scenes; ASR over the triggered images whose class is not the target):
 zero-shot ASR and clean accuracy of the poisoned model, the control's clean accuracy and the drop
@@ -13,19 +17,25 @@ zero-shot ASR and clean accuracy of the poisoned model, the control's clean accu
 (and its clean accuracy), image-to-text and text-to-image retrieval ASR, the ASR of the same
 trigger on the control (what the trigger does without poisoning) and, with ``baseline: noise``,
 of a same-size uniform-noise patch at the same place on the poisoned model; the number of
-poisoned pairs and the training time.
+poisoned pairs and the training time. With a defense, the backdoor metrics are measured after it,
+and ``backdoor_asr_undefended`` / ``clean_accuracy_undefended`` before it (``clean_accuracy_cost``
+in points); without one they equal the measured values (cost 0), so a grid over ``[none, ...]``
+lines up.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .execute import (
+    apply_defense,
     artifact_entry,
+    attack_kind,
     build_attack,
     cell_result,
     load_model,
@@ -35,6 +45,9 @@ from .execute import (
 
 PROBE_TRAIN_START = 300_000  # probe-training scenes far beyond any training stream or pair set
 PROBE_TRAIN_N = 2000
+ATTACKER_START = 100_000  # the attacker's own clean scenes (an optimised trigger is fit on them)
+ATTACKER_N = 512
+REFERENCE_START = 90_000  # BadEncoder's reference inputs (target-class scenes), as benchmarks/badencoder_eval.py
 
 
 def _pairs(n: int, image_size: int, seed: int) -> Any:
@@ -42,6 +55,79 @@ def _pairs(n: int, image_size: int, seed: int) -> Any:
 
     # the zoo's training distribution (a second object in a quarter of the scenes)
     return ShapesDataset("train", n=n, image_size=image_size, second_object_prob=0.25, seed=seed).to_data(quiet=True)
+
+
+@dataclass
+class Backdoored:
+    """A backdoored model as a cell measures it, made by poisoned training or by tampering with it."""
+
+    attack: Any
+    model: Any
+    trigger: Any
+    target: str
+    target_label: int
+    n_poisoned: int  # poisoned training pairs (0: the model itself was changed)
+    seconds: float  # the poisoned training's, or the tampering's
+    record: dict  # the JSON artifact: what was done, enough to rebuild the trigger
+    how: str  # the threat model in words, for the stored metrics
+    tampered: bool = False  # the attack changed the model itself (its control is the published model)
+
+
+def _prepare(attack: Any, model_name: str, seed: int) -> None:
+    """White-box preparation on the clean model (BadCLIP's trigger), on the attacker's own scenes."""
+    from ..data.datasets import ShapesDataset
+
+    model = load_model(model_name)
+    data = ShapesDataset("train", n=ATTACKER_N, start=ATTACKER_START,
+                         image_size=int(getattr(model, "image_size", 32))).to_data(quiet=True)
+    attack.prepare(model, data, generator=seed)
+
+
+def _training_words(training: dict) -> str:
+    return (f"{training['mode']} ({training.get('steps')} steps"
+            + (f", {training['pairs']} clean pairs" if training["mode"] == "finetune" else "") + ")")
+
+
+def _references(target_label: int, image_size: int, n: int = 1) -> tuple[Any, list[int]]:
+    """The first ``n`` single-object train scenes of the target class from id 90,000 on (BadEncoder's
+    reference inputs; disjoint from the shadow set and the probe's scenes) and their indices."""
+    from ..data.shapes import ShapesWorld
+
+    pool = ShapesWorld(image_size).batch("train", REFERENCE_START, 48 * 20 * n)
+    idx = (pool.labels == target_label).nonzero().flatten()[:n]
+    return pool.pixels()[idx], [REFERENCE_START + int(i) for i in idx]
+
+
+@lru_cache(maxsize=16)
+def _backdoored(model_name: str, attack_json: str, training_json: str, seed: int) -> Backdoored:
+    """The cell's backdoored model, once per process: cells that differ only in the defense share it."""
+    from ..attacks.backdoor.poisoning import resolve_target
+
+    a, training = json.loads(attack_json), json.loads(training_json)
+    kind = attack_kind("backdoor", a["name"])
+    attack = build_attack(a["name"], a["params"], kind)
+    if kind == "poisoning":
+        _prepare(attack, model_name, seed)
+        run = _train(model_name, attack, training, seed)
+        how = (f"{a['name']} poisoning of {model_name}'s {_training_words(training)}: {run.record.n_poisoned} "
+               f"poisoned pairs, target {run.record.target!r}, trigger {attack.trigger.to_dict()['name']}")
+        return Backdoored(attack, run.model, attack.trigger, run.record.target, run.record.target_label,
+                          run.record.n_poisoned, run.log.seconds,
+                          {"record": run.record.to_dict(), "trigger": attack.trigger.to_dict()}, how)
+    # A model-tampering attack (BadEncoder): its unlabelled shadow set is `training.pairs` clean train
+    # images (its own epochs / lr / batch are its parameters); the victim uses the published model as is.
+    if attack.target is None:
+        raise ValueError(f"attack {a['name']!r} needs a target class in task 'backdoor' (params: target: ...)")
+    target, label = resolve_target(attack.target)
+    model = load_model(model_name)
+    size = int(getattr(model, "image_size", 32))
+    shadow = _pairs(int(training["pairs"]), size, 0).pixels
+    refs, ref_ids = _references(label, size)
+    result = attack(model, shadow, refs, generator=seed, reference_indices=ref_ids)
+    how = (f"{a['name']} tampering of {model_name} ({shadow.shape[0]} shadow images): target {target!r}, trigger "
+           f"{attack.trigger.to_dict()['name']}")
+    return Backdoored(attack, result.model, attack.trigger, target, label, 0, result.seconds,
+                      {"record": result.record.to_dict(), "trigger": attack.trigger.to_dict()}, how, tampered=True)
 
 
 def _train(model_name: str, attack: Any, training: dict, seed: int) -> Any:
@@ -78,61 +164,83 @@ def _batches(data: dict, image_size: int):
     return probe_train, test
 
 
-def _write_record(record: Any, trigger: Any, staging: Path) -> list[dict]:
-    """The poisoning record (ground truth for detectors) as a JSON artifact."""
+def _write_record(bd: Backdoored, staging: Path) -> list[dict]:
+    """What the attack did (ground truth for detectors: poisoned indices, trigger) as a JSON artifact."""
     path = staging_folder(staging) / "poison_record.json"
-    path.write_text(json.dumps({"record": record.to_dict(), "trigger": trigger.to_dict()}, sort_keys=True) + "\n")
+    path.write_text(json.dumps(bd.record, sort_keys=True) + "\n")
     return [artifact_entry("poison_record_json", path)]
+
+
+def _control_model(cell: dict, bd: Backdoored, training_json: str) -> Any:
+    """Poisoning: the same training on clean data; tampering: the published clean model itself."""
+    if bd.tampered:
+        return load_model(cell["model"])
+    return _control(cell["model"], training_json, int(cell["seed"])).model
 
 
 def execute_backdoor_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
     """Run one backdoor cell; returns the same plain dict as :func:`mmsec.runs.execute.execute_cell`."""
-    from ..attacks.backdoor.triggers import PatchTrigger
+    from ..attacks.backdoor.triggers import OptimizedPatch, PatchTrigger
     from ..evaluation.backdoor import backdoor_report, zeroshot_asr
 
     t0 = time.perf_counter()
     seed, training = int(cell["seed"]), cell["training"]
-    attack = build_attack(cell["attack"]["name"], cell["attack"]["params"], "poisoning")
-    run = _train(cell["model"], attack, training, seed)
-    control = _control(cell["model"], json.dumps(training, sort_keys=True), seed)
-    model = run.model
-    probe_train, test = _batches(cell["data"], int(getattr(model, "image_size", 32)))
-    target, trigger = run.record.target_label, attack.trigger
+    training_json = json.dumps(training, sort_keys=True)
+    bd = _backdoored(cell["model"], json.dumps(cell["attack"], sort_keys=True), training_json, seed)
+    control = _control_model(cell, bd, training_json)
+    probe_train, test = _batches(cell["data"], int(getattr(bd.model, "image_size", 32)))
+    target, trigger, attack = bd.target_label, bd.trigger, bd.attack
+    model, defense_seconds = bd.model, 0.0
+    values: dict[str, float] = {}
+    if cell.get("defense"):  # the clean-up runs on the backdoored model; the backdoor is measured after it
+        undefended = backdoor_report(model, probe_train, test, trigger, target, generator=seed,
+                                     tasks=("zeroshot",))["zeroshot"]
+        values.update(backdoor_asr_undefended=undefended.asr, clean_accuracy_undefended=undefended.clean_accuracy)
+        model, defense_seconds = apply_defense(model, cell["defense"], seed)
     scores = backdoor_report(model, probe_train, test, trigger, target, generator=seed)
-    control_zs = backdoor_report(control.model, probe_train, test, trigger, target, generator=seed,
+    control_zs = backdoor_report(control, probe_train, test, trigger, target, generator=seed,
                                  tasks=("zeroshot",))["zeroshot"]
-    values: dict[str, float] = {
+    values.update({
         "backdoor_asr": scores["zeroshot"].asr, "clean_accuracy": scores["zeroshot"].clean_accuracy,
         "clean_accuracy_control": control_zs.clean_accuracy,
         "clean_accuracy_drop": 100 * (control_zs.clean_accuracy - scores["zeroshot"].clean_accuracy),
         "backdoor_asr_probe": scores["linear_probe"].asr, "probe_accuracy": scores["linear_probe"].clean_accuracy,
         "backdoor_asr_i2t": scores["retrieval_i2t"].asr, "backdoor_asr_t2i": scores["retrieval_t2i"].asr,
-        "backdoor_asr_control": control_zs.asr, "n_poisoned": float(run.record.n_poisoned),
-        "train_seconds": run.log.seconds,
-    }
+        "backdoor_asr_control": control_zs.asr, "n_poisoned": float(bd.n_poisoned),
+        "train_seconds": bd.seconds, "defense_train_seconds": defense_seconds,
+    })
+    # without a defense the backdoored model is the undefended one (so grids over [none, defense] align)
+    values.setdefault("backdoor_asr_undefended", values["backdoor_asr"])
+    values.setdefault("clean_accuracy_undefended", values["clean_accuracy"])
+    values["clean_accuracy_cost"] = 100 * (values["clean_accuracy_undefended"] - values["clean_accuracy"])
+    size = trigger.size if getattr(trigger, "size", None) is not None else getattr(trigger, "pattern", None)
+    size = int(size.shape[-1]) if hasattr(size, "shape") else size  # an optimised patch: its pixel size
     if "backdoor_asr_noise" in cell["metrics"]:
-        if not isinstance(trigger, PatchTrigger):
+        if not isinstance(trigger, (PatchTrigger, OptimizedPatch)):
             raise ValueError(f"baseline 'noise' is a noise patch of the trigger's size and place; trigger "
                              f"{trigger.to_dict()['name']!r} is not a patch (set `baseline: null`)")
-        noise = PatchTrigger(pattern="noise", size=trigger.size, position=trigger.position, seed=seed + 1)
+        noise = PatchTrigger(pattern="noise", size=size, position=trigger.position, seed=seed + 1)
         values["backdoor_asr_noise"] = zeroshot_asr(model, test.pixels(), test.labels, noise, target,
                                                     generator=seed).asr
-    how = (f"{training['mode']} ({training.get('steps')} steps"
-           + (f", {training['pairs']} clean pairs" if training["mode"] == "finetune" else "") + ")")
-    poisoned = (f"{cell['attack']['name']} poisoning of {cell['model']}'s {how}: {run.record.n_poisoned} poisoned "
-                f"pairs, target {run.record.target!r}, trigger {trigger.to_dict()['name']}; triggered test images")
-    threat = {"adv": poisoned, "clean": f"clean test images, poisoned model ({how})",
-              "control": f"the same training on clean data ({how})",
-              "noise": "a uniform-noise patch of the trigger's size and place on the poisoned model"}
+    defense = cell.get("defense")
+    after = f", then defense {defense['name']}" if defense else ""
+    control_words = ("the published clean model" if bd.tampered else f"the same training on clean data ({_training_words(training)})")
+    threat = {"adv": f"{bd.how}; triggered test images{after}",
+              "clean": f"clean test images, backdoored model ({bd.how}){after}", "control": control_words,
+              "noise": f"a uniform-noise patch of the trigger's size and place on the backdoored model{after}",
+              "undefended": f"{bd.how}; before the defense",
+              "cost": f"training cost of defense {defense['name']}" if defense else "no defense"}
     kinds = {"clean_accuracy": "clean", "probe_accuracy": "clean", "clean_accuracy_control": "control",
-             "backdoor_asr_control": "control", "backdoor_asr_noise": "noise"}
+             "backdoor_asr_control": "control", "backdoor_asr_noise": "noise",
+             "backdoor_asr_undefended": "undefended", "clean_accuracy_undefended": "undefended",
+             "clean_accuracy_cost": "cost", "defense_train_seconds": "cost"}
     metrics = metric_rows(cell["metrics"], values, lambda name: threat[kinds.get(name, "adv")])
     params = {k: v for k, v in attack.params().items() if k not in ("trigger", "caption_set")}
     params["trigger"] = trigger.to_dict()["name"]
     artifacts = []
     if cell.get("save_artifacts") and staging_dir is not None:
-        artifacts = _write_record(run.record, trigger, Path(staging_dir))
-    baseline = {"pattern": "noise", "size": trigger.size} if "backdoor_asr_noise" in cell["metrics"] else None
+        artifacts = _write_record(bd, Path(staging_dir))
+    baseline = {"pattern": "noise", "size": size} if "backdoor_asr_noise" in cell["metrics"] else None
     return cell_result(metrics, artifacts, params, baseline, int(test.labels.shape[0]), t0)
 
 

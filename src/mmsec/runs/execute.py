@@ -92,6 +92,12 @@ RUN_METRIC_DEFINITIONS: dict[str, MetricDefinition] = {d.name: d for d in [
     MetricDefinition("n_poisoned", 1, "backdoor: number of poisoned training pairs", higher_is_better=False),
     MetricDefinition("train_seconds", 1, "backdoor: wall-clock seconds of the poisoned training",
                      higher_is_better=False),
+    MetricDefinition("backdoor_asr_undefended", 1, "backdoor: zero-shot ASR of the poisoned model before the cell's "
+                                                   "defense (backdoor_asr is measured after it)"),
+    MetricDefinition("clean_accuracy_undefended", 1, "backdoor: clean zero-shot top-1 of the poisoned model before "
+                                                     "the cell's defense", higher_is_better=True),
+    MetricDefinition("clean_accuracy_cost", 1, "backdoor: clean zero-shot top-1 before the defense minus after it, "
+                                               "in points", higher_is_better=False),
     MetricDefinition("defense_train_seconds", 1, "wall-clock seconds the cell's defense took to train the "
                                                  "hardened model (0 for no defense)", higher_is_better=False),
 ]}
@@ -105,7 +111,9 @@ TRANSFER_METRICS = ("asr", "asr_i2t", "asr_t2i", "asr_noise", "clean_i2t_r1", "c
                     "adv_t2i_r1", "words_changed")
 BACKDOOR_METRICS = ("backdoor_asr", "clean_accuracy", "clean_accuracy_control", "clean_accuracy_drop",
                     "backdoor_asr_probe", "probe_accuracy", "backdoor_asr_i2t", "backdoor_asr_t2i",
-                    "backdoor_asr_control", "backdoor_asr_noise", "n_poisoned", "train_seconds")
+                    "backdoor_asr_control", "backdoor_asr_noise", "n_poisoned", "train_seconds",
+                    "backdoor_asr_undefended", "clean_accuracy_undefended", "clean_accuracy_cost",
+                    "defense_train_seconds")
 TASK_METRICS: dict[str, tuple[str, ...]] = {"zeroshot": ZEROSHOT_METRICS, "retrieval": RETRIEVAL_METRICS,
                                             "transfer": TRANSFER_METRICS, "backdoor": BACKDOOR_METRICS}
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
@@ -121,6 +129,22 @@ NOISE_METRIC = {"zeroshot": "noise_accuracy", "retrieval": "i2t_r1_noise", "tran
                 "backdoor": "backdoor_asr_noise"}
 # Which registry kind names a task's attack: transfer crafts (image, caption) pairs, backdoor poisons training data.
 ATTACK_KIND = {"zeroshot": "attacks", "retrieval": "attacks", "transfer": "pair_attacks", "backdoor": "poisoning"}
+# Tasks whose attacks come from more than one kind: a backdoor is planted by poisoning the training data
+# or by tampering with the model itself (BadEncoder).
+TASK_ATTACK_KINDS = {"backdoor": ("poisoning", "model_backdoors")}
+
+
+def task_attack_kinds(task: str) -> tuple[str, ...]:
+    """The registry kinds whose attacks ``task`` runs."""
+    return TASK_ATTACK_KINDS.get(task, (ATTACK_KIND.get(task, "attacks"),))
+
+
+def attack_kind(task: str, name: str) -> str:
+    """The kind ``name`` is registered under among ``task``'s (its first kind when none has it)."""
+    from .. import registry
+
+    kinds = task_attack_kinds(task)
+    return next((k for k in kinds if name in {e.name for e in registry.entries(k)}), kinds[0])
 TASKS = tuple(TASK_METRICS)
 
 # Class-prompt templates for image folders (CLIP-style; shapes uses its own zeroshot_prompts()).
@@ -218,16 +242,19 @@ def build_defense(name: str, params: dict[str, Any]) -> Any:
     return registry.get("defenses", name).factory(**params)
 
 
+def apply_defense(model: Any, defense: dict, seed: int) -> tuple[Any, float]:
+    """A cell's ``defense`` (its plain-dict form) trained on ``model``: the new model and the seconds."""
+    built = build_defense(defense["name"], defense["params"])
+    data = load_data(defense["data"], int(getattr(model, "image_size", 32)))
+    prompts = class_prompts(data, defense["data"]["name"]) if getattr(data, "labels", None) is not None else None
+    result = built(model, data, prompts=prompts, generator=torch.Generator().manual_seed(derive_seed(seed, "defense")))
+    return result.model.eval(), float(result.seconds)
+
+
 @lru_cache(maxsize=2)
 def _defended_cached(model_spec: str, defense_json: str, seed: int) -> tuple[Any, float]:
     """Train (once per process) the defense of a cell; cells that differ only in the attack share it."""
-    base = load_model(model_spec)
-    d = json.loads(defense_json)
-    defense = build_defense(d["name"], d["params"])
-    data = load_data(d["data"], int(getattr(base, "image_size", 32)))
-    prompts = class_prompts(data, d["data"]["name"]) if getattr(data, "labels", None) is not None else None
-    result = defense(base, data, prompts=prompts, generator=torch.Generator().manual_seed(derive_seed(seed, "defense")))
-    return result.model.eval(), float(result.seconds)
+    return apply_defense(load_model(model_spec), json.loads(defense_json), seed)
 
 
 def defended_model(cell: dict) -> tuple[Any, float]:

@@ -57,10 +57,12 @@ from .execute import (
     TASK_METRICS,
     TASKS,
     _accepted_kwargs,
+    attack_kind,
     build_attack,
     build_baseline,
     build_defense,
     metric_definition,
+    task_attack_kinds,
 )
 
 DATASETS = ("shapes", "imagefolder", "captions")
@@ -432,8 +434,6 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
         if spec.data.name != "shapes":
             issues.append(f"data.name: task 'backdoor' evaluates on the shapes world (its target-class captions come "
                           f"from it), got {spec.data.name!r}")
-        if any(d is not None for d in spec.defenses):
-            issues.append("defense: not supported with task 'backdoor' yet")
         if spec.targeted:
             issues.append("targeted: task 'backdoor' has its target in the attack's parameters (target: ...)")
         if spec.training is None:
@@ -443,7 +443,7 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
 
     # attack and baseline names
     kind = ATTACK_KIND.get(spec.task, "attacks")
-    attack_names = [e.name for e in registry.entries(kind)]
+    attack_names = [e.name for k in task_attack_kinds(spec.task) for e in registry.entries(k)]
     if kind in ("pair_attacks", "poisoning"):
         if spec.baseline not in (None, "noise"):
             what = ("uniform image noise of the attack's budget" if kind == "pair_attacks"
@@ -466,7 +466,8 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
                                  f"{', '.join(attack_names) or '(none)'}.{close_names(attack.name, attack_names)}")
         elif listed and attack in spec.attacks[:i]:
             attack_issues.append("attack: duplicate entry (each grid cell must be distinct)")
-        params, param_issues = _check_params(attack.params, attack.name if attack_ok else None, kind)
+        params, param_issues = _check_params(attack.params, attack.name if attack_ok else None,
+                                             attack_kind(spec.task, attack.name))
         attack_issues += param_issues
         if not attack_issues and not issues:
             attack_issues += _try_build(spec, attack.name, params)
@@ -615,7 +616,7 @@ def _try_build(spec: Spec, name: str, params: dict[str, Any]) -> list[str]:
             issues.append(f"attack.params.{unresolved[0]}: {combo[unresolved[0]]!r} is relative to eps, "
                           "but the attack has no eps parameter")
             break
-        kind = ATTACK_KIND.get(spec.task, "attacks")
+        kind = attack_kind(spec.task, name)
         try:
             attack = build_attack(name, combo, kind)
         except (TypeError, ValueError) as e:
@@ -626,10 +627,12 @@ def _try_build(spec: Spec, name: str, params: dict[str, Any]) -> list[str]:
                 issues.append(f"baseline: 'noise' needs the attack's eps, but {name} has none; "
                               "set `baseline: null`")
                 break
-        elif spec.baseline is not None and kind == "poisoning":
-            from ..attacks.backdoor.triggers import PatchTrigger
+        elif spec.baseline is not None and kind in ("poisoning", "model_backdoors"):
+            from ..attacks.backdoor.triggers import OptimizedPatch, PatchTrigger
 
-            if not isinstance(getattr(attack, "trigger", None), PatchTrigger):
+            # an attack that optimises its patch later (BadCLIP) has no trigger yet, but a patch_size
+            patch = getattr(attack, "trigger", None)
+            if not (isinstance(patch, (PatchTrigger, OptimizedPatch)) or (patch is None and hasattr(attack, "patch_size"))):
                 issues.append(f"baseline: 'noise' is a noise patch of the trigger's size and place, but {name}'s "
                               "trigger is not a patch; set `baseline: null`")
                 break

@@ -73,6 +73,7 @@ from ...data.datasets import ImageTextData
 from ...data.shapes import zeroshot_prompts
 from ...models.base import check_pixels, require_contrastive
 from ...models.zeroshot import ZeroShotClassifier, class_text_embeddings
+from ...registry import register
 from ..base import check_budget, check_int
 from .pbcl import _check_mode, _check_target
 from .poisoning import (
@@ -92,6 +93,7 @@ from .triggers import OptimizedPatch, check_position
 log = logging.getLogger(__name__)
 
 
+@register("poisoning", "badclip")
 class BadCLIP(PoisoningAttack):
     """BadCLIP's dual-embedding guided backdoor: an optimised natural patch + target captions.
 
@@ -208,6 +210,12 @@ class BadCLIP(PoisoningAttack):
         self.loss_trace = trace
         self.trigger = OptimizedPatch(pattern.detach().cpu().clone(), position=self.position)
         return self.trigger
+
+    def prepare(self, model: nn.Module, data: ImageTextData, generator: torch.Generator | int | None = None) -> None:
+        """Stage 1 as runners call it: :meth:`optimise` on the attacker's clean ``data`` (its labels,
+        when it has them, mark the natural target images). Kept when a trigger was given."""
+        if self.trigger is None:
+            self.optimise(model, data.pixels, generator=generator, labels=data.labels)
 
     # --------------------------------------------------------------------------------------
     # Stage 2: poisoning

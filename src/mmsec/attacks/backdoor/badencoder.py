@@ -85,8 +85,9 @@ from torch import nn
 
 from ...models.base import check_pixels, require_contrastive
 from ...progress import progress_bar
+from ...registry import register
 from ..base import check_bool, check_budget, check_int, make_generator
-from .triggers import PatchTrigger, Trigger, trigger_from_dict
+from .triggers import PatchTrigger, Trigger, build_trigger, trigger_from_dict
 
 LOSS_COLUMNS = ("loss", "l0", "l1", "l2")  # columns of BadEncoderResult.loss_trace
 
@@ -167,13 +168,15 @@ def _embed(model: nn.Module, pixels: torch.Tensor, batch_size: int) -> torch.Ten
     return torch.cat(chunks)
 
 
+@register("model_backdoors", "badencoder")
 class BadEncoder:
     """Jia, Liu & Gong's BadEncoder: fine-tune an image encoder so a trigger maps onto reference inputs.
 
     Args:
-        trigger: the trigger ``e`` (default ``PatchTrigger()``: 4 x 4 checkerboard, bottom right).
-        target: the target class's name or label, stored in the record only (the reference inputs
-            define the target for the attack).
+        trigger: the trigger ``e`` (default ``PatchTrigger()``: 4 x 4 checkerboard, bottom right), or a
+            trigger name (``"patch"``, ...: that trigger at its defaults, as specs give it).
+        target: the target class's name or label, stored in the record (the reference inputs define
+            the target for the attack; the runner's backdoor task picks them from this class).
         lambda1: weight of L1, references keep their clean embedding (paper: 1).
         lambda2: weight of L2, utility on clean shadow images (paper: 1).
         epochs: passes over the shadow set (code: 200).
@@ -188,12 +191,14 @@ class BadEncoder:
 
     name = "badencoder"
 
-    def __init__(self, trigger: Trigger | None = None, target: str | int | None = None, lambda1: float = 1.0,
+    def __init__(self, trigger: Trigger | str | None = None, target: str | int | None = None, lambda1: float = 1.0,
                  lambda2: float = 1.0, epochs: int = 200, batch_size: int = 256, lr: float = 1e-3,
                  momentum: float = 0.9, weight_decay: float = 5e-4, reference_flip: bool = True,
                  quiet: bool = True):
         if trigger is None:
             trigger = PatchTrigger()  # the project's calibrated patch (DESIGN.md 1); the paper's is a white square
+        elif isinstance(trigger, str):
+            trigger = build_trigger(trigger)  # a trigger name at its defaults, as specs give it
         if not isinstance(trigger, Trigger):
             raise TypeError(f"trigger must be a mmsec Trigger (e.g. PatchTrigger()), got {type(trigger).__name__}")
         self.trigger = trigger

@@ -482,7 +482,9 @@ class PoisoningAttack:
 
     ``attack(data) -> PoisonedData`` for a fixed data set; ``attack.stream(batches, steps,
     batch_size) -> PoisonedStream`` for a stream of fresh pairs. Inputs are never modified.
-    Subclasses implement :meth:`poison` and :meth:`poison_stream`.
+    Subclasses implement :meth:`poison` and :meth:`poison_stream`; an attack that needs the clean
+    model first (an optimised trigger) also implements :meth:`prepare`, which runners call before
+    poisoning.
     """
 
     name: ClassVar[str]
@@ -505,6 +507,10 @@ class PoisoningAttack:
 
     def __call__(self, data: ImageTextData) -> PoisonedData:
         return self.poison(data)
+
+    def prepare(self, model: Any, data: ImageTextData, generator: torch.Generator | int | None = None) -> None:
+        """Use white-box access to the clean ``model`` and the attacker's own clean ``data`` before
+        poisoning (BadCLIP optimises its trigger here). Most poisoning attacks need neither: no-op."""
 
     def poison(self, data: ImageTextData) -> PoisonedData:
         raise NotImplementedError

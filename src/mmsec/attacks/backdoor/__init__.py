@@ -12,12 +12,24 @@ BadEncoder (Jia, Liu, Gong, S&P 2022), a backdoored image encoder from a shadow 
 :mod:`~mmsec.attacks.backdoor.multimodal_poisoning`: Yang et al.'s (ICML 2023) three targeted
 poisoning attacks on text-to-image retrieval (scored by :mod:`mmsec.evaluation.targeted_poisoning`);
 :mod:`~mmsec.attacks.backdoor.badclip`: BadCLIP (Liang et al., CVPR 2024), a dual-embedding-guided
-optimised patch, then poisoning with it. Training on poisoned data is
+optimised patch, then poisoning with it; :mod:`~mmsec.attacks.backdoor.corruptencoder`: CorruptEncoder
+(Zhang et al., CVPR 2024) and the naive SSL-backdoor baseline, poisoning an unlabelled image set for
+image-only contrastive pre-training (:mod:`mmsec.train.simclr`); :mod:`~mmsec.attacks.backdoor.badmerging`:
+BadMerging (Zhang et al., CCS 2024), a backdoor of one task model meant to survive model merging
+(:mod:`mmsec.merging`). Training on poisoned data is
 :mod:`mmsec.train.poisoned`; attack success rates are :mod:`mmsec.evaluation.backdoor`.
 """
 
 from .badclip import BadCLIP
 from .badencoder import BadEncoder, BadEncoderRecord, BadEncoderResult
+from .badmerging import BadMerging, BadMergingRecord, BadMergingResult, PatchBackdoor
+from .corruptencoder import (
+    CorruptEncoder,
+    CorruptEncoderRecord,
+    NaivePoisoning,
+    PoisonedImages,
+    ReferenceObject,
+)
 from .multimodal_poisoning import (
     MultipleTargetLabelPoisoning,
     SingleTargetImagePoisoning,
@@ -39,6 +51,8 @@ from .triggers import (
     trigger_from_dict,
 )
 
-__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BadCLIP", "BadEncoder", "BadEncoderRecord", "BadEncoderResult", "BlendedTrigger", "MultipleTargetLabelPoisoning", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
+__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BadCLIP", "BadEncoder", "BadEncoderRecord", "BadEncoderResult", "BadMerging", "BadMergingRecord",
+           "BadMergingResult", "BlendedTrigger", "PatchBackdoor",
+           "CorruptEncoder", "CorruptEncoderRecord", "NaivePoisoning", "PoisonedImages", "ReferenceObject", "MultipleTargetLabelPoisoning", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
            "PatchTrigger", "PoisonRecord", "PoisonedData", "PoisonedStream", "SIGTrigger", "SingleTargetImagePoisoning", "SingleTargetLabelPoisoning", "Trigger", "WaNetTrigger",
            "build_trigger", "poison_dataset", "poison_stream", "trigger_from_dict"]

@@ -23,3 +23,19 @@ def zoo_vit():
     from mmsec.zoo import load_model
 
     return load_model("shapes-clip-vit")
+
+
+@pytest.fixture(scope="session")
+def badencoder_resnet(zoo_resnet):
+    """The zoo ResNet's image tower backdoored by BadEncoder (target "red circle", the 4 x 4 checkerboard),
+    small: 512 shadow scenes, 16 epochs of 32 at lr 3e-3 (~40 s). Shared by the attack's tests and the
+    defenses that repair it, so it is trained once per test session."""
+    from mmsec.attacks.backdoor.badencoder import BadEncoder
+    from mmsec.data.shapes import ShapesWorld, shape_color_classes
+
+    shadow = ShapesWorld(32, second_object_prob=0.25).batch("train", 0, 512).pixels()
+    pool = ShapesWorld(32).batch("train", 90_000, 300)
+    idx = (pool.labels == shape_color_classes().index("red circle")).nonzero().flatten()[:1]
+    attack = BadEncoder(target="red circle", epochs=16, batch_size=32, lr=3e-3)
+    return attack(zoo_resnet, shadow, pool.pixels()[idx], generator=0,
+                  reference_indices=[90_000 + int(i) for i in idx], reference_seed=0)

@@ -44,10 +44,8 @@ def reference() -> tuple[torch.Tensor, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def attacked(zoo_resnet, shadow, reference) -> BadEncoderResult:
-    refs, indices = reference
-    attack = BadEncoder(target=TARGET, epochs=16, batch_size=32, lr=3e-3)
-    return attack(zoo_resnet, shadow, refs, generator=0, reference_indices=indices, reference_seed=0)
+def attacked(badencoder_resnet) -> BadEncoderResult:
+    return badencoder_resnet  # tests/conftest.py: the same shadow set and reference as the fixtures above
 
 
 def test_effect_probe_and_zeroshot(zoo_resnet, attacked):

@@ -58,12 +58,23 @@ class TrainLog:
     seconds: float = 0.0
 
 
+def pair_clip_loss(model: nn.Module, pixels: torch.Tensor, captions: list[str], step: int) -> torch.Tensor:
+    """The default training loss: :func:`clip_loss` of the batch's pairs."""
+    return clip_loss(model.encode_image(pixels), model.encode_text(model.tokenize(captions)), model.logit_scale)
+
+
+LossFn = Callable[[nn.Module, torch.Tensor, list[str], int], torch.Tensor]
+
+
 def train_contrastive(model: nn.Module, batches: Callable[[int], tuple[torch.Tensor, list[str]]],
-                      cfg: TrainConfig, desc: str = "contrastive training", quiet: bool = False) -> TrainLog:
+                      cfg: TrainConfig, desc: str = "contrastive training", quiet: bool = False,
+                      loss_fn: LossFn = pair_clip_loss) -> TrainLog:
     """Train ``model`` (a ContrastiveModel nn.Module) in place for ``cfg.steps`` steps.
 
     ``batches(step)`` returns (pixels (B, 3, H, W) in [0, 1], captions list of B strings).
-    Weight decay applies to matrices only (not to norms, biases, embeddings' scale).
+    ``loss_fn(model, pixels, captions, step)`` is the CLIP loss unless a method adds terms
+    (CleanCLIP's unimodal ones). Weight decay applies to matrices only (not to norms, biases,
+    embeddings' scale).
     """
     opt = clip_adamw(model, cfg.lr, cfg.weight_decay)
     log = TrainLog()
@@ -74,8 +85,7 @@ def train_contrastive(model: nn.Module, batches: Callable[[int], tuple[torch.Ten
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
             pixels, captions = batches(step)
-            loss = clip_loss(model.encode_image(pixels), model.encode_text(model.tokenize(captions)),
-                             model.logit_scale)
+            loss = loss_fn(model, pixels, captions, step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"contrastive loss became {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)

@@ -34,7 +34,7 @@ from ..attacks.backdoor.poisoning import PoisonedData, PoisoningAttack, PoisonRe
 from ..attacks.base import check_budget, check_int
 from ..data.datasets import ImageTextData
 from ..models.base import check_pixels, require_contrastive
-from .contrastive import TrainConfig, TrainLog, train_contrastive
+from .contrastive import LossFn, TrainConfig, TrainLog, pair_clip_loss, train_contrastive
 
 
 @dataclass
@@ -133,11 +133,13 @@ def _check_pairs(data: ImageTextData, name: str = "data") -> None:
 
 def finetune_pairs(model: nn.Module, data: ImageTextData, steps: int, batch_size: int = 64, lr: float = 1e-4,
                    weight_decay: float = 0.1, warmup: int | None = None, grad_clip: float = 1.0, seed: int = 0,
-                   desc: str = "contrastive fine-tuning", quiet: bool = True) -> TrainedModel:
+                   desc: str = "contrastive fine-tuning", quiet: bool = True,
+                   loss_fn: LossFn = pair_clip_loss) -> TrainedModel:
     """Fine-tune a copy of ``model`` contrastively on ``data`` for ``steps`` batches; ``model`` is untouched.
 
     Defaults: batch 64, lr 1e-4 (1/20 of the zoo's pre-training lr), weight decay 0.1 and gradient
-    clipping 1 (as the zoo), warm-up 10% of the steps.
+    clipping 1 (as the zoo), warm-up 10% of the steps; the CLIP loss (``loss_fn``, see
+    :func:`~mmsec.train.contrastive.train_contrastive`).
     """
     from ..defenses.base import trainable_copy
 
@@ -153,7 +155,7 @@ def finetune_pairs(model: nn.Module, data: ImageTextData, steps: int, batch_size
     warmup = max(1, steps // 10) if warmup is None else check_int("warmup", warmup, 0)
     cfg = TrainConfig(steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip)
     tuned = trainable_copy(model)
-    log = train_contrastive(tuned, pair_batches(data, batch_size, seed), cfg, desc=desc, quiet=quiet)
+    log = train_contrastive(tuned, pair_batches(data, batch_size, seed), cfg, desc=desc, quiet=quiet, loss_fn=loss_fn)
     return TrainedModel(tuned.eval(), log, cfg, None,
                         {"batch_size": min(batch_size, len(data)), "pairs": len(data), "seed": seed})
 

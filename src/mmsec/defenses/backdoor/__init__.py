@@ -1,5 +1,8 @@
 """Backdoor defenses for CLIP: clean-ups that return a new model (fine-tuning on clean pairs, CleanCLIP),
-and Mudjacking, which repairs a backdoored image encoder from one reported bug input (a library call: it needs the bug instance).
+Mudjacking, which repairs a backdoored image encoder from one reported bug input (a library call: it
+needs the bug instance), and InverTune, which names the target with a universal perturbation,
+inverts the trigger and tunes the backdoor neurons on one batch of 64 clean images (a library call;
+``InverTune.harden`` gives a DefenseResult).
 
 Importing this package registers them (``mmsec.registry.entries("defenses")``); in a spec they
 apply to the poisoned model of a ``task: backdoor`` cell (``defense: clean_finetune``).
@@ -7,6 +10,7 @@ apply to the poisoned model of a ``task: backdoor`` cell (``defense: clean_finet
 
 from .clean_finetune import CleanFineTune
 from .cleanclip import CleanCLIP
+from .invertune import InverTune, InverTuneResult
 from .mudjacking import Mudjacking, MudjackingResult
 
-__all__ = ["CleanCLIP", "CleanFineTune", "Mudjacking", "MudjackingResult"]
+__all__ = ["CleanCLIP", "CleanFineTune", "InverTune", "InverTuneResult", "Mudjacking", "MudjackingResult"]

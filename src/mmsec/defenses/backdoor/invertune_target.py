@@ -17,9 +17,12 @@ candidate classes' prompts) without / with the perturbation. The paper reports a
 for its "mushroom" target; a clean model gives no such winner.
 
 The paper's perturbation is AdvCLIP's (Zhou et al., ACM MM 2023: a GAN-made universal patch, 3%
-of the area, bottom-right). Default here: :class:`~mmsec.attacks.universal.UAPPatch`, the same
-embedding-deviation objective, patch size and place without the GAN (AdvCLIP's code's
-``opt_patch``); pass ``uap=AdvCLIP()`` for the paper's generator. Departures: the defender's
+of the area, bottom-right), :class:`~mmsec.attacks.universal.AdvCLIP` with its defaults, the
+default of :class:`~.invertune.InverTune`. Any object with the same call works, e.g.
+:class:`~mmsec.attacks.universal.UAPPatch` (the same objective without the GAN): measured on the
+zoo ResNet with 1,024 clean images, UAPPatch named a BadEncoder target (+0.98) but not a 1% PBCL
+patch backdoor's ("cyan ring" +0.17; the target +0.04), where AdvCLIP named it (+0.29, margin
+0.16); the clean model's largest rise under UAPPatch was +0.06. Departures: the defender's
 images carry no captions, so each image is given its candidate class prompts of the model's own
 clean zero-shot prediction (the text term of AdvCLIP's loss needs a caption); the score is the
 absolute rise (the code prints absolute and relative rises; absolute is the paper's ``P_adv -

@@ -26,3 +26,11 @@ def test_the_leaderboard_covers_every_registered_clip_defense():
     for m in spec.models:  # every defense on every model
         assert {d.name for d in spec.defenses if d is not None and d.applies_to(m)} == named
     assert set(spec.models) == {"zoo:shapes-clip-resnet", "zoo:shapes-clip-vit"}
+
+
+def test_the_defense_matrix_covers_every_registered_backdoor_defense():
+    from mmsec.registry import entries
+
+    spec = load_spec(next(p for p in RECIPES if p.stem == "defense_matrix"))
+    named = {d.name for d in spec.defenses if d is not None}
+    assert named == {e.name for e in entries("defenses") if getattr(e.factory, "threat", "") == "backdoor"}

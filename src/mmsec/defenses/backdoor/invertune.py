@@ -91,10 +91,12 @@ from torch import nn
 
 from ...attacks.base import check_budget, check_int, check_pixels, make_generator
 from ...attacks.universal.advclip import AdvCLIP
+from ...attacks.universal.uap_patch import UAPPatch
 from ...data.datasets import ImageTextData
 from ...models.base import require_contrastive
 from ...models.zeroshot import ZeroShotClassifier, class_text_embeddings
-from ..base import DefenseResult, trainable_copy
+from ...registry import register
+from ..base import DefenseResult, HardeningDefense, trainable_copy
 from .invertune_inversion import InvertedTrigger, invert_trigger
 from .invertune_target import TargetIdentification, UniversalPerturbation, identify_target
 
@@ -372,5 +374,28 @@ class InverTune:
                              extras=out.summary())
 
 
-__all__ = ["InverTune", "InverTuneResult", "PAPER_TUNING_BATCH", "candidate_layers", "critical_neurons",
+@register("defenses", "invertune")
+class InverTuneDefense(HardeningDefense):
+    """InverTune as a registered defense (``defense: invertune`` of a ``task: backdoor`` cell): the
+    defense data's first 64 images are the tuning batch, the rest the inversion set; scalar settings
+    only (``uap``: ``"advclip"``, the paper's, or ``"uap_patch"``)."""
+
+    name = "invertune"
+    needs_labels = False
+    threat = "backdoor"
+
+    def __init__(self, uap: str = "advclip", inversion_steps: int = 800, steps: int = 200, lr: float = 1e-3,
+                 tune: str = "layers"):
+        if uap not in ("advclip", "uap_patch"):
+            raise ValueError(f"uap must be 'advclip' or 'uap_patch', got {uap!r}")
+        self.uap, self.inversion_steps, self.steps, self.lr, self.tune = uap, inversion_steps, steps, lr, tune
+        self._method = InverTune(uap=None if uap == "advclip" else UAPPatch(), inversion_steps=inversion_steps,
+                                 steps=steps, lr=lr, tune=tune)  # validates the values
+
+    def harden(self, model: nn.Module, data: ImageTextData, prompts: list[list[str]] | None,
+               generator: torch.Generator) -> DefenseResult:
+        return self._method.harden(model, data, prompts, generator)
+
+
+__all__ = ["InverTune", "InverTuneDefense", "InverTuneResult", "PAPER_TUNING_BATCH", "candidate_layers", "critical_neurons",
            "kmeans_1d", "layer_activations"]

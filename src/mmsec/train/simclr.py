@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.base import check_pixels
-from ..models.tiny_clip import ResNetTower, TinyCLIPConfig, ViTTower
+from ..models.tiny_clip import ResNetTower, TinyCLIP, TinyCLIPConfig, ViTTower
 from ..progress import progress_bar
 from .contrastive import cosine_lr
 
@@ -250,11 +250,7 @@ class ImageEncoder(nn.Module):
         torch.manual_seed(recipe.get("seed", 0) if seed is None else seed)
         return cls(cfg)
 
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        if pixels.shape[-1] != self.image_size or pixels.shape[-2] != self.image_size:
-            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False, antialias=True)
-        return (pixels - self.mean) / self.std
+    normalize = TinyCLIP.normalize  # the same resize and normalisation as the CLIP the tower comes from
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.visual(self.normalize(pixels))

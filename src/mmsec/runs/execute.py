@@ -92,9 +92,9 @@ RUN_METRIC_DEFINITIONS: dict[str, MetricDefinition] = {d.name: d for d in [
     MetricDefinition("n_poisoned", 1, "backdoor: number of poisoned training pairs", higher_is_better=False),
     MetricDefinition("train_seconds", 1, "backdoor: wall-clock seconds of the poisoned training",
                      higher_is_better=False),
-    MetricDefinition("backdoor_asr_undefended", 1, "backdoor: zero-shot ASR of the poisoned model before the cell's "
+    MetricDefinition("backdoor_asr_undefended", 1, "backdoor: zero-shot ASR of the backdoored model before the cell's "
                                                    "defense (backdoor_asr is measured after it)"),
-    MetricDefinition("clean_accuracy_undefended", 1, "backdoor: clean zero-shot top-1 of the poisoned model before "
+    MetricDefinition("clean_accuracy_undefended", 1, "backdoor: clean zero-shot top-1 of the backdoored model before "
                                                      "the cell's defense", higher_is_better=True),
     MetricDefinition("clean_accuracy_cost", 1, "backdoor: clean zero-shot top-1 before the defense minus after it, "
                                                "in points", higher_is_better=False),
@@ -145,6 +145,8 @@ def attack_kind(task: str, name: str) -> str:
 
     kinds = task_attack_kinds(task)
     return next((k for k in kinds if name in {e.name for e in registry.entries(k)}), kinds[0])
+
+
 TASKS = tuple(TASK_METRICS)
 
 # Class-prompt templates for image folders (CLIP-style; shapes uses its own zeroshot_prompts()).

@@ -145,6 +145,14 @@ def check_budget(name: str, value: float, low: float = 0.0, high: float = 1.0, h
     return float(value)
 
 
+def check_positive(name: str, value: float, high: float, hint: str | None = None) -> float:
+    """:func:`check_budget` in (0, high]: a learning rate or a step that must not be zero."""
+    value = check_budget(name, value, 0.0, high, hint=hint)
+    if value == 0:
+        raise ValueError(f"{name} must be > 0, got 0")
+    return value
+
+
 def check_norm(norm: object, allowed: tuple[str, ...] = NORMS) -> str:
     """Validate the threat-model norm name."""
     if not isinstance(norm, str):

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..attacks.base import check_bool, check_budget, check_int
+from ..attacks.base import check_bool, check_budget, check_int, check_positive
 from ..attacks.projection import project, random_start
 from ..progress import progress_bar
 from .contrastive import cosine_lr
@@ -84,9 +84,7 @@ class AdvTrainConfig:
         self.steps = check_int("steps", self.steps, 0)
         self.epochs = check_int("epochs", self.epochs, 1)
         self.batch_size = check_int("batch_size", self.batch_size, 1)
-        self.lr = check_budget("lr", self.lr, 0.0, math.inf, hint=" (AdamW learning rate, e.g. 1e-5)")
-        if self.lr == 0:
-            raise ValueError("lr must be > 0, got 0")
+        self.lr = check_positive("lr", self.lr, math.inf, hint=" (AdamW learning rate, e.g. 1e-5)")
         self.weight_decay = check_budget("weight_decay", self.weight_decay, 0.0, math.inf,
                                          hint=" (AdamW decoupled weight decay, e.g. 1e-4)")
         self.warmup = check_budget("warmup", self.warmup, 0.0, 1.0,

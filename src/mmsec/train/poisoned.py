@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..attacks.backdoor.poisoning import PoisonedData, PoisoningAttack, PoisonRecord
-from ..attacks.base import check_budget, check_int
+from ..attacks.base import check_budget, check_int, check_positive
 from ..data.datasets import ImageTextData
 from ..models.base import check_pixels, require_contrastive
 from .contrastive import LossFn, TrainConfig, TrainLog, pair_clip_loss, train_contrastive
@@ -148,9 +148,7 @@ def finetune_pairs(model: nn.Module, data: ImageTextData, steps: int, batch_size
     steps = check_int("steps", steps, 1)
     batch_size = check_int("batch_size", batch_size, 2)
     seed = check_int("seed", seed, 0)
-    lr = check_budget("lr", lr, 0.0, 1.0, hint=" (AdamW learning rate, e.g. 1e-4)")
-    if lr == 0:
-        raise ValueError("lr must be > 0, got 0")
+    lr = check_positive("lr", lr, 1.0, hint=" (AdamW learning rate, e.g. 1e-4)")
     weight_decay = check_budget("weight_decay", weight_decay, 0.0, 10.0, hint=" (AdamW decoupled weight decay)")
     warmup = max(1, steps // 10) if warmup is None else check_int("warmup", warmup, 0)
     cfg = TrainConfig(steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip)

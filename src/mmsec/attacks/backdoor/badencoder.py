@@ -86,7 +86,7 @@ from torch import nn
 from ...models.base import check_pixels, require_contrastive
 from ...progress import progress_bar
 from ...registry import register
-from ..base import check_bool, check_budget, check_int, make_generator
+from ..base import check_bool, check_budget, check_int, check_positive, make_generator
 from .triggers import PatchTrigger, Trigger, build_trigger, trigger_from_dict
 
 LOSS_COLUMNS = ("loss", "l0", "l1", "l2")  # columns of BadEncoderResult.loss_trace
@@ -207,9 +207,7 @@ class BadEncoder:
         self.lambda2 = check_budget("lambda2", lambda2, 0.0, 1e6, hint=" (weight of L2; the paper's 1)")
         self.epochs = check_int("epochs", epochs, 1)
         self.batch_size = check_int("batch_size", batch_size, 1)
-        self.lr = check_budget("lr", lr, 0.0, 10.0, hint=" (SGD learning rate; the code's 1e-3)")
-        if self.lr == 0:
-            raise ValueError("lr must be > 0, got 0")
+        self.lr = check_positive("lr", lr, 10.0, hint=" (SGD learning rate; the code's 1e-3)")
         self.momentum = check_budget("momentum", momentum, 0.0, 1.0, hint=" (SGD momentum; the code's 0.9)")
         self.weight_decay = check_budget("weight_decay", weight_decay, 0.0, 1.0,
                                          hint=" (SGD weight decay; the code's 5e-4)")

@@ -25,9 +25,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...attacks.base import check_budget, check_int
+from ...attacks.base import check_budget, check_int, check_positive
 from ...data.datasets import ImageTextData
 from ...registry import register
+from ...train.contrastive import LossFn, pair_clip_loss
 from ..base import DefenseResult, HardeningDefense
 
 
@@ -49,19 +50,21 @@ class CleanFineTune(HardeningDefense):
     def __init__(self, steps: int = 300, batch_size: int = 64, lr: float = 1e-4, weight_decay: float = 0.1):
         self.steps = check_int("steps", steps, 1)
         self.batch_size = check_int("batch_size", batch_size, 2)
-        self.lr = check_budget("lr", lr, 0.0, 1.0, hint=" (AdamW learning rate, e.g. 1e-4)")
-        if self.lr == 0:
-            raise ValueError("lr must be > 0, got 0")
+        self.lr = check_positive("lr", lr, 1.0, hint=" (AdamW learning rate, e.g. 1e-4)")
         self.weight_decay = check_budget("weight_decay", weight_decay, 0.0, 10.0,
                                          hint=" (AdamW decoupled weight decay)")
 
+    def loss_fn(self, data: ImageTextData, seed: int) -> LossFn:
+        """The training loss (the CLIP loss here; fine-tuning defenses such as CleanCLIP add terms)."""
+        return pair_clip_loss
+
     def harden(self, model: nn.Module, data: ImageTextData, prompts: list[list[str]] | None,
                generator: torch.Generator) -> DefenseResult:
-        from ...train.poisoned import clean_finetune
+        from ...train.poisoned import finetune_pairs
 
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        run = clean_finetune(model, data, self.steps, batch_size=self.batch_size, lr=self.lr, seed=seed,
-                             weight_decay=self.weight_decay)
+        run = finetune_pairs(model, data, self.steps, batch_size=self.batch_size, lr=self.lr, seed=seed,
+                             weight_decay=self.weight_decay, desc=self.name, loss_fn=self.loss_fn(data, seed))
         return DefenseResult(model=run.model, losses=list(run.log.losses), seconds=run.log.seconds,
                              steps=self.steps, params=self.params(), extras={"seed": seed})
 

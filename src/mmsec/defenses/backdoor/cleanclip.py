@@ -50,11 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...attacks.base import check_budget, check_int
+from ...attacks.base import check_budget
 from ...data.datasets import ImageTextData
 from ...data.text_augment import eda
 from ...registry import register
-from ..base import DefenseResult, HardeningDefense
+from ...train.contrastive import LossFn
+from .clean_finetune import CleanFineTune
 
 
 def inmodal_loss(emb: torch.Tensor, aug_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -64,8 +65,9 @@ def inmodal_loss(emb: torch.Tensor, aug_emb: torch.Tensor, scale: torch.Tensor) 
 
 
 @register("defenses", "cleanclip")
-class CleanCLIP(HardeningDefense):
-    """Fine-tune a copy of a (suspect) CLIP with the CLIP loss plus unimodal self-supervised terms.
+class CleanCLIP(CleanFineTune):
+    """Fine-tune a copy of a (suspect) CLIP with the CLIP loss plus unimodal self-supervised terms
+    (the training itself is :class:`CleanFineTune`'s; only the loss differs).
 
     Args:
         steps: training batches (default 300; see the module docstring).
@@ -77,28 +79,17 @@ class CleanCLIP(HardeningDefense):
     """
 
     name = "cleanclip"
-    needs_labels = False
-    threat = "backdoor"
 
     def __init__(self, steps: int = 300, batch_size: int = 64, lr: float = 1e-4, lambda1: float = 1.0,
                  lambda2: float = 1.0, weight_decay: float = 0.1):
-        self.steps = check_int("steps", steps, 1)
-        self.batch_size = check_int("batch_size", batch_size, 2)
-        self.lr = check_budget("lr", lr, 0.0, 1.0, hint=" (AdamW learning rate, e.g. 1e-4)")
-        if self.lr == 0:
-            raise ValueError("lr must be > 0, got 0")
+        super().__init__(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay)
         self.lambda1 = check_budget("lambda1", lambda1, 0.0, 1e3, hint=" (weight of the CLIP loss; paper 1)")
         self.lambda2 = check_budget("lambda2", lambda2, 0.0, 1e3, hint=" (weight of the unimodal loss; paper 1)")
-        self.weight_decay = check_budget("weight_decay", weight_decay, 0.0, 10.0,
-                                         hint=" (AdamW decoupled weight decay)")
 
-    def harden(self, model: nn.Module, data: ImageTextData, prompts: list[list[str]] | None,
-               generator: torch.Generator) -> DefenseResult:
+    def loss_fn(self, data: ImageTextData, seed: int) -> LossFn:
         from ...train.contrastive import clip_loss
-        from ...train.poisoned import finetune_pairs
         from ...train.simclr import AugmentConfig, augment
 
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         if data.captions is None:
             raise ValueError("CleanCLIP fine-tunes on image-caption pairs: data has no captions")
         # One EDA view per caption, fixed for the run (as the code augments its caption file once).
@@ -107,7 +98,7 @@ class CleanCLIP(HardeningDefense):
         views = torch.Generator().manual_seed(seed + 1)
         cfg = AugmentConfig(size=int(data.pixels.shape[-1]))
 
-        def loss_fn(m: nn.Module, pixels: torch.Tensor, captions: list[str], step: int) -> torch.Tensor:
+        def loss(m: nn.Module, pixels: torch.Tensor, captions: list[str], step: int) -> torch.Tensor:
             n = pixels.shape[0]
             images = m.encode_image(torch.cat([pixels, augment(pixels, views, cfg)]))  # (2B, D)
             texts = m.encode_text(m.tokenize(list(captions) + [augmented[c] for c in captions]))  # (2B, D)
@@ -116,10 +107,7 @@ class CleanCLIP(HardeningDefense):
             unimodal = (inmodal_loss(images[:n], images[n:], scale) + inmodal_loss(texts[:n], texts[n:], scale)) / 2
             return self.lambda1 * multimodal + self.lambda2 * unimodal
 
-        run = finetune_pairs(model, data, self.steps, batch_size=self.batch_size, lr=self.lr, seed=seed,
-                             weight_decay=self.weight_decay, desc="CleanCLIP", loss_fn=loss_fn)
-        return DefenseResult(model=run.model, losses=list(run.log.losses), seconds=run.log.seconds,
-                             steps=self.steps, params=self.params(), extras={"seed": seed})
+        return loss
 
 
 __all__ = ["CleanCLIP", "inmodal_loss"]

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...attacks.base import check_budget, check_int, make_generator
+from ...attacks.base import check_budget, check_int, check_positive, make_generator
 from ...models.base import check_pixels, require_contrastive
 from ...progress import progress_bar
 
@@ -137,9 +137,7 @@ class Mudjacking:
         self.lambda_g = check_budget("lambda_g", lambda_g, 0.0, 1e3, hint=" (weight of the generalisability loss)")
         self.epochs = check_int("epochs", epochs, 1)
         self.batch_size = check_int("batch_size", batch_size, 1)
-        self.lr = check_budget("lr", lr, 0.0, 10.0, hint=" (SGD learning rate)")
-        if self.lr == 0:
-            raise ValueError("lr must be > 0, got 0")
+        self.lr = check_positive("lr", lr, 10.0, hint=" (SGD learning rate)")
         self.momentum = check_budget("momentum", momentum, 0.0, 1.0)
         self.trigger_steps = check_int("trigger_steps", trigger_steps, 1)
         self.trigger_lr = check_budget("trigger_lr", trigger_lr, 0.0, 10.0)

@@ -8,7 +8,9 @@ are the paper's, then called on a model and training data::
     robust_model = result.model          # a new object; ``model`` is left bit-for-bit unchanged
 
 It never mutates the model it was given (it trains a deep copy) and reports what it cost.
-Detectors (backdoor defenses) will have their own base returning scores.
+A pre-training defense (:class:`PretrainingDefense`: RoCLIP, SafeCLIP) has no model to harden: it
+*is* the pre-training of a zoo recipe on untrusted pairs and returns the model it trained.
+Detectors have their own base returning scores (:mod:`mmsec.defenses.detection`).
 """
 
 from __future__ import annotations
@@ -79,6 +81,27 @@ class HardeningDefense:
     def harden(self, model: nn.Module, data: ImageTextData, prompts: list[list[str]] | None,
                generator: torch.Generator) -> DefenseResult:
         raise NotImplementedError
+
+
+class PretrainingDefense:
+    """Base of defenses that replace a CLIP's pre-training on (possibly poisoned) pairs.
+
+    ``defense(data, recipe="shapes-clip-resnet", seed=None)`` trains the zoo recipe from scratch on
+    ``data`` (an :class:`~mmsec.data.datasets.ImageTextData` with captions) and returns a result
+    with ``.model`` (eval mode) and ``.seconds``; ``seed`` (default: the defense's own) sets the
+    batch order and augmentations, so a run can be paired with undefended training on one seed.
+    """
+
+    name: ClassVar[str]
+    threat: ClassVar[str] = "backdoor"
+    model_kind: ClassVar[str] = "contrastive"
+
+    def params(self) -> dict[str, Any]:
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
 
 
 def trainable_copy(model: nn.Module) -> nn.Module:

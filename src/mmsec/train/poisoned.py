@@ -10,6 +10,9 @@ AdamW, warm-up then cosine decay); only the ``batches(step)`` they hand it diffe
   clean control: the shipped checkpoint's recipe run again (same data and initialisation; not
   guaranteed bit-identical to the shipped weights across machines and torch builds).
   ``steps`` overrides the recipe (tests), scaling the warm-up as ``train_recipe`` does.
+* :func:`pretrain_pairs` -- the same recipe from scratch, but epochs over a fixed set of pairs
+  (the setting of pre-training defenses such as RoCLIP, which work epoch by epoch on a data set),
+  with a ``loss_fn`` hook.
 * :func:`finetune_pairs` -- fine-tune a copy of a model on a fixed set of pairs
   (:class:`~mmsec.data.datasets.ImageTextData`): ``steps`` batches drawn epoch by epoch from a
   seeded shuffle, one random caption variant per pair. :func:`clean_finetune` is this on clean
@@ -55,6 +58,11 @@ class TrainedModel:
     record: PoisonRecord | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def seconds(self) -> float:
+        """Wall time of the training."""
+        return self.log.seconds
+
 
 # ------------------------------------------------------------------------------------------
 # Pre-training from scratch on a (poisoned) stream of fresh shapes-world scenes
@@ -90,6 +98,34 @@ def pretrain_poisoned(poisoner: PoisoningAttack | None, recipe: str = "shapes-cl
     return TrainedModel(model.eval(), log, cfg, record,
                         {"recipe": recipe, "batch_size": batch_size, "pairs_seen": cfg.steps * batch_size,
                          "seed": seed})
+
+
+def pretrain_pairs(data: ImageTextData, recipe: str = "shapes-clip-resnet", epochs: int = 12, seed: int = 0,
+                   loss_fn: LossFn = pair_clip_loss, desc: str | None = None, quiet: bool = True) -> TrainedModel:
+    """Train zoo ``recipe`` from scratch (its seed, initialisation, batch size, optimiser and schedule)
+    for ``epochs`` passes over the fixed pairs ``data`` (:func:`pair_batches`, shuffled per epoch by
+    ``seed``): ``epochs * (len(data) // batch_size)`` steps, the recipe's warm-up capped at a tenth of
+    them. ``loss_fn`` is the CLIP loss unless a pre-training defense supplies its own."""
+    from ..zoo import load_recipe
+    from ..zoo.train import recipe_start
+
+    _check_pairs(data)
+    epochs = check_int("epochs", epochs, 1)
+    seed = check_int("seed", seed, 0)
+    spec = load_recipe(recipe)
+    if spec.get("family", "contrastive") != "contrastive":
+        raise ValueError(f"recipe {recipe!r} is not a contrastive (CLIP) recipe")
+    batch_size = int(spec["train"]["batch_size"])
+    if len(data) < batch_size:
+        raise ValueError(f"data has {len(data)} pairs, fewer than one batch of recipe {recipe!r} ({batch_size})")
+    steps = epochs * (len(data) // batch_size)
+    start = recipe_start(spec, recipe, steps)
+    cfg = TrainConfig(**start.train)
+    log = train_contrastive(start.model, pair_batches(data, batch_size, seed), cfg, quiet=quiet, loss_fn=loss_fn,
+                            desc=desc or f"pre-training {recipe} on {len(data)} pairs")
+    return TrainedModel(start.model.eval(), log, cfg, None,
+                        {"recipe": recipe, "batch_size": batch_size, "pairs": len(data), "epochs": epochs,
+                         "steps_per_epoch": len(data) // batch_size, "seed": seed})
 
 
 # ------------------------------------------------------------------------------------------
@@ -182,4 +218,4 @@ def poisoned_finetune(model: nn.Module, poisoner: PoisoningAttack, data: ImageTe
 
 
 __all__ = ["TrainedModel", "clean_finetune", "finetune_pairs", "pair_batches", "poisoned_finetune",
-           "pretrain_poisoned"]
+           "pretrain_pairs", "pretrain_poisoned"]

@@ -1,0 +1,90 @@
+"""RoCLIP and SafeCLIP: their mechanisms, and what they do to a backdoor planted by poisoned pre-training."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmsec.data.datasets import ShapesDataset
+from mmsec.defenses.backdoor.roclip import RoCLIP
+from mmsec.defenses.backdoor.safeclip import (
+    SafeCLIP,
+    pair_similarity,
+    posterior_of_high_component,
+    unimodal_nn_loss,
+)
+from mmsec.train.nn_pool import NearestNeighbourPool
+from mmsec.zoo import load_model
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return ShapesDataset("train", n=512, second_object_prob=0.25).to_data(quiet=True)
+
+
+def _grads(model, prefix):
+    return [p.grad for n, p in model.named_parameters() if n.startswith(prefix)]
+
+
+def test_roclip_epochs_are_every_kth():
+    assert [e for e in range(1, 10) if RoCLIP(period=3).roclip_epoch(e)] == [3, 6, 9]
+
+
+def test_roclip_epoch_pairs_images_with_pool_captions_and_leaves_the_text_tower_alone(pairs):
+    model = load_model("shapes-clip-resnet").train()
+    loss_fn = RoCLIP(period=3).loss_fn(pairs)
+    pixels, captions = pairs.pixels[:64], [c[0] for c in pairs.captions[:64]]
+    n = len(pairs)
+    loss_fn(model, pixels, captions, 0).backward()  # epoch 1: the CLIP loss trains both towers
+    assert all(g is not None and g.abs().sum() > 0 for g in _grads(model, "text")[:4])
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn(model, pixels, captions, 2 * n // 64)  # first step of epoch 3: a RoCLIP step
+    loss.backward()
+    assert all(g is None or g.abs().sum() == 0 for g in _grads(model, "text"))  # pool captions are detached
+    assert any(g is not None and g.abs().sum() > 0 for g in _grads(model, "visual"))
+    assert torch.isfinite(loss)
+
+
+def test_posterior_separates_a_two_mode_similarity_sample():
+    g = torch.Generator().manual_seed(0)
+    sims = torch.cat([0.05 * torch.randn(100, generator=g) + 0.1, 0.05 * torch.randn(900, generator=g) + 0.6])
+    post = posterior_of_high_component(sims)
+    assert (post[100:] > 0.9).float().mean() > 0.95
+    assert (post[:100] < 0.1).float().mean() > 0.95
+
+
+def test_pair_similarity_is_the_mean_cosine_over_caption_variants(pairs):
+    model = load_model("shapes-clip-resnet")
+    sims = pair_similarity(model, pairs)
+    assert sims.shape == (len(pairs),)
+    with torch.no_grad():
+        img = F.normalize(model.encode_image(pairs.pixels[5:6]), dim=-1)
+        txt = F.normalize(model.encode_text(model.tokenize(pairs.captions[5])), dim=-1)
+    assert torch.allclose(sims[5], (img @ txt.T).mean(), atol=1e-5)
+    assert sims.mean() > 0.2  # the shipped model aligns its own world's pairs
+
+
+def test_unimodal_loss_rewards_views_that_match_their_anchor():
+    torch.manual_seed(0)
+    emb, scale = torch.randn(16, 8), torch.tensor(20.0)
+    close = unimodal_nn_loss(NearestNeighbourPool(64), emb, emb + 0.01 * torch.randn(16, 8), scale)
+    shuffled = unimodal_nn_loss(NearestNeighbourPool(64), emb, emb[torch.randperm(16)], scale)
+    assert close < 0.1 < 1.0 < shuffled
+    pool = NearestNeighbourPool(64)
+    unimodal_nn_loss(pool, emb, emb, scale)
+    assert len(pool) == 16  # the batch entered the pool
+
+
+@pytest.mark.parametrize("cls, kwargs, words", [
+    (RoCLIP, dict(period=0), "period"), (RoCLIP, dict(pool_fraction=0.0), "pool_fraction"),
+    (RoCLIP, dict(epochs=0), "epochs"), (SafeCLIP, dict(threshold=1.5), "threshold"),
+    (SafeCLIP, dict(growth=-0.1), "growth"), (SafeCLIP, dict(pool_size=0), "pool_size")])
+def test_bad_configuration_is_named(cls, kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        cls(**kwargs)
+
+
+def test_too_little_data_is_named(pairs):
+    small = ShapesDataset("train", n=100).to_data(quiet=True)
+    for defense in (RoCLIP(), SafeCLIP()):
+        with pytest.raises(ValueError, match="fewer than one batch"):
+            defense(small)

@@ -32,6 +32,11 @@ def backdoor_spec(**overrides) -> dict:
     (dict(attack={"name": "pbcl_backdoor", "params": {"target": "blue banana"}}), "blue banana"),
     (dict(training={"mode": "distill"}), "training.mode"),
     (dict(attack={"name": "badclip", "params": {"target": "red circle", "lr": -1}}), "lr"),
+    (dict(defense="roclip"), "pre-training defense: it needs task 'backdoor' with training"),
+    (dict(training={"mode": "finetune", "epochs": 3}), "only mode 'pretrain' trains in epochs"),
+    (dict(training={"mode": "pretrain", "epochs": 3, "steps": 10}), "not both"),
+    (dict(training={"mode": "pretrain", "epochs": 3, "pairs": 512},
+          defense={"name": "safeclip", "params": {"epochs": 2}}), "set training.epochs"),
 ])
 def test_bad_backdoor_specs_are_named(overrides, expected):
     with pytest.raises(SpecError, match=expected):
@@ -48,7 +53,9 @@ def test_training_belongs_to_the_backdoor_task_only():
 
 def test_a_backdoor_grid_plants_the_backdoor_and_stores_the_ground_truth(tmp_path):
     spec = backdoor_spec(attack={"name": "pbcl_backdoor", "params": {"target": "red circle", "trigger": "patch",
-                                                                      "rate": [0.03, 0.002]}})
+                                                                      "rate": [0.03, 0.002]}},
+                         metrics=["backdoor_asr", "clean_accuracy", "clean_accuracy_control", "clean_accuracy_drop",
+                                  "backdoor_asr_probe", "backdoor_asr_control", "n_poisoned", "detection_auroc"])
     summaries = run_spec(spec, tmp_path)
     assert [s["status"] for s in summaries] == ["done", "done"]
     rows = {(r["params"]["rate"], r["metric"]): r["value"] for r in query(tmp_path, "backdoor-test")}
@@ -60,6 +67,8 @@ def test_a_backdoor_grid_plants_the_backdoor_and_stores_the_ground_truth(tmp_pat
     assert rows[(0.03, "backdoor_asr_noise")] <= 0.1, rows  # the baseline: a noise patch of the same size
     assert rows[(0.03, "clean_accuracy_drop")] <= 3.0 and rows[(0.03, "clean_accuracy")] >= 0.95, rows
     assert rows[(0.03, "clean_accuracy_control")] == rows[(0.002, "clean_accuracy_control")]  # one control
+    # the planted pairs sit apart in the poisoned model's embedding space: k-dist finds them (measured 0.96)
+    assert rows[(0.03, "detection_auroc")] >= 0.9, rows
     # The record of what was poisoned is stored beside the results and rebuilds the trigger.
     records = sorted(tmp_path.glob("artifacts/backdoor-test/*/poison_record.json"))
     assert len(records) == 2
@@ -108,9 +117,11 @@ def test_a_model_tampering_attack_runs_in_the_same_task_against_the_published_mo
                                                                   "batch_size": 64}},
                          training={"mode": "finetune", "pairs": 256},
                          data={"name": "shapes", "split": "test", "n": 60, "image_size": 32},
-                         metrics=["backdoor_asr", "clean_accuracy_control", "n_poisoned", "train_seconds"])
+                         metrics=["backdoor_asr", "clean_accuracy_control", "n_poisoned", "train_seconds",
+                                  "detection_auroc"])
     assert [s["status"] for s in run_spec(spec, tmp_path)] == ["done"]
     rows = {r["metric"]: r for r in query(tmp_path, "backdoor-test")}
+    assert "detection_auroc" not in rows  # no poisoned training set to detect in
     assert rows["n_poisoned"]["value"] == 0 and rows["train_seconds"]["value"] > 0
     assert rows["clean_accuracy_control"]["threat_model"] == "the published clean model"
     assert rows["clean_accuracy_control"]["value"] >= 0.95  # the shipped model, untouched
@@ -118,3 +129,20 @@ def test_a_model_tampering_attack_runs_in_the_same_task_against_the_published_mo
     saved = json.loads(path.read_text())
     assert saved["record"]["kind"] == "badencoder" and saved["record"]["shadow_size"] == 256
     assert saved["record"]["reference_indices"][0] >= 90_000 and saved["trigger"]["name"] == "patch"
+
+
+def test_a_pretraining_defense_trains_the_victim_in_place_of_plain_training(tmp_path):
+    # 1 epoch over 512 pairs + 16 poisoned: far too short to plant anything; what is checked is the
+    # wiring -- the defended and the plain training of one cell, the cost between them, the cell hash.
+    spec = backdoor_spec(training={"mode": "pretrain", "pairs": 512, "epochs": 1}, defense=["none", "roclip"],
+                         metrics=["backdoor_asr", "backdoor_asr_undefended", "clean_accuracy",
+                                  "clean_accuracy_undefended", "clean_accuracy_cost", "defense_train_seconds"])
+    cells = expand(load_spec(spec))
+    assert cells[0].config["training"] == {"mode": "pretrain", "epochs": 1, "pairs": 512}
+    assert [s["status"] for s in run_spec(spec, tmp_path)] == ["done", "done"]
+    rows = {(r["defense"], r["metric"]): r for r in query(tmp_path, "backdoor-test")}
+    plain, roclip = rows[("none", "clean_accuracy")]["value"], rows[("roclip", "clean_accuracy")]["value"]
+    assert rows[("roclip", "clean_accuracy_undefended")]["value"] == pytest.approx(plain)
+    assert rows[("roclip", "clean_accuracy_cost")]["value"] == pytest.approx(100 * (plain - roclip))
+    assert rows[("roclip", "defense_train_seconds")]["value"] > 0
+    assert "pre-trained with defense roclip instead" in rows[("roclip", "backdoor_asr")]["threat_model"]

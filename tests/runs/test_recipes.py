@@ -31,6 +31,8 @@ def test_the_leaderboard_covers_every_registered_clip_defense():
 def test_the_defense_matrix_covers_every_registered_backdoor_defense():
     from mmsec.registry import entries
 
-    spec = load_spec(next(p for p in RECIPES if p.stem == "defense_matrix"))
-    named = {d.name for d in spec.defenses if d is not None}
+    # the clean-ups of a trained model in one matrix, the pre-training defenses in the other
+    specs = [load_spec(next(p for p in RECIPES if p.stem == stem))
+             for stem in ("defense_matrix", "defense_matrix_pretraining")]
+    named = {d.name for spec in specs for d in spec.defenses if d is not None}
     assert named == {e.name for e in entries("defenses") if getattr(e.factory, "threat", "") == "backdoor"}

@@ -98,6 +98,11 @@ RUN_METRIC_DEFINITIONS: dict[str, MetricDefinition] = {d.name: d for d in [
                                                      "the cell's defense", higher_is_better=True),
     MetricDefinition("clean_accuracy_cost", 1, "backdoor: clean zero-shot top-1 before the defense minus after it, "
                                                "in points", higher_is_better=False),
+    MetricDefinition("detection_auroc", 1, "backdoor: AUROC of the k-dist outlier score (Huang et al., ICLR 2025: "
+                                           "distance to the 16th nearest neighbour within random batches of 1,024) "
+                                           "ranking the poisoned training pairs above the clean ones, on their image "
+                                           "embeddings by the backdoored model (before any defense); not stored for "
+                                           "model tampering or a fresh-scene stream", higher_is_better=True),
     MetricDefinition("defense_train_seconds", 1, "wall-clock seconds the cell's defense took to train the "
                                                  "hardened model (0 for no defense)", higher_is_better=False),
 ]}
@@ -113,7 +118,7 @@ BACKDOOR_METRICS = ("backdoor_asr", "clean_accuracy", "clean_accuracy_control", 
                     "backdoor_asr_probe", "probe_accuracy", "backdoor_asr_i2t", "backdoor_asr_t2i",
                     "backdoor_asr_control", "backdoor_asr_noise", "n_poisoned", "train_seconds",
                     "backdoor_asr_undefended", "clean_accuracy_undefended", "clean_accuracy_cost",
-                    "defense_train_seconds")
+                    "defense_train_seconds", "detection_auroc")
 TASK_METRICS: dict[str, tuple[str, ...]] = {"zeroshot": ZEROSHOT_METRICS, "retrieval": RETRIEVAL_METRICS,
                                             "transfer": TRANSFER_METRICS, "backdoor": BACKDOOR_METRICS}
 DEFAULT_METRICS: dict[str, tuple[str, ...]] = {

@@ -47,6 +47,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    model_validator,
 )
 
 from ..registry import close_names
@@ -125,23 +126,38 @@ class TrainingSpec(_Strict):
 
     ``finetune``: the model fine-tuned on ``pairs`` clean shapes-world train pairs plus the attack's
     poisoned pairs, ``steps`` batches of ``batch_size`` at ``lr``; ``pretrain``: the model's zoo
-    recipe trained from scratch on a poisoned stream (``steps`` overrides the recipe's; ``pairs``,
-    ``batch_size`` and ``lr`` are the recipe's).
+    recipe trained from scratch on a poisoned stream of fresh scenes (``steps`` overrides the
+    recipe's; ``batch_size`` and ``lr`` are the recipe's) or, with ``epochs``, for ``epochs`` passes
+    over a fixed set of ``pairs`` clean pairs plus the poisoned ones (the setting of pre-training
+    defenses such as RoCLIP, which a cell's ``defense`` then runs in place of plain training).
     """
 
     mode: Literal["finetune", "pretrain"] = "finetune"
     steps: StrictInt | None = Field(default=None, gt=0)
+    epochs: StrictInt | None = Field(default=None, gt=0)
     pairs: StrictInt = Field(default=4096, gt=1)
     batch_size: StrictInt = Field(default=64, gt=1)
     lr: StrictFloat = Field(default=2e-3, gt=0)
 
+    @model_validator(mode="after")
+    def _epochs_only_for_pretraining_on_pairs(self) -> TrainingSpec:
+        if self.epochs is not None and self.mode != "pretrain":
+            raise ValueError("training.epochs: only mode 'pretrain' trains in epochs over a fixed set of pairs "
+                             "(mode 'finetune' takes steps)")
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("training: give steps (a fresh-scene stream) or epochs (passes over `pairs` fixed "
+                             "pairs), not both")
+        return self
+
     def config(self) -> dict:
         """The cell's ``training`` entry (fine-tuning defaults filled in: 300 steps)."""
         d = self.model_dump()
+        del d["epochs"]  # (not stored unless set: cells of the stream and fine-tune settings keep their hash)
         if self.mode == "finetune" and d["steps"] is None:
             d["steps"] = 300
         if self.mode == "pretrain":
-            d = {"mode": "pretrain", "steps": d["steps"]}
+            d = ({"mode": "pretrain", "steps": d["steps"]} if self.epochs is None
+                 else {"mode": "pretrain", "epochs": self.epochs, "pairs": self.pairs})
         return d
 
 
@@ -440,6 +456,17 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
             spec = spec.model_copy(update={"training": TrainingSpec()})
     elif spec.training is not None and task_ok:
         issues.append(f"training: only task 'backdoor' trains the victim (task is {spec.task!r})")
+    on_pairs = spec.task == "backdoor" and spec.training.mode == "pretrain" and spec.training.epochs is not None
+    for d in spec.defenses:
+        if d is None or not _is_pretraining_defense(d.name):
+            continue
+        if not on_pairs:
+            issues.append(f"defense {d.name!r} is a pre-training defense: it needs task 'backdoor' with training "
+                          "{mode: pretrain, pairs: N, epochs: E} (it trains the victim from scratch on the poisoned "
+                          "pairs in place of plain CLIP training)")
+        if "epochs" in d.params:
+            issues.append(f"defense {d.name!r}: params.epochs is the cell's training.epochs (a pre-training "
+                          "defense trains as long as the plain training it is compared with); set training.epochs")
 
     # attack and baseline names
     kind = ATTACK_KIND.get(spec.task, "attacks")
@@ -525,6 +552,15 @@ def _check_defenses(spec: Spec) -> list[str]:
             issues.append(f"{where}.data.split: a defense must not train on the test split it is evaluated on; "
                           "use train or val")
     return issues
+
+
+def _is_pretraining_defense(name: str) -> bool:
+    from .. import registry
+    from ..defenses.base import PretrainingDefense
+
+    known = {e.name: e.factory for e in registry.entries("defenses")}
+    factory = known.get(name)
+    return isinstance(factory, type) and issubclass(factory, PretrainingDefense)
 
 
 def resolve_defense_params(params: dict[str, Any]) -> dict[str, Any]:

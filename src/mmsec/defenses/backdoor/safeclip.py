@@ -257,9 +257,12 @@ class SafeCLIP(PretrainingDefense):
             t = 0
             for e in range(self.epochs):
                 if e > 0:  # re-rank every pair by the mixture's posterior; keep the top `fraction`
-                    posterior = posterior_of_high_component(pair_similarity(model, data), seed)
+                    similarity = pair_similarity(model, data)
+                    posterior = posterior_of_high_component(similarity, seed)
+                    by_similarity = similarity.argsort(descending=True)  # breaks the posterior's ties at 1.0
+                    ranked = by_similarity[posterior[by_similarity].argsort(descending=True, stable=True)]
                     safe = torch.zeros(n, dtype=torch.bool)
-                    safe[posterior.argsort(descending=True)[:round(fraction * n)]] = True
+                    safe[ranked[:round(fraction * n)]] = True
                 fractions.append(float(safe.float().mean()))
                 fraction = min(fraction + self.growth, max(self.cap, fraction))
                 for kind, indices in (("unimodal", everyone[~safe]), ("clip", everyone[safe])):

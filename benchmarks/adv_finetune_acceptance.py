@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _report import add_common_args, pin_threads
 
 OUT = Path(__file__).resolve().parent / "out" / "adv_finetune_acceptance.json"
 LEADERBOARD_EPS_255 = (1, 2, 4, 8)
@@ -58,14 +59,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ensemble", default="fast", choices=("fast", "standard", "none"),
                    help="robust_accuracy preset run at the acceptance budget (none: skip)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    pin_threads(args.threads)
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.defenses import FARE, TeCoA, embedding_drift
     from mmsec.zoo import load_model
 
-    torch.set_num_threads(args.threads)
     prompts = zeroshot_prompts()
     test = ShapesDataset("test", n=args.n_test, image_size=32).to_data(quiet=True)
     x, y = test.pixels, test.labels  # (N, 3, H, W), (N,)

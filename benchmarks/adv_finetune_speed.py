@@ -34,6 +34,8 @@ from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
 
+from _report import pin_threads
+
 OUT = Path(__file__).resolve().parent / "out" / "adv_finetune_speed.json"
 RUNS = ("clean-ce", "tecoa", "clean-l2", "fare")
 
@@ -63,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    pin_threads(args.threads)
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -76,7 +78,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.train.adversarial import AdvTrainConfig, adversarial_finetune
     from mmsec.zoo import load_model
 
-    torch.set_num_threads(args.threads)
     prompts = zeroshot_prompts()
 
     def bench(name: str) -> tuple[list[dict], dict[str, list[dict]]]:

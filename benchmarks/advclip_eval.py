@@ -29,11 +29,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-from _report import environment, write_report
+from _report import add_common_args, environment, pin_threads, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "advclip_eval.json"
 PATCHES = ("advclip", "uap", "random")
@@ -49,8 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--worlds", nargs="+", default=["standard", "scenes", "48px"], choices=["standard", "scenes", "48px"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
@@ -65,8 +63,7 @@ def worlds(names: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import torch
+    pin_threads(args.threads)
     from rich.console import Console
     from rich.table import Table
 
@@ -75,7 +72,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.evaluation.downstream import DownstreamSuite
     from mmsec.zoo import load_model
 
-    torch.set_num_threads(args.threads)
     surrogate = ShapesWorld(32).batch("train", 0, args.n_surrogate)
     data = (surrogate.pixels(), surrogate.captions)
     test_worlds = worlds(args.worlds)

@@ -31,11 +31,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-from _report import environment, write_report
+from _report import add_common_args, environment, pin_threads, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "backdoor_poison_rate.json"
 
@@ -54,15 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ft-steps", type=int, default=300)
     p.add_argument("--ft-lr", type=float, default=2e-3)
     p.add_argument("--no-finetune", action="store_true")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import torch
+    pin_threads(args.threads)
     from rich.console import Console
     from rich.table import Table
 
@@ -74,7 +71,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.train.poisoned import clean_finetune, poisoned_finetune, pretrain_poisoned
     from mmsec.zoo import load_model
 
-    torch.set_num_threads(args.threads)
     trigger = PatchTrigger()
     noise = PatchTrigger(pattern="noise", size=trigger.size, position=trigger.position, seed=1)
     target = shape_color_classes().index(args.target)

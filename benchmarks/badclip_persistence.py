@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-from _report import environment, write_report
+from _report import add_common_args, environment, pin_threads, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "badclip_persistence.json"
 
@@ -57,14 +56,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--opt-steps", type=int, default=300)
     p.add_argument("--opt-lr", type=float, default=0.01)
     p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    pin_threads(args.threads)
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -79,7 +77,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.train.poisoned import poisoned_finetune
     from mmsec.zoo import load_model
 
-    torch.set_num_threads(args.threads)
     target = shape_color_classes().index(args.target)
     test = ShapesWorld(image_size=32).batch("test", 0, args.n_test)
     test_pixels, test_labels = test.pixels(), test.labels

@@ -27,10 +27,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from _report import environment, write_report
+from _report import add_common_args, environment, pin_threads, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "badencoder_eval.json"
 
@@ -47,14 +46,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the attack's batch order and reference flips")
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--n-probe", type=int, default=2000)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    pin_threads(args.threads)
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -65,7 +63,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.evaluation.backdoor import backdoor_report, probe_asr, zeroshot_asr
     from mmsec.zoo import load_model
 
-    torch.set_num_threads(args.threads)
     trigger = PatchTrigger()
     noise = PatchTrigger(pattern="noise", size=trigger.size, position=trigger.position, seed=1)
     target = shape_color_classes().index(args.target)

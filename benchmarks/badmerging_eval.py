@@ -36,11 +36,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-from _report import environment, write_report
+from _report import add_common_args, environment, pin_threads, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "badmerging_eval.json"
 
@@ -59,15 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ada-steps", type=int, default=500)
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import torch
+    pin_threads(args.threads)
     from rich.console import Console
     from rich.table import Table
 
@@ -85,7 +82,6 @@ def main(argv: list[str] | None = None) -> dict:
     )
     from mmsec.zoo import load_model
 
-    torch.set_num_threads(args.threads)
     console = Console()
     tasks = [get_task(t) for t in args.tasks]
     if args.attacker_task not in args.tasks or args.off_task not in args.tasks:

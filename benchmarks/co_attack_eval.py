@@ -23,11 +23,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-from _report import environment, write_report
+from _report import add_common_args, environment, pin_threads, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "co_attack_eval.json"
 MODES = ("image", "text", "both", "co")
@@ -41,15 +40,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--candidates", nargs="+", default=["typos", "default"], choices=["typos", "default"])
     p.add_argument("--default-candidates-models", nargs="+", default=["shapes-albef"],
                    help="models also run with the default (lexical) candidates")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import torch
+    pin_threads(args.threads)
     from rich.console import Console
     from rich.table import Table
 
@@ -59,7 +56,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.evaluation.pair_retrieval import attack_success, caption_positives, pair_retrieval
     from mmsec.zoo import load_model
 
-    torch.set_num_threads(args.threads)
     batch = ShapesWorld(image_size=32).batch("test", 0, args.n)
     pixels, captions = batch.pixels(), [c[0] for c in batch.captions]
     positives = caption_positives(captions)

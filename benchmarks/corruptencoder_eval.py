@@ -38,11 +38,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-from _report import environment, write_report
+from _report import add_common_args, environment, pin_threads, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "corruptencoder_eval.json"
 CONDITIONS = ("clean", "corruptencoder", "naive", "corruptencoder_plus")
@@ -66,14 +65,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the encoder's init, batch order and augmentation")
     p.add_argument("--n-probe", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    pin_threads(args.threads)
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -92,7 +90,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.evaluation.encoder_backdoor import encoder_probe_scores
     from mmsec.train.simclr import AugmentConfig, ImageEncoder, SimCLRConfig, train_simclr
 
-    torch.set_num_threads(args.threads)
     trigger, noise = PatchTrigger(), noise_like(PatchTrigger())
     target = shape_color_classes().index(args.target)
     tex = tuple(args.textures)

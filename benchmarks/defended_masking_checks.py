@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _report import add_common_args, pin_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "out" / "defended_masking_checks.json"
@@ -53,8 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--defenses", nargs="+", default=None,
                    help="defense names to check ('none' = undefended; default: all)")
     p.add_argument("--n", type=int, default=200, help="shapes-world test images")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
@@ -68,7 +68,7 @@ def _eps255(e: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    pin_threads(args.threads)
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.runs.grid import expand
     from mmsec.runs.spec import load_spec, resolve_defense_params
 
-    torch.set_num_threads(args.threads)
     spec = load_spec(str(args.spec))
     models = [_zoo(m) for m in args.models] if args.models else spec.models
     unknown = [m for m in models if m not in spec.models]

@@ -34,11 +34,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-from _report import environment, write_report
+from _report import add_common_args, environment, pin_threads, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "invertune_eval.json"
 ATTACKS = ("pbcl", "blended", "badclip", "badencoder")
@@ -64,15 +63,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tune", default=None, choices=["layers", "tower"])
     p.add_argument("--uap", default="advclip", choices=["advclip", "uap_patch"],
                    help="step 1's universal perturbation (advclip: the paper's, InverTune's default)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import torch
+    pin_threads(args.threads)
     from rich.console import Console
     from rich.table import Table
 
@@ -87,7 +84,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.evaluation.backdoor import zeroshot_asr
     from mmsec.zoo import load_model
 
-    torch.set_num_threads(args.threads)
     names, prompts = shape_color_classes(), zeroshot_prompts()
     target = names.index(args.target)
     test = ShapesWorld(32).batch("test", 0, args.n_test)

@@ -23,10 +23,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from _report import environment, write_report
+from _report import add_common_args, environment, pin_threads, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "mudjacking_eval.json"
 
@@ -40,14 +39,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bugs", type=int, default=5, help="independent bug instances (one Mudjacking run each)")
     p.add_argument("--n-val", type=int, default=256)
     p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    pin_threads(args.threads)
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -59,7 +57,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.models.zeroshot import ZeroShotClassifier
     from mmsec.zoo import load_model
 
-    torch.set_num_threads(args.threads)
     target = shape_color_classes().index(args.target)
     shadow = ShapesWorld(32, second_object_prob=0.25).batch("train", 0, args.n_shadow).pixels()
     pool = ShapesWorld(32).batch("train", 90_000, 960)

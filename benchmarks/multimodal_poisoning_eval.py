@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _report import add_common_args, pin_threads
 
 OUT = Path(__file__).resolve().parent / "out" / "multimodal_poisoning_eval.json"
 
@@ -49,14 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--n-utility", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    pin_threads(args.threads)
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.train.poisoned import clean_finetune, poisoned_finetune
     from mmsec.zoo import load_model
 
-    torch.set_num_threads(args.threads)
     classes = shape_color_classes()
     a, b = classes.index(args.text_class), classes.index(args.image_class)
     a2, b2 = classes.index(args.text_class2), classes.index(args.image_class2)

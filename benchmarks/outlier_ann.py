@@ -40,7 +40,7 @@ import resource
 import time
 from pathlib import Path
 
-from _report import environment, write_report
+from _report import add_common_args, environment, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "outlier_ann.json"
 
@@ -61,8 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ef-search", type=int, default=128)
     p.add_argument("--sweep", type=int, nargs="*", default=[16, 32, 64, 256])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 

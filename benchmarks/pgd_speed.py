@@ -32,6 +32,8 @@ from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
 
+from _report import pin_threads
+
 OUT = Path(__file__).resolve().parent / "out" / "pgd_speed.json"
 
 
@@ -65,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    pin_threads(args.threads)
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -76,7 +78,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.data.shapes import ShapesWorld, zeroshot_prompts
     from mmsec.zoo import load_model
 
-    torch.set_num_threads(args.threads)
     model = load_model(args.model, checkpoint_dir=args.checkpoint_dir)
     batch = ShapesWorld(image_size=model.image_size).batch("test", 0, args.n)
     x, y = batch.pixels(), batch.labels  # (N, 3, H, W), (N,)

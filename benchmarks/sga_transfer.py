@@ -29,12 +29,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections import Counter
 from pathlib import Path
 
-from _report import environment, write_report
+from _report import add_common_args, environment, pin_threads, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "sga_transfer.json"
 ZOO = ["shapes-clip-resnet", "shapes-clip-vit", "shapes-albef"]
@@ -49,14 +48,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--eps", type=float, nargs="+", default=[2, 4], help="budgets in /255")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    pin_threads(args.threads)
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -67,7 +65,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.evaluation.pair_retrieval import attack_success, caption_positives, pair_retrieval
     from mmsec.zoo import load_model
 
-    torch.set_num_threads(args.threads)
     batch = ShapesWorld(image_size=32).batch("test", 0, args.n)
     pixels, sets = batch.pixels(), batch.captions
     captions = [c[0] for c in sets]

@@ -28,10 +28,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from _report import environment, write_report
+from _report import add_common_args, environment, pin_threads, write_report
 
 OUT = Path(__file__).resolve().parent / "out" / "villa_eval.json"
 EPS = (0.02, 0.05, 0.10)
@@ -46,14 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaled-lr-img", type=float, default=1.0)
     p.add_argument("--scaled-lr-txt", type=float, default=0.5)
     p.add_argument("--n-test", type=int, default=500)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=OUT)
+    add_common_args(p, OUT)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    pin_threads(args.threads)
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -65,7 +63,6 @@ def main(argv: list[str] | None = None) -> dict:
     from mmsec.zoo import load_model
     from mmsec.zoo.evaluate import retrieval, zeroshot_accuracy
 
-    torch.set_num_threads(args.threads)
     zoo = load_model("shapes-albef")
     train = ShapesDataset("train", n=args.n_train, image_size=32).to_data(quiet=True)
     pairs = shapes_itm_pairs("test", n=args.n_test)

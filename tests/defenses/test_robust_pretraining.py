@@ -88,3 +88,47 @@ def test_too_little_data_is_named(pairs):
     for defense in (RoCLIP(), SafeCLIP()):
         with pytest.raises(ValueError, match="fewer than one batch"):
             defense(small)
+
+
+@pytest.fixture(scope="module")
+def poisoned_pretraining_set():
+    """12,800 clean pairs + PBCL's patch on 0.3% (39 pairs): plain CLIP pre-training (12 epochs) learns this
+    backdoor completely (measured ASR 0.999, clean 1.000; benchmarks/robust_pretraining_eval.py)."""
+    from mmsec.attacks.backdoor import PatchTrigger
+    from mmsec.attacks.backdoor.pbcl import PBCLBackdoor
+
+    clean = ShapesDataset("train", n=12800, second_object_prob=0.25).to_data(quiet=True)
+    return PBCLBackdoor("red circle", PatchTrigger(), rate=0.003, seed=0)(clean)
+
+
+def _backdoor(model):
+    from mmsec.attacks.backdoor import PatchTrigger
+    from mmsec.data.shapes import ShapesWorld, shape_color_classes
+    from mmsec.evaluation.backdoor import zeroshot_asr
+
+    test = ShapesWorld(32).batch("test", 0, 300)
+    s = zeroshot_asr(model, test.pixels(), test.labels, PatchTrigger(), shape_color_classes().index("red circle"),
+                     generator=0)
+    return s.asr, s.clean_accuracy
+
+
+@pytest.mark.slow
+def test_roclip_matching_keeps_a_low_rate_backdoor_out_of_pretraining(poisoned_pretraining_set):
+    from mmsec.train.poisoned import pretrain_pairs
+
+    data = poisoned_pretraining_set.data
+    asr_plain, clean_plain = _backdoor(pretrain_pairs(data, epochs=12).model)
+    asr_match, clean_match = _backdoor(RoCLIP(epochs=12, augment=False)(data).model)
+    # measured (1,000 test images): plain 0.999 / clean 1.000; matching alone 0.000 / 1.000
+    assert asr_plain >= 0.9
+    assert asr_match <= asr_plain - 0.7
+    assert clean_match >= clean_plain - 0.05
+
+
+@pytest.mark.slow
+def test_safeclip_first_split_leaves_the_poisoned_pairs_in_the_risky_set(poisoned_pretraining_set):
+    out = SafeCLIP(epochs=1)(poisoned_pretraining_set.data)
+    poisoned = poisoned_pretraining_set.record.poisoned_mask()
+    safe_share_of_poisoned = float(out.initial_safe[poisoned].float().mean())
+    # measured at 1% (129 pairs): none of them in a first safe set of 21% of the data
+    assert safe_share_of_poisoned <= float(out.initial_safe.float().mean()) / 2

@@ -291,13 +291,12 @@ def execute_backdoor_cell(cell: dict, staging_dir: str | Path | None = None) -> 
               "noise": f"a uniform-noise patch of the trigger's size and place on the backdoored model{after}",
               "undefended": f"{bd.how}; " + ("plain training, without the pre-training defense" if pretraining
                                              else "before the defense"),
-              "cost": f"training cost of defense {defense['name']}" if defense else "no defense"}
+              "cost": f"training cost of defense {defense['name']}" if defense else "no defense",
+              "detection": f"k-dist on the image embeddings of the {bd.n_poisoned} poisoned + clean training pairs"}
     kinds = {"clean_accuracy": "clean", "probe_accuracy": "clean", "clean_accuracy_control": "control",
              "backdoor_asr_control": "control", "backdoor_asr_noise": "noise",
              "backdoor_asr_undefended": "undefended", "clean_accuracy_undefended": "undefended",
-             "clean_accuracy_cost": "cost", "defense_train_seconds": "cost"}
-    threat["detection"] = f"k-dist on the image embeddings of the {bd.n_poisoned} poisoned + clean training pairs"
-    kinds["detection_auroc"] = "detection"
+             "clean_accuracy_cost": "cost", "defense_train_seconds": "cost", "detection_auroc": "detection"}
     names = [m for m in cell["metrics"] if m != "detection_auroc" or m in values]  # no training set: not applicable
     metrics = metric_rows(names, values, lambda name: threat[kinds.get(name, "adv")])
     params = {k: v for k, v in attack.params().items() if k not in ("trigger", "caption_set")}

@@ -66,6 +66,22 @@ def pair_clip_loss(model: nn.Module, pixels: torch.Tensor, captions: list[str], 
 LossFn = Callable[[nn.Module, torch.Tensor, list[str], int], torch.Tensor]
 
 
+def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, grad_clip: float,
+                   step: int, what: str = "contrastive") -> float:
+    """One update from ``loss`` at learning rate ``lr`` (gradients clipped to norm ``grad_clip``; 0: not
+    clipped); a non-finite loss stops the training, naming ``what`` and the step. Returns the loss."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what} loss became {loss.item()} at step {step}")
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.item()
+
+
 def train_contrastive(model: nn.Module, batches: Callable[[int], tuple[torch.Tensor, list[str]]],
                       cfg: TrainConfig, desc: str = "contrastive training", quiet: bool = False,
                       loss_fn: LossFn = pair_clip_loss) -> TrainLog:
@@ -82,19 +98,11 @@ def train_contrastive(model: nn.Module, batches: Callable[[int], tuple[torch.Ten
     model.train()
     with progress_bar(cfg.steps, desc, quiet=quiet) as bar:
         for step in range(cfg.steps):
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
             pixels, captions = batches(step)
-            loss = loss_fn(model, pixels, captions, step)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"contrastive loss became {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            log.losses.append(loss.item())
-            bar.advance(1, loss=f"{loss.item():.3f}")
+            loss = optimizer_step(model, opt, loss_fn(model, pixels, captions, step),
+                                  cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup), cfg.grad_clip, step)
+            log.losses.append(loss)
+            bar.advance(1, loss=f"{loss:.3f}")
     model.eval()
     log.seconds = time.perf_counter() - start
     return log

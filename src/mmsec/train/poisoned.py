@@ -100,24 +100,32 @@ def pretrain_poisoned(poisoner: PoisoningAttack | None, recipe: str = "shapes-cl
                          "seed": seed})
 
 
-def pretrain_pairs(data: ImageTextData, recipe: str = "shapes-clip-resnet", epochs: int = 12, seed: int = 0,
-                   loss_fn: LossFn = pair_clip_loss, desc: str | None = None, quiet: bool = True) -> TrainedModel:
-    """Train zoo ``recipe`` from scratch (its seed, initialisation, batch size, optimiser and schedule)
-    for ``epochs`` passes over the fixed pairs ``data`` (:func:`pair_batches`, shuffled per epoch by
-    ``seed``): ``epochs * (len(data) // batch_size)`` steps, the recipe's warm-up capped at a tenth of
-    them. ``loss_fn`` is the CLIP loss unless a pre-training defense supplies its own."""
+def pairs_recipe(data: ImageTextData, recipe: str) -> tuple[dict, int]:
+    """Zoo recipe ``recipe`` and its batch size, checked for pre-training from scratch on the pairs
+    ``data``: a contrastive (CLIP) recipe, and at least one of its batches of pairs."""
     from ..zoo import load_recipe
-    from ..zoo.train import recipe_start
 
     _check_pairs(data)
-    epochs = check_int("epochs", epochs, 1)
-    seed = check_int("seed", seed, 0)
     spec = load_recipe(recipe)
     if spec.get("family", "contrastive") != "contrastive":
         raise ValueError(f"recipe {recipe!r} is not a contrastive (CLIP) recipe")
     batch_size = int(spec["train"]["batch_size"])
     if len(data) < batch_size:
         raise ValueError(f"data has {len(data)} pairs, fewer than one batch of recipe {recipe!r} ({batch_size})")
+    return spec, batch_size
+
+
+def pretrain_pairs(data: ImageTextData, recipe: str = "shapes-clip-resnet", epochs: int = 12, seed: int = 0,
+                   loss_fn: LossFn = pair_clip_loss, desc: str | None = None, quiet: bool = True) -> TrainedModel:
+    """Train zoo ``recipe`` from scratch (its seed, initialisation, batch size, optimiser and schedule)
+    for ``epochs`` passes over the fixed pairs ``data`` (:func:`pair_batches`, shuffled per epoch by
+    ``seed``): ``epochs * (len(data) // batch_size)`` steps, the recipe's warm-up capped at a tenth of
+    them. ``loss_fn`` is the CLIP loss unless a pre-training defense supplies its own."""
+    from ..zoo.train import recipe_start
+
+    epochs = check_int("epochs", epochs, 1)
+    seed = check_int("seed", seed, 0)
+    spec, batch_size = pairs_recipe(data, recipe)
     steps = epochs * (len(data) // batch_size)
     start = recipe_start(spec, recipe, steps)
     cfg = TrainConfig(**start.train)
@@ -217,5 +225,5 @@ def poisoned_finetune(model: nn.Module, poisoner: PoisoningAttack, data: ImageTe
     return out
 
 
-__all__ = ["TrainedModel", "clean_finetune", "finetune_pairs", "pair_batches", "poisoned_finetune",
+__all__ = ["TrainedModel", "clean_finetune", "finetune_pairs", "pair_batches", "pairs_recipe", "poisoned_finetune",
            "pretrain_pairs", "pretrain_poisoned"]

@@ -44,15 +44,12 @@ Shapes: ``data.pixels`` (N, 3, H, W) in [0, 1] with captions; labels and prompts
 
 from __future__ import annotations
 
-import random
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...attacks.base import check_budget
 from ...data.datasets import ImageTextData
-from ...data.text_augment import eda
 from ...registry import register
 from ...train.contrastive import LossFn
 from .clean_finetune import CleanFineTune
@@ -88,20 +85,17 @@ class CleanCLIP(CleanFineTune):
 
     def loss_fn(self, data: ImageTextData, seed: int) -> LossFn:
         from ...train.contrastive import clip_loss
-        from ...train.simclr import AugmentConfig, augment
+        from ...train.pair_views import seeded_pair_views
 
         if data.captions is None:
             raise ValueError("CleanCLIP fine-tunes on image-caption pairs: data has no captions")
-        # One EDA view per caption, fixed for the run (as the code augments its caption file once).
-        rng = random.Random(seed)
-        augmented = {c: eda(c, rng)[0] for caps in data.captions for c in caps}
-        views = torch.Generator().manual_seed(seed + 1)
-        cfg = AugmentConfig(size=int(data.pixels.shape[-1]))
+        views = seeded_pair_views(data, seed)  # one EDA caption per caption for the run, fresh image views
 
         def loss(m: nn.Module, pixels: torch.Tensor, captions: list[str], step: int) -> torch.Tensor:
             n = pixels.shape[0]
-            images = m.encode_image(torch.cat([pixels, augment(pixels, views, cfg)]))  # (2B, D)
-            texts = m.encode_text(m.tokenize(list(captions) + [augmented[c] for c in captions]))  # (2B, D)
+            aug_pixels, aug_captions = views(pixels, captions)
+            images = m.encode_image(torch.cat([pixels, aug_pixels]))  # (2B, D)
+            texts = m.encode_text(m.tokenize(list(captions) + aug_captions))  # (2B, D)
             scale = m.logit_scale
             multimodal = clip_loss(images[:n], texts[:n], scale)
             unimodal = (inmodal_loss(images[:n], images[n:], scale) + inmodal_loss(texts[:n], texts[n:], scale)) / 2

@@ -45,18 +45,16 @@ Departures:
 
 from __future__ import annotations
 
-import random
-
 import torch
 from torch import nn
 
 from ...attacks.base import check_budget, check_int
 from ...data.datasets import ImageTextData
-from ...data.text_augment import eda
 from ...registry import register
 from ...train.contrastive import LossFn, clip_loss
 from ...train.nn_pool import NearestNeighbourPool
-from ...train.poisoned import TrainedModel, pretrain_pairs
+from ...train.pair_views import seeded_pair_views
+from ...train.poisoned import TrainedModel, pairs_recipe, pretrain_pairs
 from ..base import PretrainingDefense
 
 
@@ -90,14 +88,9 @@ class RoCLIP(PretrainingDefense):
         return epoch % self.period == 0
 
     def loss_fn(self, data: ImageTextData, seed: int = 0) -> LossFn:
-        from ...train.simclr import AugmentConfig, augment
-
         n = len(data)
         pool = NearestNeighbourPool(max(1, round(self.pool_fraction * n)))
-        rng = random.Random(seed)
-        captions_aug = {c: eda(c, rng)[0] for caps in data.captions for c in caps} if self.augment else {}
-        views = torch.Generator().manual_seed(seed + 1)
-        cfg = AugmentConfig(size=int(data.pixels.shape[-1]))
+        views = seeded_pair_views(data, seed) if self.augment else None
 
         def start_pool(m: nn.Module) -> None:
             # "a pool of random captions": P random pairs' captions, embedded by the current model
@@ -109,9 +102,8 @@ class RoCLIP(PretrainingDefense):
 
         def loss(m: nn.Module, pixels: torch.Tensor, captions: list[str], step: int) -> torch.Tensor:
             epoch = step * pixels.shape[0] // n + 1
-            if self.augment:
-                pixels = augment(pixels, views, cfg)
-                captions = [captions_aug[c] for c in captions]
+            if views is not None:
+                pixels, captions = views(pixels, captions)
             images = m.encode_image(pixels)
             texts = m.encode_text(m.tokenize(list(captions)))
             if not self.roclip_epoch(epoch):
@@ -128,9 +120,7 @@ class RoCLIP(PretrainingDefense):
                  quiet: bool = True) -> TrainedModel:
         """Pre-train ``recipe`` from scratch on ``data`` with RoCLIP; the result's ``extras`` list the
         RoCLIP epochs and the pool size."""
-        if not isinstance(data, ImageTextData) or data.captions is None:
-            raise TypeError("data must be an ImageTextData with captions (e.g. ShapesDataset('train', "
-                            "n=12800).to_data()), as a (poisoned) pre-training set")
+        pairs_recipe(data, recipe)  # checked before the loss reads the captions
         seed = self.seed if seed is None else check_int("seed", seed, 0)
         out = pretrain_pairs(data, recipe, self.epochs, seed=seed, loss_fn=self.loss_fn(data, seed), quiet=quiet,
                              desc=f"RoCLIP pre-training {recipe} on {len(data)} pairs")

@@ -54,11 +54,11 @@ from torch import nn
 
 from ...attacks.base import check_budget, check_int
 from ...data.datasets import ImageTextData
-from ...data.text_augment import eda
 from ...progress import progress_bar
 from ...registry import register
-from ...train.contrastive import clip_adamw, clip_loss, cosine_lr
+from ...train.contrastive import clip_adamw, clip_loss, cosine_lr, optimizer_step
 from ...train.nn_pool import NearestNeighbourPool
+from ...train.pair_views import PairViews
 from ..base import PretrainingDefense
 
 
@@ -165,19 +165,12 @@ class SafeCLIP(PretrainingDefense):
 
     def __call__(self, data: ImageTextData, recipe: str = "shapes-clip-resnet", seed: int | None = None,
                  quiet: bool = True) -> SafeCLIPResult:
-        from ...train.poisoned import _check_pairs
-        from ...train.simclr import AugmentConfig, augment
-        from ...zoo import load_recipe
+        from ...train.poisoned import pairs_recipe
         from ...zoo.train import recipe_start
 
-        _check_pairs(data)
         seed = self.seed if seed is None else check_int("seed", seed, 0)
-        spec = load_recipe(recipe)
-        if spec.get("family", "contrastive") != "contrastive":
-            raise ValueError(f"recipe {recipe!r} is not a contrastive (CLIP) recipe")
-        n, b = len(data), int(spec["train"]["batch_size"])
-        if n < b:
-            raise ValueError(f"data has {n} pairs, fewer than one batch of recipe {recipe!r} ({b})")
+        spec, b = pairs_recipe(data, recipe)
+        n = len(data)
         per_epoch = n // b
         start = recipe_start(spec, recipe, per_epoch * (self.warmup_epochs + self.slow_epochs + self.epochs))
         model, lr, wd = start.model, float(start.train["lr"]), float(start.train["weight_decay"])
@@ -186,9 +179,8 @@ class SafeCLIP(PretrainingDefense):
         low = lr * self.slow_lr_factor
         order = torch.Generator().manual_seed(seed)
         views = torch.Generator().manual_seed(seed + 1)
-        rng = random.Random(seed)
-        cfg = AugmentConfig(size=int(data.pixels.shape[-1]))
-        caption_aug = {c: eda(c, rng)[0] for caps in data.captions for c in caps} if self.augment else {}
+        rng = random.Random(seed)  # the EDA edits first (as before), then each batch's caption variants
+        pair_views = PairViews(data, rng, views) if self.augment else None
         image_pool, text_pool = NearestNeighbourPool(self.pool_size), NearestNeighbourPool(self.pool_size)
         losses: list[float] = []
 
@@ -201,9 +193,7 @@ class SafeCLIP(PretrainingDefense):
                 yield data.pixels[idx], caps
 
         def view(pixels: torch.Tensor, caps: list[str]) -> tuple[torch.Tensor, list[str]]:
-            if not self.augment:
-                return pixels, caps
-            return augment(pixels, views, cfg), [caption_aug[c] for c in caps]
+            return (pixels, caps) if pair_views is None else pair_views(pixels, caps)
 
         def unimodal(pixels: torch.Tensor, caps: list[str]) -> torch.Tensor:
             aug_pixels, aug_caps = view(pixels, caps)
@@ -222,16 +212,8 @@ class SafeCLIP(PretrainingDefense):
             return low + cosine_lr(s, phase_steps, lr - low, min(warmup, max(1, phase_steps // 10)))
 
         def step(loss: torch.Tensor, rate: float, bar) -> None:
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"SafeCLIP loss became {loss.item()} at step {len(losses)}")
-            for group in opt.param_groups:
-                group["lr"] = rate
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
-            losses.append(loss.item())
-            bar.advance(1, loss=f"{loss.item():.3f}")
+            losses.append(optimizer_step(model, opt, loss, rate, clip, len(losses), "SafeCLIP"))
+            bar.advance(1, loss=f"{losses[-1]:.3f}")
 
         everyone = torch.arange(n)
         total = per_epoch * (self.warmup_epochs + self.slow_epochs + self.epochs)

@@ -75,6 +75,7 @@ class Backdoored:
     how: str  # the threat model in words, for the stored metrics
     tampered: bool = False  # the attack changed the model itself (its control is the published model)
     training_pixels: Any = None  # (N, 3, H, W) the poisoned training set's images, when it is a fixed set
+    detection: float | None = None  # k-dist AUROC on them, once measured (then the pixels are let go)
 
 
 def _prepare(attack: Any, model_name: str, seed: int) -> None:
@@ -202,7 +203,10 @@ def _batches(data: dict, image_size: int):
 
 
 def _detection_auroc(bd: Backdoored, seed: int) -> float:
-    """k-dist (the paper's k 16, batches of 1,024) on the poisoned training set, by the backdoored model."""
+    """k-dist (the paper's k 16, batches of 1,024) on the poisoned training set, by the backdoored model;
+    measured once per backdoored model (its cells, one per defense, share it)."""
+    if bd.detection is not None:
+        return bd.detection
     import torch
 
     from ..defenses.detection import KDistanceDetector
@@ -213,7 +217,8 @@ def _detection_auroc(bd: Backdoored, seed: int) -> float:
     mask = torch.zeros(int(record["n_total"]), dtype=torch.bool)
     mask[torch.tensor(record["indices"], dtype=torch.long)] = True
     scores = KDistanceDetector(seed=seed)(embed_images(bd.model, bd.training_pixels).float()).scores
-    return auroc(scores, mask)
+    bd.detection, bd.training_pixels = auroc(scores, mask), None
+    return bd.detection
 
 
 def _write_record(bd: Backdoored, staging: Path) -> list[dict]:
@@ -268,7 +273,7 @@ def execute_backdoor_cell(cell: dict, staging_dir: str | Path | None = None) -> 
         "backdoor_asr_control": control_zs.asr, "n_poisoned": float(bd.n_poisoned),
         "train_seconds": bd.seconds, "defense_train_seconds": defense_seconds,
     })
-    if "detection_auroc" in cell["metrics"] and bd.training_pixels is not None:
+    if "detection_auroc" in cell["metrics"] and (bd.training_pixels is not None or bd.detection is not None):
         values["detection_auroc"] = _detection_auroc(bd, seed)
     # without a defense the backdoored model is the undefended one (so grids over [none, defense] align)
     values.setdefault("backdoor_asr_undefended", values["backdoor_asr"])

@@ -24,8 +24,8 @@ import torch
 from mmsec.attacks.backdoor import PatchTrigger
 from mmsec.attacks.backdoor.badencoder import LOSS_COLUMNS, BadEncoder, BadEncoderRecord, BadEncoderResult
 from mmsec.data.shapes import ShapesWorld, shape_color_classes
-from mmsec.defenses.base import image_tower_parameters
 from mmsec.evaluation.backdoor import probe_asr, zeroshot_asr
+from mmsec.models.towers import image_tower_parameters
 
 TARGET = "red circle"
 TARGET_LABEL = shape_color_classes().index(TARGET)

@@ -4,7 +4,7 @@ A task vector is ``tau = theta_ft - theta_pre`` over the image tower's parameter
 and with it every task's zero-shot head, stays the pre-trained one). Merging methods build
 ``theta_merged`` from ``theta_pre`` and the ``tau``'s; :func:`with_tower` puts it into a *new* model,
 never the caller's. The tower's parameters are found by autograd
-(:func:`mmsec.defenses.base.image_tower_parameters`), so any ContrastiveModel ``nn.Module`` works.
+(:func:`mmsec.models.towers.image_tower_parameters`), so any ContrastiveModel ``nn.Module`` works.
 Buffers (BatchNorm running statistics) are not merged: task models are fine-tuned with BatchNorm
 frozen (see :mod:`.finetune`), so they equal the pre-trained model's.
 """
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..defenses.base import image_tower_parameters
 from ..models.base import require_contrastive
+from ..models.towers import image_tower_parameters
 
 TowerState = dict[str, torch.Tensor]
 

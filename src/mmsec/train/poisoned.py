@@ -19,7 +19,7 @@ AdamW, warm-up then cosine decay); only the ``batches(step)`` they hand it diffe
   pairs (the persistence check of a backdoor, and the baseline of fine-tuning defenses);
   :func:`poisoned_finetune` poisons clean pairs with an attack first.
 
-The input model is never modified: training runs on :func:`~mmsec.defenses.base.trainable_copy`.
+The input model is never modified: training runs on :func:`~mmsec.models.towers.trainable_copy`.
 BatchNorm trains in train mode (batch statistics), as in pre-training; the returned model is in
 eval mode.
 """
@@ -185,7 +185,7 @@ def finetune_pairs(model: nn.Module, data: ImageTextData, steps: int, batch_size
     clipping 1 (as the zoo), warm-up 10% of the steps; the CLIP loss (``loss_fn``, see
     :func:`~mmsec.train.contrastive.train_contrastive`).
     """
-    from ..defenses.base import trainable_copy
+    from ..models.towers import trainable_copy
 
     require_contrastive(model, "fine-tuning")
     _check_pairs(data)

@@ -235,7 +235,7 @@ class BadEncoder:
             generator: seeds the batch order, reference flips and per-image trigger randomness.
             reference_indices, reference_seed: where the references came from, stored in the record.
         """
-        from ...defenses.base import image_tower_parameters, trainable_copy
+        from ...models.towers import image_tower_parameters, trainable_copy
 
         require_contrastive(model, "BadEncoder")
         if not isinstance(model, nn.Module):

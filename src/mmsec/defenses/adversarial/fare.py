@@ -66,10 +66,11 @@ from torch import nn
 
 from ...data.datasets import ImageTextData
 from ...models.base import check_pixels, require_contrastive
+from ...models.towers import image_tower_parameters, trainable_copy
 from ...models.zeroshot import embed_images
 from ...registry import register
 from ...train.adversarial import AdvTrainConfig, adversarial_finetune
-from ..base import DefenseResult, HardeningDefense, image_tower_parameters, trainable_copy
+from ..base import DefenseResult, HardeningDefense
 
 
 def fare_loss(embeddings: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

@@ -68,10 +68,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...data.datasets import ImageTextData
+from ...models.towers import image_tower_parameters, trainable_copy
 from ...models.zeroshot import class_text_embeddings
 from ...registry import register
 from ...train.adversarial import AdvTrainConfig, adversarial_finetune
-from ..base import DefenseResult, HardeningDefense, image_tower_parameters, trainable_copy
+from ..base import DefenseResult, HardeningDefense
 
 
 def tecoa_loss(class_embeddings: torch.Tensor, logit_scale: torch.Tensor):

@@ -83,11 +83,12 @@ from torch import nn
 from ...attacks.adversarial.fused_embedding import MODALITIES, l2_normalized_step, project_l2
 from ...attacks.base import check_budget, check_int
 from ...data.datasets import ImageTextData
+from ...models.towers import trainable_copy
 from ...progress import progress_bar
 from ...registry import register
 from ...train.contrastive import clip_adamw, clip_loss, cosine_lr
 from ...train.fusion import sample_hard_negatives
-from ..base import DefenseResult, HardeningDefense, trainable_copy
+from ..base import DefenseResult, HardeningDefense
 
 FUSION_PIECES = ("image_features", "text_token_embeddings", "text_hidden", "image_embedding", "text_embedding",
                  "fuse_features", "itm_head", "padding_mask", "tokenize", "logit_scale")

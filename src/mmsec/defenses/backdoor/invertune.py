@@ -94,9 +94,10 @@ from ...attacks.universal.advclip import AdvCLIP
 from ...attacks.universal.uap_patch import UAPPatch
 from ...data.datasets import ImageTextData
 from ...models.base import require_contrastive
+from ...models.towers import trainable_copy
 from ...models.zeroshot import ZeroShotClassifier, class_text_embeddings
 from ...registry import register
-from ..base import DefenseResult, HardeningDefense, trainable_copy
+from ..base import DefenseResult, HardeningDefense
 from .invertune_inversion import InvertedTrigger, invert_trigger
 from .invertune_target import TargetIdentification, UniversalPerturbation, identify_target
 
@@ -323,7 +324,7 @@ class InverTune:
         if self.tune == "layers":
             params = [p for n in layers for p in modules[n].parameters()]
         else:
-            from ..base import image_tower_parameters
+            from ...models.towers import image_tower_parameters
             params = [p for _, p in image_tower_parameters(tuned, x)]
         for p in tuned.parameters():
             p.requires_grad_(False)

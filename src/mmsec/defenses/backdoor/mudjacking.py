@@ -149,7 +149,7 @@ class Mudjacking:
 
     def __call__(self, model: nn.Module, bug_input: torch.Tensor, reference: torch.Tensor,
                  validation: torch.Tensor, generator: torch.Generator | int | None = None) -> MudjackingResult:
-        from ..base import image_tower_parameters, trainable_copy
+        from ...models.towers import image_tower_parameters, trainable_copy
 
         require_contrastive(model, "Mudjacking")
         xb, xr = _one_image(bug_input, "bug_input"), _one_image(reference, "reference")

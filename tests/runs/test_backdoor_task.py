@@ -146,3 +146,21 @@ def test_a_pretraining_defense_trains_the_victim_in_place_of_plain_training(tmp_
     assert rows[("roclip", "clean_accuracy_cost")]["value"] == pytest.approx(100 * (plain - roclip))
     assert rows[("roclip", "defense_train_seconds")]["value"] > 0
     assert "pre-trained with defense roclip instead" in rows[("roclip", "backdoor_asr")]["threat_model"]
+
+
+def test_backdoored_and_control_gives_a_cell_s_two_models():
+    """For studies of the models themselves (benchmarks/seer_eval.py): the tampered model and, as its control,
+    the published model; the cache hands back the same objects on a second call."""
+    import torch
+
+    from mmsec.runs.backdoor import backdoored_and_control
+    from mmsec.zoo import load_model
+
+    attack = {"name": "badencoder", "params": {"target": "red circle", "epochs": 1, "batch_size": 64}}
+    bd, control = backdoored_and_control("zoo:shapes-clip-resnet", attack, {"mode": "finetune", "pairs": 128})
+    published = load_model("shapes-clip-resnet").state_dict()
+    assert bd.tampered and bd.n_poisoned == 0 and bd.target == "red circle"
+    assert all(torch.equal(v, published[k]) for k, v in control.state_dict().items())
+    assert any(not torch.equal(v, published[k]) for k, v in bd.model.state_dict().items())
+    again, _ = backdoored_and_control("zoo:shapes-clip-resnet", attack, {"pairs": 128, "mode": "finetune"})
+    assert again is bd  # key order of the dicts does not matter

@@ -235,6 +235,15 @@ def _control_model(cell: dict, bd: Backdoored, training_json: str) -> Any:
     return _control(cell["model"], training_json, int(cell["seed"])).model
 
 
+def backdoored_and_control(model: str, attack: dict, training: dict, seed: int = 0) -> tuple[Backdoored, Any]:
+    """The backdoored model a backdoor cell measures and its control (poisoning: the same training on
+    clean pairs; tampering: the published model), built and cached exactly as the runner builds them.
+    For studies of the models themselves (``benchmarks/seer_eval.py``). ``attack``: ``{name, params}``."""
+    training_json = json.dumps(training, sort_keys=True)
+    bd = _backdoored(model, json.dumps(attack, sort_keys=True), training_json, seed)
+    return bd, _control_model({"model": model, "seed": seed}, bd, training_json)
+
+
 def execute_backdoor_cell(cell: dict, staging_dir: str | Path | None = None) -> dict:
     """Run one backdoor cell; returns the same plain dict as :func:`mmsec.runs.execute.execute_cell`."""
     from ..attacks.backdoor.triggers import OptimizedPatch, PatchTrigger
@@ -313,4 +322,4 @@ def execute_backdoor_cell(cell: dict, staging_dir: str | Path | None = None) -> 
     return cell_result(metrics, artifacts, params, baseline, int(test.labels.shape[0]), t0)
 
 
-__all__ = ["execute_backdoor_cell"]
+__all__ = ["Backdoored", "backdoored_and_control", "execute_backdoor_cell"]

@@ -355,3 +355,15 @@ def test_wrong_tokens(model):
         model.encode_text(torch.zeros(1, CONTEXT + 1, dtype=torch.long))
     with pytest.raises(TypeError, match="input_ids"):
         model.encode_text({"input_ids": model.tokenize(["a"])})
+
+
+def test_seer_searches_a_hugging_face_clip_with_its_bpe_words(model, shapes):
+    """SEER's dictionary from a BPE vocabulary: whole-word tokens without </w>, no byte or special tokens."""
+    from mmsec.defenses.backdoor import SEER, model_dictionary
+
+    words = model_dictionary(model)
+    assert {"red", "circle", "photo"} <= set(words)
+    assert not any("<" in w or "</w>" in w for w in words) and len(words) == len(set(words))
+    pixels = shapes.pixels()[:8]
+    result = SEER(steps=3, batch_size=4)(model, pixels, generator=0)
+    assert -1 <= result.similarity <= 1 and result.mask.shape[-2:] == pixels.shape[-2:]

@@ -75,11 +75,21 @@ class SEERResult:
 
 
 def model_dictionary(model: nn.Module) -> list[str]:
-    """The model's own vocabulary words (SEER's dictionary D), special tokens left out."""
-    vocab = getattr(getattr(model, "tokenizer", None), "vocab", None)
+    """The model's own vocabulary as SEER's dictionary D: the zoo tokenizer's words, or a BPE
+    tokenizer's whole-word tokens (``red</w>`` -> ``red``; Hugging Face CLIP), special tokens left out."""
+    tokenizer = getattr(model, "tokenizer", None)
+    vocab = getattr(tokenizer, "vocab", None)
+    if vocab is None and hasattr(tokenizer, "get_vocab"):
+        vocab = tokenizer.get_vocab()
     if not vocab:
         raise ValueError("the model exposes no tokenizer vocabulary; pass dictionary= (a list of words)")
-    return [w for w in vocab if w not in SPECIAL_WORDS and not w.startswith("<")]
+    if isinstance(vocab, dict):  # BPE: token -> id; whole words end with </w>
+        tokens = sorted(vocab, key=vocab.get)
+        words = [t[: -len("</w>")] for t in tokens if t.endswith("</w>")]
+        words = [w for w in words if w.isalpha() and w == w.lower()]
+    else:
+        words = [w for w in vocab if w not in SPECIAL_WORDS and not w.startswith("<")]
+    return list(dict.fromkeys(words))
 
 
 class SEER:
@@ -128,7 +138,7 @@ class SEER:
         if start is not None:
             start = _check_start(start, h, w)
         words = model_dictionary(model) if dictionary is None else list(dictionary)
-        if not words or not all(isinstance(w, str) and w.strip() for w in words):
+        if not words or not all(isinstance(word, str) and word.strip() for word in words):
             raise ValueError("dictionary must be a non-empty list of non-empty strings")
         gen = make_generator(generator)
         was_training = model.training

@@ -20,13 +20,15 @@ dictionary entry ranked first by ``cos(F^T, F^D)``.
 
 Defaults. The paper's: ``m`` and ``Delta`` at 0.5; ``F^T_0`` the mean of the dictionary's text
 features; the dictionary the model's own vocabulary (the paper: the 49,152 lower-case words of
-CLIP's BPE vocabulary; here the zoo tokenizer's 44 words, or any list passed in). The source gives
+CLIP's BPE vocabulary; here the zoo tokenizer's 44 words, a BPE tokenizer's whole-word tokens, or
+any list passed in). The source gives
 no values for ``lambda1``, ``lambda2``, the optimiser or the threshold; chosen here (departures):
 
 - ``lambda1 = 10`` on the mask's *mean* (its L1 norm over the pixel count), so the weight does not
   depend on the resolution: a full mask costs 10 (the whole range of ``1 - S_IT`` is 2), the zoo's
-  4 x 4 trigger on 32 x 32 images 0.16. At 1 (a full mask costs 1) every model, clean or not, keeps
-  a half-image mask and ``S_IT`` ~ 0.86; at 20-30 the search mostly collapses to an empty mask.
+  4 x 4 trigger on 32 x 32 images 0.16. At 1 (a full mask costs 1; with lambda2 1) every zoo model,
+  clean or not, keeps a mask over 12-22% of the image at ``S_IT`` ~ 0.86; at 20-30 most searches
+  end with an empty mask.
 - ``lambda2 = 0.1``: at 1 the text feature cannot leave the dictionary mean, whose direction is far
   from where a trigger sends images (cosine ~ 0 for the zoo's backdoors), so no target is found.
 - Adam, lr 0.1 on the logits of ``m`` and ``Delta`` and on ``F^T``; 300 steps over batches of 64.

@@ -26,7 +26,7 @@ Acceptance (issue 7): "SEER flags the backdoored models and not the clean ones o
 
 Usage::
 
-    .venv/bin/python benchmarks/seer_eval.py                       # ~40 min on one core (trains 8 models)
+    .venv/bin/python benchmarks/seer_eval.py                       # ~45 min on one core (trains 8 models)
     .venv/bin/python benchmarks/seer_eval.py --models shapes-clip-resnet   # ~12 min
 """
 

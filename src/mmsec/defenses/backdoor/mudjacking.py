@@ -49,6 +49,7 @@ from torch import nn
 from ...attacks.base import check_budget, check_int, check_positive, make_generator
 from ...models.base import check_pixels, require_contrastive
 from ...progress import progress_bar
+from .invertune_inversion import stamp
 
 
 @dataclass
@@ -105,7 +106,7 @@ def reverse_engineer_trigger(model: nn.Module, bug_input: torch.Tensor, referenc
     sim = torch.tensor(0.0)
     for _ in range(steps):
         mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
-        stamped = (1 - mask) * xr + mask * pattern
+        stamped = stamp(xr, mask, pattern)
         sim = (_embed(model, stamped) * goal).sum()
         loss = -sim + l1 * mask.sum()
         grads = torch.autograd.grad(loss, [mask_logit, pattern_logit])  # no .grad left on the model

@@ -54,7 +54,8 @@ from torch import nn
 
 from ...attacks.base import check_budget, check_int, make_generator
 from ...models.base import check_pixels, require_contrastive
-from ...models.zeroshot import embed_texts
+from ...models.zeroshot import embed_images, embed_texts
+from .invertune_inversion import stamp
 
 SPECIAL_WORDS = ("<pad>", "<sos>", "<eos>", "<unk>")
 
@@ -179,7 +180,7 @@ class SEER:
         for _ in range(self.steps):
             idx = torch.randint(0, pixels.shape[0], (min(self.batch_size, pixels.shape[0]),), generator=gen)
             mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
-            feats = F.normalize(model.encode_image((1 - mask) * pixels[idx] + mask * pattern).float(), dim=-1)
+            feats = F.normalize(model.encode_image(stamp(pixels[idx], mask, pattern)).float(), dim=-1)
             s_it = (feats @ F.normalize(text, dim=0)).mean()
             loss = (1 - s_it) + self.lambda1 * mask.mean() + self.lambda2 * (text - f0).pow(2).sum()
             for p, g in zip(leaves, torch.autograd.grad(loss, leaves), strict=True):  # the model gets no .grad
@@ -189,8 +190,8 @@ class SEER:
         with torch.no_grad():  # the final S_IT and objective on all the images, not the last batch
             mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
             unit = F.normalize(text, dim=0)
-            s_final = float(torch.cat([F.normalize(model.encode_image((1 - mask) * x + mask * pattern).float(), dim=-1)
-                                       @ unit for x in pixels.split(256)]).mean())
+            feats = F.normalize(embed_images(model, stamp(pixels, mask, pattern), batch_size=256).float(), dim=-1)
+            s_final = float((feats @ unit).mean())
             objective = (1 - s_final) + self.lambda1 * float(mask.mean()) + self.lambda2 * float((text - f0).pow(2).sum())
         return _Search(objective, s_final, mask, pattern, text.detach(), trace)
 

@@ -77,11 +77,11 @@ def oracle_similarity(model, pixels, trigger, opacity: float = 1.0) -> float:
         return float((feats @ F.normalize(feats.mean(0), dim=0)).mean())
 
 
-def trigger_start(trigger, size: int):
-    """The true trigger as a SEER start: mask 1 on its pixels, pattern = its pixels (0.5 elsewhere)."""
+def trigger_start(trigger, region):
+    """The true trigger as a SEER start: mask 1 on its pixels (``region``), pattern = its pixels (0.5 elsewhere)."""
     import torch
 
-    region = trigger_region(trigger, size)
+    size = region.shape[-1]
     pattern = trigger.apply(torch.full((1, 3, size, size), 0.5))[0]
     return region[None].float(), pattern
 
@@ -89,7 +89,7 @@ def trigger_start(trigger, size: int):
 def measure(seer, model, pixels, trigger, backdoored: bool, seed: int) -> dict:
     region = trigger_region(trigger, pixels.shape[-1])
     r = seer(model, pixels, generator=seed)
-    from_trigger = seer(model, pixels, generator=seed, start=trigger_start(trigger, pixels.shape[-1]))
+    from_trigger = seer(model, pixels, generator=seed, start=trigger_start(trigger, region))
     mask = r.mask[0]
     words = [w for w, _ in r.target_ranking]
     ranks = [words.index(w) + 1 for w in TARGET.split() if w in words]

@@ -33,16 +33,6 @@ err = Console(stderr=True, soft_wrap=True)
 DEFAULT_RESULTS = Path("mmsec-results")
 
 
-class Kind(str, Enum):
-    attacks = "attacks"
-    pair_attacks = "pair_attacks"
-    poisoning = "poisoning"
-    model_backdoors = "model_backdoors"
-    defenses = "defenses"
-    models = "models"
-    datasets = "datasets"
-
-
 class Backend(str, Enum):
     sequential = "sequential"
     ray = "ray"
@@ -100,11 +90,13 @@ def quickstart(
 
 
 @app.command("list")
-def list_(kind: Kind = typer.Argument(None, help="What to list (all kinds when omitted).")) -> None:
+def list_(kind: str = typer.Argument(None, help="What to list: a kind (attacks, defenses, ...; all when omitted).")) -> None:
     """List registered attacks, defenses, models and data sets."""
-    from .registry import KINDS, entries
+    from . import builtins
+    from .registry import entries, kinds
 
-    for k in [kind.value] if kind else list(KINDS):
+    builtins.load()
+    for k in [kind] if kind else [k.name for k in kinds()]:
         table = Table(Column(no_wrap=True), Column(), title=k, show_header=False, box=None)
         rows = entries(k)
         for e in rows:

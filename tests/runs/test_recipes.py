@@ -35,4 +35,5 @@ def test_the_defense_matrix_covers_every_registered_backdoor_defense():
     specs = [load_spec(next(p for p in RECIPES if p.stem == stem))
              for stem in ("defense_matrix", "defense_matrix_pretraining")]
     named = {d.name for spec in specs for d in spec.defenses if d is not None}
-    assert named == {e.name for e in entries("defenses") if getattr(e.factory, "threat", "") == "backdoor"}
+    registered = [e for k in ("defenses", "pretraining_defenses") for e in entries(k)]
+    assert named == {e.name for e in registered if getattr(e.factory, "threat", "") == "backdoor"}

@@ -8,7 +8,9 @@ and data::
     result = attack(objective, pixels, labels)            # untargeted
     result = attack(objective, pixels, labels, targets)   # targeted
 
-It never mutates its inputs or the model, returns pixels in [0, 1] inside the budget, and
+The objective owns what a label and a target are (class indices for zero-shot classification, a
+caption index for retrieval, a token sequence for a chat model) and checks them. The attack never
+mutates its inputs or the model, returns pixels in [0, 1] inside the budget, and
 reports per-sample success and a per-step loss trace. Every random choice is drawn from the
 ``generator`` given to ``__call__`` (an int seeds a fresh one; ``None`` means seed 0), so the
 same seed gives the same adversarial images.
@@ -16,17 +18,18 @@ same seed gives the same adversarial images.
 
 from __future__ import annotations
 
-import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
-from ..models.base import check_pixels
+from .. import registry
+from ..checks import NORMS, check_indices, check_pixels, make_generator
+from ..methods import Method
 from .objectives import Objective
 
-NORMS = ("linf", "l2")
+registry.declare_kind("attacks", "evasion attacks on images: attack(objective, pixels, labels, targets, generator) "
+                      "-> EvasionResult", "mmsec.attacks.base:EvasionAttack")
 
 
 @dataclass
@@ -52,32 +55,28 @@ class EvasionResult:
         return self.success.float().mean().item() if self.success.numel() else 0.0
 
 
-class EvasionAttack:
+class EvasionAttack(Method):
     """Base of all evasion attacks. Subclasses implement :meth:`perturb`."""
 
     name: ClassVar[str]
+    family: ClassVar[str | None] = "any"  # it reaches the model through the objective, whatever its family
     threat_model: ClassVar[str] = "white-box"
     norms: ClassVar[tuple[str, ...]] = NORMS
     # False for evaluation ensembles that, like AutoAttack, leave already-misclassified images clean.
     perturbs_misclassified: ClassVar[bool] = True
 
-    def params(self) -> dict[str, Any]:
-        """The ``__init__`` arguments as configured (recorded with every result)."""
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
-        return f"{type(self).__name__}({args})"
-
-    def __call__(self, objective: Objective, pixels: torch.Tensor, labels: torch.Tensor,
-                 targets: torch.Tensor | None = None,
+    def __call__(self, objective: Objective, pixels: torch.Tensor, labels: Any,
+                 targets: Any = None,
                  generator: torch.Generator | int | None = None) -> EvasionResult:
         check_objective(objective)
         check_pixels(pixels)
-        _check_indices("labels", labels, pixels.shape[0])
-        if targets is not None:
-            _check_indices("targets", targets, pixels.shape[0])
+        check_targets = getattr(objective, "check_targets", None)
+        if callable(check_targets):  # the objective knows what its labels and targets are
+            check_targets(labels, targets, pixels.shape[0])
+        else:
+            check_indices("labels", labels, pixels.shape[0])
+            if targets is not None:
+                check_indices("targets", targets, pixels.shape[0])
         return self.perturb(objective, pixels.detach(), labels, targets, make_generator(generator))
 
     def perturb(self, objective: Objective, pixels: torch.Tensor, labels: torch.Tensor,
@@ -114,72 +113,17 @@ def check_loss(loss: torch.Tensor, batch: int) -> None:
                          "use reduction='none'")
 
 
-def _check_indices(name: str, values: object, batch: int) -> None:
-    if not isinstance(values, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(values).__name__}")
-    if values.shape != (batch,):
-        raise ValueError(f"{name} must have shape ({batch},) (one index per image), got {tuple(values.shape)}")
-    if values.is_floating_point() or values.dtype == torch.bool:
-        raise ValueError(f"{name} must be integer class indices (torch.long), got dtype {values.dtype}")
 
 
-def make_generator(generator: torch.Generator | int | None) -> torch.Generator:
-    """A ``torch.Generator`` from a generator (returned as is), an int seed, or ``None`` (seed 0)."""
-    if isinstance(generator, torch.Generator):
-        return generator
-    if generator is None:
-        return torch.Generator().manual_seed(0)
-    if isinstance(generator, int) and not isinstance(generator, bool):
-        return torch.Generator().manual_seed(generator)
-    raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
 
 
-def check_budget(name: str, value: float, low: float = 0.0, high: float = 1.0, hint: str | None = None) -> float:
-    """Validate a finite scalar hyper-parameter in [low, high] with a teaching error."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and low <= value <= high):
-        if hint is None:
-            hint = f" (pixel units, e.g. 8/255 = {8/255:.4f})"
-        raise ValueError(f"{name} must be a finite number in [{low}, {high}]{hint}, got {value}")
-    return float(value)
 
 
-def check_positive(name: str, value: float, high: float, hint: str | None = None) -> float:
-    """:func:`check_budget` in (0, high]: a learning rate or a step that must not be zero."""
-    value = check_budget(name, value, 0.0, high, hint=hint)
-    if value == 0:
-        raise ValueError(f"{name} must be > 0, got 0")
-    return value
 
 
-def check_norm(norm: object, allowed: tuple[str, ...] = NORMS) -> str:
-    """Validate the threat-model norm name."""
-    if not isinstance(norm, str):
-        raise TypeError(f"norm must be a string, one of {allowed}, got {type(norm).__name__} {norm!r}")
-    if norm not in allowed:
-        raise ValueError(f"norm must be one of {allowed}, got {norm!r}")
-    return norm
 
 
-def check_radius(name: str, value: float, norm: str) -> float:
-    """Validate a radius or step size in pixel units: in [0, 1] for L-inf, >= 0 for L2."""
-    if norm == "linf":
-        return check_budget(name, value, 0.0, 1.0)
-    return check_budget(name, value, 0.0, math.inf,
-                        hint=" (L2 norm of the whole perturbation in pixel units, e.g. 0.5 on 3x32x32)")
 
 
-def check_int(name: str, value: int, low: int = 1) -> int:
-    """Validate an integer hyper-parameter >= low."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value}")
-    return value
 
 
-def check_bool(name: str, value: bool) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
-    return value

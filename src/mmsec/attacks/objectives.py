@@ -15,11 +15,16 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_indices
 from ..models.base import ContrastiveModel, require_contrastive
 from ..models.zeroshot import ZeroShotClassifier, class_text_embeddings
 
 
 class Objective(Protocol):
+    """What an evasion attack optimises. ``labels`` and ``targets`` are whatever the objective defines
+    (class indices here; a target text for a chat model), checked by its optional
+    ``check_targets(labels, targets, batch)``."""
+
     threat_model: str
 
     def loss(self, pixels: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
@@ -80,6 +85,13 @@ class _LogitObjective:
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    @staticmethod
+    def check_targets(labels: torch.Tensor, targets: torch.Tensor | None, batch: int) -> None:
+        """Labels and targets index the classes (gallery items): (B,) integer tensors."""
+        check_indices("labels", labels, batch)
+        if targets is not None:
+            check_indices("targets", targets, batch)
 
     def loss(self, pixels: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         return self.loss_from_logits(self.logits(pixels), labels, targets)

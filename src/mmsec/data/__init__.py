@@ -4,7 +4,7 @@ Registered data sets (``mmsec.registry.entries("datasets")``): ``shapes``, ``ima
 ``captions``. :func:`load_dataset` loads any of them by name into an :class:`ImageTextData`.
 """
 
-from ..registry import register
+from ..registry import declare_kind, register
 from .datasets import (
     CaptionDataset,
     ImageDecodeError,
@@ -18,6 +18,7 @@ from .datasets import (
 from .export import ShapesExport, export_shapes
 from .shapes import ShapesBatch, ShapesWorld, shape_color_classes, zeroshot_prompts
 
+declare_kind("datasets", "data sets by name: load_dataset(name, ...) -> ImageTextData", "mmsec.data.datasets:load_dataset")
 register("datasets", "shapes", "procedural shapes world: split, n, image_size, seed (48 shape x colour classes, "
          "several captions per image)")(ShapesDataset)
 register("datasets", "imagefolder", "images in path/<class name>/<image files>; classes sorted unless given")(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 
-from ..attacks.base import check_budget
+from ..checks import check_budget
 
 
 def _changes(n: int, alpha: float) -> int:

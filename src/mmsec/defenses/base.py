@@ -15,14 +15,15 @@ Detectors have their own base returning scores (:mod:`mmsec.defenses.detection`)
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from .. import registry
 from ..data.datasets import ImageTextData
+from ..methods import Method
 from ..models.base import require_contrastive
 
 
@@ -47,20 +48,20 @@ class DefenseResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class HardeningDefense:
+registry.declare_kind("defenses", "defenses that return a new model: defense(model, data, prompts, generator) -> "
+                      "DefenseResult (adversarial fine-tuning, backdoor clean-ups)", "mmsec.defenses.base:HardeningDefense")
+registry.declare_kind("pretraining_defenses", "defenses that are the pre-training itself on untrusted pairs: "
+                      "defense(data, recipe, seed) -> result with .model", "mmsec.defenses.base:PretrainingDefense")
+
+
+class HardeningDefense(Method):
     """Base of defenses that return a hardened model. Subclasses implement :meth:`harden`."""
 
     name: ClassVar[str]
+    family: ClassVar[str | None] = "contrastive"
     needs_labels: ClassVar[bool] = True  # supervised (TeCoA, AdvPT) vs unsupervised (FARE)
     model_kind: ClassVar[str] = "contrastive"  # what it hardens: any ContrastiveModel, or "fusion" (VILLA)
     threat: ClassVar[str] = "evasion"  # what it defends against: "evasion" (adversarial examples) or "backdoor"
-
-    def params(self) -> dict[str, Any]:
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
 
     def __call__(self, model: nn.Module, data: ImageTextData, prompts: list[list[str]] | None = None,
                  generator: torch.Generator | None = None) -> DefenseResult:
@@ -82,7 +83,7 @@ class HardeningDefense:
         raise NotImplementedError
 
 
-class PretrainingDefense:
+class PretrainingDefense(Method):
     """Base of defenses that replace a CLIP's pre-training on (possibly poisoned) pairs.
 
     ``defense(data, recipe="shapes-clip-resnet", seed=None)`` trains the zoo recipe from scratch on
@@ -92,12 +93,6 @@ class PretrainingDefense:
     """
 
     name: ClassVar[str]
+    family: ClassVar[str | None] = "contrastive"
     threat: ClassVar[str] = "backdoor"
     model_kind: ClassVar[str] = "contrastive"
-
-    def params(self) -> dict[str, Any]:
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.backdoor.triggers import Trigger
+from ..checks import check_pixels
 from ..data.shapes import ShapesBatch, zeroshot_prompts
-from ..models.base import check_pixels, require_contrastive
+from ..models.base import require_contrastive
 from ..models.zeroshot import ZeroShotClassifier, embed_images, embed_texts
 from .downstream import fit_linear_probe
 

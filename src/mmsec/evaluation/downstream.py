@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_pixels
 from ..data.shapes import COLORS, POSITIONS, SHAPES, SIZES, TEXTURES, ShapesBatch, zeroshot_prompts
-from ..models.base import check_pixels
 from ..models.zeroshot import ZeroShotClassifier, embed_images
 from .pair_retrieval import caption_positives, pair_retrieval
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..attacks.backdoor.triggers import Trigger
-from ..models.base import check_pixels
+from ..checks import check_pixels
 from .backdoor import BackdoorScore
 from .downstream import fit_linear_probe
 

@@ -105,18 +105,17 @@ from typing import Any
 import torch
 
 from ..attacks.adversarial import APGD, FGSM, PGD, SquareAttack
-from ..attacks.base import (
-    EvasionAttack,
-    _check_indices,
+from ..attacks.base import EvasionAttack, check_objective
+from ..attacks.objectives import Objective, require_logits
+from ..checks import (
     check_budget,
+    check_indices,
     check_int,
     check_norm,
-    check_objective,
+    check_pixels,
     check_radius,
     make_generator,
 )
-from ..attacks.objectives import Objective, require_logits
-from ..models.base import check_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +266,7 @@ def _check_inputs(objective: Objective, pixels: torch.Tensor, labels: torch.Tens
                   eps: float) -> tuple[str, float]:
     check_objective(objective)
     check_pixels(pixels)
-    _check_indices("labels", labels, pixels.shape[0])
+    check_indices("labels", labels, pixels.shape[0])
     norm = check_norm(norm)
     return norm, check_radius("eps", eps, norm)
 

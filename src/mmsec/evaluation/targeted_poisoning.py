@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_pixels
 from ..data.shapes import ShapesBatch, ShapesWorld
-from ..models.base import check_pixels, require_contrastive
+from ..models.base import require_contrastive
 from ..models.zeroshot import embed_images, embed_texts
 
 KS = (1, 5, 10)  # the paper's table columns (the authors' code also computes 20, 30, 50)

@@ -27,8 +27,7 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
-from ..attacks.base import check_bool, check_budget, check_int, make_generator
-from ..models.base import check_pixels
+from ..checks import check_bool, check_budget, check_int, check_pixels, make_generator
 from .base import MergingMethod
 from .task_vectors import TowerState
 from .tasks import features_logits

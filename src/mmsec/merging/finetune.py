@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks.base import check_budget, check_int, make_generator
-from ..models.base import check_pixels, require_contrastive
+from ..checks import check_budget, check_int, check_pixels, make_generator
+from ..models.base import require_contrastive
 from ..models.towers import trainable_copy
 from .task_vectors import tower_names
 from .tasks import ShapesTask, get_task, head_logits

@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks.base import check_budget, check_int
-from ..models.base import check_pixels
+from ..checks import check_budget, check_int, check_pixels
 from .base import MergingMethod
 from .task_vectors import TowerState
 

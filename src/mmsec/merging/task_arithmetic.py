@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..attacks.base import check_budget
+from ..checks import check_budget
 from .base import MergingMethod
 from .task_vectors import TowerState
 

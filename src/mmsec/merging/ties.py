@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..attacks.base import check_budget
+from ..checks import check_budget
 from .base import MergingMethod
 from .task_vectors import TowerState
 

@@ -119,20 +119,6 @@ class PromptableText(Protocol):
         ...
 
 
-def check_pixels(pixels: torch.Tensor, name: str = "pixels") -> None:
-    """Raise a teaching error unless ``pixels`` is a float (B, 3, H, W) tensor in [0, 1]."""
-    if not isinstance(pixels, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(pixels).__name__}")
-    if pixels.ndim != 4 or pixels.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
-    if not pixels.is_floating_point():
-        raise ValueError(f"{name} must be float pixels in [0, 1], got dtype {pixels.dtype} "
-                         "(divide uint8 images by 255)")
-    if pixels.numel() and not torch.isfinite(pixels).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if pixels.numel() and (pixels.min() < 0 or pixels.max() > 1):
-        raise ValueError(f"{name} must lie in [0, 1], got range [{pixels.min().item():.3f}, "
-                         f"{pixels.max().item():.3f}]")
 
 
 def require_contrastive(model: object, who: str) -> None:

@@ -22,11 +22,15 @@ from pathlib import Path
 
 import yaml
 
-from ..registry import close_names, register
+from ..registry import close_names, declare_kind, register
 from .base import ContrastiveModel, FusionModel, require_fusion
 
 SPEC_FORMS = ("zoo:NAME (e.g. zoo:shapes-clip-resnet, or the bare NAME)", "zoo:/path/to/NAME.safetensors", "hf:/path/to/hf_clip_folder",
               "hf-blip:/path/to/blip_retrieval_folder", "open_clip:ARCH:/path/to/weights.safetensors")
+
+
+declare_kind("models", "model names for specs and the CLI: zoo:NAME, hf:DIR, ... -> a model of one family",
+             "mmsec.models.loaders:load_model")
 
 
 def _forms() -> str:

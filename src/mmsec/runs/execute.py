@@ -146,8 +146,9 @@ def task_attack_kinds(task: str) -> tuple[str, ...]:
 
 def attack_kind(task: str, name: str) -> str:
     """The kind ``name`` is registered under among ``task``'s (its first kind when none has it)."""
-    from .. import registry
+    from .. import builtins, registry
 
+    builtins.load()
     kinds = task_attack_kinds(task)
     return next((k for k in kinds if name in {e.name for e in registry.entries(k)}), kinds[0])
 
@@ -206,8 +207,9 @@ def _accepted_kwargs(factory: Any) -> tuple[set[str], bool]:
 
 def build_attack(name: str, params: dict[str, Any], kind: str = "attacks") -> Any:
     """Construct registered attack ``name`` (of registry ``kind``) with ``params`` (scalars)."""
-    from .. import registry
+    from .. import builtins, registry
 
+    builtins.load()
     return registry.get(kind, name).factory(**params)
 
 
@@ -243,10 +245,15 @@ def threat_models(cell: dict, attack: Any) -> dict[str, str]:
             "cost": cost}
 
 
-def build_defense(name: str, params: dict[str, Any]) -> Any:
-    from .. import registry
+DEFENSE_KINDS = ("defenses", "pretraining_defenses")
 
-    return registry.get("defenses", name).factory(**params)
+
+def build_defense(name: str, params: dict[str, Any]) -> Any:
+    from .. import builtins, registry
+
+    builtins.load()
+    entry = registry.find(name, DEFENSE_KINDS) or registry.get("defenses", name)
+    return entry.factory(**params)
 
 
 def apply_defense(model: Any, defense: dict, seed: int) -> tuple[Any, float]:

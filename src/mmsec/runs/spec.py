@@ -54,6 +54,7 @@ from ..registry import close_names
 from .execute import (
     ATTACK_KIND,
     DEFAULT_METRICS,
+    DEFENSE_KINDS,
     NOISE_METRIC,
     TASK_METRICS,
     TASKS,
@@ -355,8 +356,9 @@ def _as_list(v: Any) -> list:
 
 
 def _check(spec: Spec) -> tuple[Spec, list[str]]:
-    from .. import registry, zoo
+    from .. import builtins, registry, zoo
 
+    builtins.load()
     issues: list[str] = []
     if not _NAME.match(spec.name):
         issues.append(f"name: {spec.name!r} must be 1-100 characters of letters, digits, '.', '_' or '-' "
@@ -515,7 +517,7 @@ def _check_defenses(spec: Spec) -> list[str]:
     from .. import registry
 
     issues: list[str] = []
-    names = [e.name for e in registry.entries("defenses")]
+    names = [e.name for k in DEFENSE_KINDS for e in registry.entries(k)]
     listed = isinstance(spec.defense, list)
     if listed and not spec.defense:
         issues.append("defense: empty list; give at least one defense (or 'none')")
@@ -536,7 +538,7 @@ def _check_defenses(spec: Spec) -> list[str]:
             issues.append(f"{where}.name: unknown defense {d.name!r}; registered: {', '.join(names) or '(none)'}, "
                           f"or 'none' for the undefended model.{close_names(d.name, names + ['none'])}")
             continue
-        accepted, var_kw = _accepted_kwargs(registry.get("defenses", d.name).factory)
+        accepted, var_kw = _accepted_kwargs(registry.find(d.name, DEFENSE_KINDS).factory)
         for key, value in d.params.items():
             if not var_kw and key not in accepted:
                 issues.append(f"{where}.params.{key}: {d.name} has no parameter {key!r}; its parameters are "
@@ -558,7 +560,7 @@ def _is_pretraining_defense(name: str) -> bool:
     from .. import registry
     from ..defenses.base import PretrainingDefense
 
-    known = {e.name: e.factory for e in registry.entries("defenses")}
+    known = {e.name: e.factory for k in DEFENSE_KINDS for e in registry.entries(k)}
     factory = known.get(name)
     return isinstance(factory, type) and issubclass(factory, PretrainingDefense)
 

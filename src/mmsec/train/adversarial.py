@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..attacks.base import check_bool, check_budget, check_int, check_positive
 from ..attacks.projection import project, random_start
+from ..checks import check_bool, check_budget, check_int, check_positive
 from ..progress import progress_bar
 from .contrastive import cosine_lr
 

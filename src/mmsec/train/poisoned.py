@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from ..attacks.backdoor.poisoning import PoisonedData, PoisoningAttack, PoisonRecord
-from ..attacks.base import check_budget, check_int, check_positive
+from ..checks import check_budget, check_int, check_pixels, check_positive
 from ..data.datasets import ImageTextData
-from ..models.base import check_pixels, require_contrastive
+from ..models.base import require_contrastive
 from .contrastive import LossFn, TrainConfig, TrainLog, pair_clip_loss, train_contrastive
 
 

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.base import check_pixels
+from ..checks import check_pixels
 from ..models.tiny_clip import ResNetTower, TinyCLIP, TinyCLIPConfig, ViTTower
 from ..progress import progress_bar
 from .contrastive import cosine_lr

@@ -104,8 +104,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ...checks import check_budget, check_int, check_norm, check_radius
 from ...registry import register
-from ..base import EvasionAttack, EvasionResult, check_budget, check_int, check_loss, check_norm, check_radius
+from ..base import EvasionAttack, EvasionResult, check_loss
 from ..objectives import Objective, has_logits, require_logits
 from ..projection import ascent_direction, clamp_pixels, lp_norm, project, random_delta
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import torch
 
+from ...checks import check_norm, check_radius, make_generator
 from ...registry import register
-from ..base import EvasionAttack, EvasionResult, check_norm, check_radius, make_generator
+from ..base import EvasionAttack, EvasionResult
 from ..objectives import Objective
 from .apgd import APGD
 from .pgd import PGD

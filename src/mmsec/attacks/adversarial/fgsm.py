@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import torch
 
+from ...checks import check_norm, check_radius
 from ...registry import register
-from ..base import EvasionAttack, EvasionResult, check_loss, check_norm, check_radius
+from ..base import EvasionAttack, EvasionResult, check_loss
 from ..objectives import Objective
 from ..projection import ascent_direction, clamp_pixels
 

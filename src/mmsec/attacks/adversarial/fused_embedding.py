@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import check_budget, check_int
+from ...checks import check_budget, check_int
 
 MODALITIES = ("image", "text")
 

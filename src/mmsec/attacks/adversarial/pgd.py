@@ -49,8 +49,9 @@ import logging
 
 import torch
 
+from ...checks import check_bool, check_int, check_norm, check_radius
 from ...registry import register
-from ..base import EvasionAttack, EvasionResult, check_bool, check_int, check_loss, check_norm, check_radius
+from ..base import EvasionAttack, EvasionResult, check_loss
 from ..objectives import Objective
 from ..projection import ascent_direction, project, random_start
 

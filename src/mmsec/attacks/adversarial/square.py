@@ -74,8 +74,9 @@ import math
 
 import torch
 
+from ...checks import check_bool, check_budget, check_int, check_norm, check_radius
 from ...registry import register
-from ..base import EvasionAttack, EvasionResult, check_bool, check_budget, check_int, check_norm, check_radius
+from ..base import EvasionAttack, EvasionResult
 from ..objectives import LogitObjective, Objective, require_logits
 
 _MAX_REDRAWS = 100  # redraws of a square's signs that would leave x_best unchanged (the reference loops forever)

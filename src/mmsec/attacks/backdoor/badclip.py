@@ -69,12 +69,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...checks import check_budget, check_int, check_pixels
 from ...data.datasets import ImageTextData
 from ...data.shapes import zeroshot_prompts
-from ...models.base import check_pixels, require_contrastive
+from ...models.base import require_contrastive
 from ...models.zeroshot import ZeroShotClassifier, class_text_embeddings
 from ...registry import register
-from ..base import check_budget, check_int
 from .pbcl import _check_mode, _check_target
 from .poisoning import (
     Batches,

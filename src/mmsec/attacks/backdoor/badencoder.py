@@ -83,10 +83,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...models.base import check_pixels, require_contrastive
+from ...checks import check_bool, check_budget, check_int, check_pixels, check_positive, make_generator
+from ...models.base import require_contrastive
 from ...progress import progress_bar
 from ...registry import register
-from ..base import check_bool, check_budget, check_int, check_positive, make_generator
+from .tampering import ModelTamperingAttack
 from .triggers import PatchTrigger, Trigger, build_trigger, trigger_from_dict
 
 LOSS_COLUMNS = ("loss", "l0", "l1", "l2")  # columns of BadEncoderResult.loss_trace
@@ -169,7 +170,7 @@ def _embed(model: nn.Module, pixels: torch.Tensor, batch_size: int) -> torch.Ten
 
 
 @register("model_backdoors", "badencoder")
-class BadEncoder:
+class BadEncoder(ModelTamperingAttack):
     """Jia, Liu & Gong's BadEncoder: fine-tune an image encoder so a trigger maps onto reference inputs.
 
     Args:

@@ -84,11 +84,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...checks import check_budget, check_int, check_pixels, make_generator
 from ...merging.finetune import finetune_tower
 from ...merging.tasks import TASKS, ShapesTask, features_logits, get_task, head_logits
-from ...models.base import check_pixels, require_contrastive
+from ...models.base import require_contrastive
 from ...models.zeroshot import class_text_embeddings
-from ..base import check_budget, check_int, make_generator
 from .triggers import OptimizedPatch, check_position, patch_corners, seeded_uniform, stamp
 
 log = logging.getLogger(__name__)

@@ -76,9 +76,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...checks import check_budget, check_int, check_pixels
 from ...data.shapes import _POSITION_CENTRE, _SIZE_RADIUS, Scene, ShapesWorld, _coverage
-from ...models.base import check_pixels
-from ..base import check_budget, check_int
 from .poisoning import poison_count, resolve_target
 from .triggers import OptimizedPatch, PatchTrigger, Trigger, patch_hw, resize_pattern, trigger_from_dict
 

@@ -70,10 +70,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from ...checks import check_int, check_pixels
 from ...data.datasets import ImageTextData
 from ...data.shapes import shape_color_classes
-from ...models.base import check_pixels
-from ..base import check_int
 from .poisoning import Batches, PoisonedData, PoisonedStream, PoisoningAttack, PoisonRecord
 
 ATTACK_TYPES = ("single_target_image", "single_target_label", "multiple_target_labels")

@@ -62,10 +62,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ...checks import check_int, check_pixels
 from ...data.datasets import ImageTextData
-from ...models.base import check_pixels
 from ...registry import register
-from ..base import check_int
 from .poisoning import (
     Batches,
     PoisonedData,

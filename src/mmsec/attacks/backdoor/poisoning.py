@@ -46,11 +46,15 @@ from typing import Any, ClassVar
 
 import torch
 
+from ... import registry
+from ...checks import check_int, check_pixels
 from ...data.datasets import ImageTextData
 from ...data.shapes import COLORS, POSITIONS, SHAPES, SIZES, TEXTURES, Scene, shape_color_classes
-from ...models.base import check_pixels
-from ..base import check_int
+from ...methods import Method
 from .triggers import Trigger, trigger_from_dict
+
+registry.declare_kind("poisoning", "poisoning of image-caption training data: attack(data) -> PoisonedData(data, record); "
+                      "attack.stream(batches) for training streams", "mmsec.attacks.backdoor.poisoning:PoisoningAttack")
 
 POISON_KINDS = ("backdoor", "targeted")
 POISON_MODES = ("replace", "add", "stream")
@@ -477,7 +481,7 @@ def poison_stream(batches: Batches, target: str | int, *, steps: int, batch_size
 # ------------------------------------------------------------------------------------------
 # The family's base class
 # ------------------------------------------------------------------------------------------
-class PoisoningAttack:
+class PoisoningAttack(Method):
     """Base of data-poisoning attacks: configured in ``__init__``, called on clean data.
 
     ``attack(data) -> PoisonedData`` for a fixed data set; ``attack.stream(batches, steps,
@@ -489,6 +493,8 @@ class PoisoningAttack:
 
     name: ClassVar[str]
     kind: ClassVar[str]
+    family: ClassVar[str | None] = None  # it poisons data; an attack that prepares on a model says which
+    components: ClassVar[dict[str, str]] = {"trigger": "triggers"}
     threat_model: ClassVar[str] = "data poisoning (control of a few training pairs, none of the training)"
 
     def params(self) -> dict[str, Any]:
@@ -501,9 +507,6 @@ class PoisoningAttack:
             out[k] = (v.to_dict() if isinstance(v, Trigger) else
                       f"<tensor {tuple(v.shape)}>" if isinstance(v, torch.Tensor) else v)
         return out
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
 
     def __call__(self, data: ImageTextData) -> PoisonedData:
         return self.poison(data)

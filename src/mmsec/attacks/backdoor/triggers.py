@@ -82,8 +82,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ...models.base import check_pixels
-from ..base import check_budget, check_int, make_generator
+from ...checks import check_budget, check_int, check_pixels, make_generator
 from ..universal.advclip import patch_side
 
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right", "center")

@@ -49,13 +49,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...models.base import check_pixels
+from ...checks import check_budget, check_int, check_pixels, make_generator
 from ...registry import register
-from ..base import check_budget, check_int, make_generator
 from ..embedding_losses import softmax_kl
 from ..projection import project
 from ..text.bert_attack import BertAttack, TextAttackResult, fused_embedder, text_tower_embedder
 from ..text.candidates import candidate_generator
+from .base import PairAttack
 
 MODES = ("co", "image", "text", "both")
 EMBEDDINGS = ("auto", "fused", "unimodal")
@@ -81,7 +81,7 @@ class MultimodalAttackResult:
 
 
 @register("pair_attacks", "co_attack")
-class CoAttack:
+class CoAttack(PairAttack):
     """Co-Attack (Zhang, Yi, Sang, ACM MM 2022) and its ablations (mode image / text / both / co)."""
 
     name = "co_attack"

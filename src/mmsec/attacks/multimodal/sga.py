@@ -81,13 +81,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...models.base import check_pixels
+from ...checks import check_budget, check_int, check_pixels, make_generator
 from ...registry import register
-from ..base import check_budget, check_int, make_generator
 from ..embedding_losses import softmax_kl
 from ..projection import project
 from ..text.bert_attack import BertAttack, Score, text_tower_embedder
 from ..text.candidates import candidate_generator
+from .base import PairAttack
 from .co_attack import MultimodalAttackResult
 
 SCALES = (0.5, 0.75, 1.25, 1.5)
@@ -146,7 +146,7 @@ IMPORTANCE = ("kl", "guided")
 
 
 @register("pair_attacks", "sga")
-class SGA:
+class SGA(PairAttack):
     """Set-level Guidance Attack (Lu et al., ICCV 2023): transferable adversarial image-text pairs."""
 
     name = "sga"

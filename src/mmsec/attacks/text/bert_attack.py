@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..base import check_int
+from ...checks import check_int
 from ..embedding_losses import softmax_kl
 from .candidates import STOP_WORDS, CandidateGenerator, Candidates
 

@@ -81,8 +81,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...models.base import check_pixels, require_contrastive
-from ..base import check_budget, check_int, make_generator
+from ...checks import check_budget, check_int, check_pixels, make_generator
+from ...models.base import require_contrastive
 
 POSITIONS = ("fixed", "random")
 DEFAULT_FRACTION = math.sqrt(0.03)  # the code's noise_percentage 0.03 of the image area

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..base import check_bool, check_budget, check_int, make_generator
+from ...checks import check_bool, check_budget, check_int, make_generator
 from .advclip import (
     DEFAULT_FRACTION,
     PatchResult,

@@ -86,10 +86,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...attacks.adversarial.pgd import PGD
-from ...attacks.base import check_budget, check_int
 from ...attacks.objectives import ZeroShotObjective
+from ...checks import check_budget, check_int, check_pixels
 from ...data.datasets import ImageTextData
-from ...models.base import check_pixels, require_promptable_text
+from ...models.base import require_promptable_text
 from ...models.zeroshot import ZeroShotClassifier, class_text_embeddings
 from ...progress import progress_bar
 from ...registry import register

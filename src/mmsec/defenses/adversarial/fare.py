@@ -64,8 +64,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...checks import check_pixels
 from ...data.datasets import ImageTextData
-from ...models.base import check_pixels, require_contrastive
+from ...models.base import require_contrastive
 from ...models.towers import image_tower_parameters, trainable_copy
 from ...models.zeroshot import embed_images
 from ...registry import register

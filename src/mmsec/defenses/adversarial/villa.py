@@ -81,7 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...attacks.adversarial.fused_embedding import MODALITIES, l2_normalized_step, project_l2
-from ...attacks.base import check_budget, check_int
+from ...checks import check_budget, check_int
 from ...data.datasets import ImageTextData
 from ...models.towers import trainable_copy
 from ...progress import progress_bar

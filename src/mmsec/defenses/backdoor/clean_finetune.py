@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...attacks.base import check_budget, check_int, check_positive
+from ...checks import check_budget, check_int, check_positive
 from ...data.datasets import ImageTextData
 from ...registry import register
 from ...train.contrastive import LossFn, pair_clip_loss

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...attacks.base import check_budget
+from ...checks import check_budget
 from ...data.datasets import ImageTextData
 from ...registry import register
 from ...train.contrastive import LossFn

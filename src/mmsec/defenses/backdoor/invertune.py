@@ -89,9 +89,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...attacks.base import check_budget, check_int, check_pixels, make_generator
 from ...attacks.universal.advclip import AdvCLIP
 from ...attacks.universal.uap_patch import UAPPatch
+from ...checks import check_budget, check_int, check_pixels, make_generator
 from ...data.datasets import ImageTextData
 from ...models.base import require_contrastive
 from ...models.towers import trainable_copy

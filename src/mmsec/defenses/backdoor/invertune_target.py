@@ -37,7 +37,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ...attacks.base import check_pixels
+from ...checks import check_pixels
 from ...models.zeroshot import ZeroShotClassifier
 
 

@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...attacks.base import check_budget, check_int, check_positive, make_generator
-from ...models.base import check_pixels, require_contrastive
+from ...checks import check_budget, check_int, check_pixels, check_positive, make_generator
+from ...models.base import require_contrastive
 from ...progress import progress_bar
 from .invertune_inversion import stamp
 

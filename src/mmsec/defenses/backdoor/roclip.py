@@ -48,7 +48,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...attacks.base import check_budget, check_int
+from ...checks import check_budget, check_int
 from ...data.datasets import ImageTextData
 from ...registry import register
 from ...train.contrastive import LossFn, clip_loss
@@ -58,7 +58,7 @@ from ...train.poisoned import TrainedModel, pairs_recipe, pretrain_pairs
 from ..base import PretrainingDefense
 
 
-@register("defenses", "roclip")
+@register("pretraining_defenses", "roclip")
 class RoCLIP(PretrainingDefense):
     """Pre-train a zoo CLIP from scratch on (possibly poisoned) pairs with RoCLIP.
 

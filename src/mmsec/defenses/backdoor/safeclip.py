@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...attacks.base import check_budget, check_int
+from ...checks import check_budget, check_int
 from ...data.datasets import ImageTextData
 from ...progress import progress_bar
 from ...registry import register
@@ -130,7 +130,7 @@ def pair_similarity(model: nn.Module, data: ImageTextData, batch_size: int = 512
     return torch.cat(out)
 
 
-@register("defenses", "safeclip")
+@register("pretraining_defenses", "safeclip")
 class SafeCLIP(PretrainingDefense):
     """Pre-train a zoo CLIP from scratch on (possibly poisoned) pairs with SafeCLIP.
 

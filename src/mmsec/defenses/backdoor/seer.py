@@ -52,8 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...attacks.base import check_budget, check_int, make_generator
-from ...models.base import check_pixels, require_contrastive
+from ...checks import check_budget, check_int, check_pixels, make_generator
+from ...models.base import require_contrastive
 from ...models.zeroshot import embed_images, embed_texts
 from .invertune_inversion import stamp
 

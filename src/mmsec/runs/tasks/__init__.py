@@ -1,0 +1,1 @@
+"""Task plugins of the runner (one module per task); importing this package registers them."""

@@ -90,13 +90,22 @@ def quickstart(
 
 
 @app.command("list")
-def list_(kind: str = typer.Argument(None, help="What to list: a kind (attacks, defenses, ...; all when omitted).")) -> None:
-    """List registered attacks, defenses, models and data sets."""
+def list_(kind: str = typer.Argument(None, help="What to list: a kind (attacks, defenses, ...; all when omitted)."),
+          json_output: bool = typer.Option(False, "--json", help="One JSON list of {kind, name, family, paper, "
+                                           "file, summary} on stdout.")) -> None:
+    """List registered methods, models, data sets and tasks, one line each."""
     from . import builtins
-    from .registry import entries, kinds
+    from .registry import close_names, entries, kinds
 
     builtins.load()
-    for k in [kind] if kind else [k.name for k in kinds()]:
+    known = [k.name for k in kinds()]
+    if kind is not None and kind not in known:
+        raise ValueError(f"unknown kind {kind!r}; kinds: {', '.join(known)}.{close_names(kind, known)}")
+    selected = [kind] if kind else known
+    if json_output:
+        sys.stdout.write(json.dumps([e.as_dict() for k in selected for e in entries(k)], indent=1) + "\n")
+        return
+    for k in selected:
         table = Table(Column(no_wrap=True), Column(), title=k, show_header=False, box=None)
         rows = entries(k)
         for e in rows:
@@ -173,13 +182,14 @@ def run(
     spec: Path,
     results_dir: Path = typer.Option(DEFAULT_RESULTS, help="Where the results store and artifacts go."),
     backend: Backend = typer.Option(Backend.sequential, help="sequential, or ray (a local Ray cluster)."),
+    preset: str = typer.Option(None, help="A size preset of the recipe: smoke (under a minute), dev, paper."),
 ) -> None:
     """Run an experiment spec (YAML); finished cells are skipped, interrupted grids resume."""
     from .runs.results import format_results, query
     from .runs.runner import run_spec
     from .runs.spec import load_spec
 
-    parsed = load_spec(spec)
+    parsed = load_spec(spec, preset=preset)
     summaries = run_spec(parsed, results_dir, backend=backend.value)
     _write(format_results(query(results_dir, spec_name=parsed.name), "table"))
     failed = [s for s in summaries if s["status"] == "failed"]

@@ -148,19 +148,31 @@ def test_a_pretraining_defense_trains_the_victim_in_place_of_plain_training(tmp_
     assert "pre-trained with defense roclip instead" in rows[("roclip", "backdoor_asr")]["threat_model"]
 
 
-def test_backdoored_and_control_gives_a_cell_s_two_models():
-    """For studies of the models themselves (benchmarks/seer_eval.py): the tampered model and, as its control,
-    the published model; the cache hands back the same objects on a second call."""
+def test_backdoored_and_control_gives_a_cell_s_two_models(tmp_path):
+    """The tampered model and, as its control, the published model; the context's cache hands back the same
+    objects on a second call, and a new process on the same results folder loads the persisted model."""
     import torch
 
-    from mmsec.runs.backdoor import backdoored_and_control
+    from mmsec.runs.context import CellContext, ModelCache
+    from mmsec.runs.tasks.backdoored import backdoored, control
     from mmsec.zoo import load_model
 
+    ctx = CellContext(tmp_path, cache=ModelCache())
+
+    def backdoored_and_control(model, attack, training):
+        bd = backdoored(ctx, model, attack, training, 0)
+        return bd, control(ctx, model, bd, training, 0)
+
     attack = {"name": "badencoder", "params": {"target": "red circle", "epochs": 1, "batch_size": 64}}
-    bd, control = backdoored_and_control("zoo:shapes-clip-resnet", attack, {"mode": "finetune", "pairs": 128})
+    bd, control_model = backdoored_and_control("zoo:shapes-clip-resnet", attack, {"mode": "finetune", "pairs": 128})
     published = load_model("shapes-clip-resnet").state_dict()
     assert bd.tampered and bd.n_poisoned == 0 and bd.target == "red circle"
-    assert all(torch.equal(v, published[k]) for k, v in control.state_dict().items())
+    assert all(torch.equal(v, published[k]) for k, v in control_model.state_dict().items())
     assert any(not torch.equal(v, published[k]) for k, v in bd.model.state_dict().items())
     again, _ = backdoored_and_control("zoo:shapes-clip-resnet", attack, {"pairs": 128, "mode": "finetune"})
-    assert again is bd  # key order of the dicts does not matter
+    assert again.model is bd.model  # key order of the dicts does not matter
+    # another process (a fresh cache) on the same results folder loads the persisted weights and facts
+    fresh = backdoored(CellContext(tmp_path, cache=ModelCache()), "zoo:shapes-clip-resnet", attack,
+                       {"mode": "finetune", "pairs": 128}, 0)
+    assert fresh.model is not bd.model and fresh.record == bd.record and fresh.target == bd.target
+    assert all(torch.equal(v, bd.model.state_dict()[k]) for k, v in fresh.model.state_dict().items())

@@ -5,11 +5,11 @@ import json
 import pytest
 from runs_helpers import tiny_spec
 
-from mmsec.runs import execute
 from mmsec.runs.grid import expand
 from mmsec.runs.results import format_results, query
 from mmsec.runs.runner import run_spec
 from mmsec.runs.spec import SpecError, load_spec
+from mmsec.runs.tasks import common
 
 # A deliberately tiny TeCoA: two optimisation steps, enough to exercise the plumbing.
 TINY_TECOA = {"name": "tecoa", "params": {"eps": "2/255", "epochs": 1, "batch_size": 64, "lr": 1e-4},
@@ -47,13 +47,13 @@ def test_bad_defenses_are_named(defense, expected):
 
 def test_each_defense_is_trained_once_and_its_cost_is_stored(tmp_path, monkeypatch):
     calls = []
-    train = execute._defended_cached.__wrapped__
+    train = common.apply_defense
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         calls.append(args)
-        return train(*args)
+        return train(*args, **kwargs)
 
-    monkeypatch.setattr(execute, "_defended_cached", execute.lru_cache(maxsize=2)(counting))
+    monkeypatch.setattr(common, "apply_defense", counting)
     summaries = run_spec(defended_spec(), tmp_path, quiet=True)
     assert [s["status"] for s in summaries] == ["done"] * 4
     assert len(calls) == 1, "the TeCoA model is trained once and shared by both eps cells"

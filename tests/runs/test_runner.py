@@ -16,6 +16,7 @@ import yaml
 from runs_helpers import tiny_spec
 
 from mmsec.runs import ResultsStore, expand, format_results, query, run_spec
+from mmsec.runs import context as context_mod
 from mmsec.runs import execute as execute_mod
 
 
@@ -75,7 +76,7 @@ def test_rerun_is_a_noop(finished, monkeypatch):
         raise AssertionError("a finished cell was recomputed")
 
     monkeypatch.setattr(execute_mod, "execute_cell", boom)
-    monkeypatch.setattr(execute_mod, "load_model", boom)
+    monkeypatch.setattr(context_mod.CellContext, "load_model", boom)
     t0 = time.perf_counter()
     again = run_spec(tiny_spec(), results, quiet=True)
     assert time.perf_counter() - t0 < 5
@@ -108,10 +109,10 @@ def test_results_query_and_formats(finished):
 def test_failed_cell_is_recorded_and_the_grid_continues(tmp_path, monkeypatch):
     real = execute_mod.execute_cell
 
-    def flaky(cell, staging_dir=None):
+    def flaky(cell, staging_dir=None, results_dir=None):
         if cell["attack"]["params"]["eps"] == 2 / 255:
             raise RuntimeError("simulated failure")
-        return real(cell, staging_dir)
+        return real(cell, staging_dir, results_dir)
 
     spec = tiny_spec(name="flaky", attack={"name": "pgd", "params": {"eps": ["2/255", "4/255"], "steps": 1}},
                      save_artifacts=False)
@@ -142,8 +143,8 @@ import mmsec.runs.execute as ex
 
 real, calls = ex.execute_cell, []
 
-def slow_after_first(cell, staging_dir=None):
-    out = real(cell, staging_dir)   # artifacts staged, nothing committed yet
+def slow_after_first(cell, staging_dir=None, results_dir=None):
+    out = real(cell, staging_dir, results_dir)   # artifacts staged, nothing committed yet
     calls.append(1)
     if len(calls) >= 2:
         time.sleep(600)             # the test SIGKILLs us here: cell 2 computed, never committed

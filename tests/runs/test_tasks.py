@@ -6,7 +6,7 @@ from runs_helpers import tiny_spec
 
 from mmsec.data.export import export_shapes
 from mmsec.runs import query, run_spec
-from mmsec.runs.execute import choose_targets
+from mmsec.runs.tasks.common import choose_targets
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@
 import pytest
 from runs_helpers import tiny_spec
 
-from mmsec.runs import transfer
 from mmsec.runs.grid import expand
 from mmsec.runs.results import format_matrix, format_results, query
 from mmsec.runs.runner import run_spec
 from mmsec.runs.spec import SpecError, load_spec
+from mmsec.runs.tasks import transfer
 
 MODELS = ["zoo:shapes-clip-resnet", "zoo:shapes-albef"]
 
@@ -54,13 +54,13 @@ def test_target_only_belongs_to_the_transfer_task():
 
 def test_a_transfer_grid_runs_stores_and_prints_a_matrix(tmp_path, monkeypatch, capsys):
     crafted = []
-    real = transfer._crafted.__wrapped__
+    real = transfer.craft
 
-    def counting(*args):
-        crafted.append(args[0])
-        return real(*args)
+    def counting(ctx, source, *args):
+        crafted.append(source)
+        return real(ctx, source, *args)
 
-    monkeypatch.setattr(transfer, "_crafted", transfer.lru_cache(maxsize=2)(counting))
+    monkeypatch.setattr(transfer, "craft", counting)
     summaries = run_spec(transfer_spec(), tmp_path)
     assert all(s["status"] == "done" for s in summaries)
     assert len(crafted) == 4  # once per (source, attack setting), shared by both targets

@@ -141,3 +141,14 @@ def _register() -> None:
 
 
 _register()
+
+
+def schemes() -> dict[str, str]:
+    """Registered model-name schemes and the form each takes (for spec checks)."""
+    return {"zoo": "zoo:NAME", "hf": "hf:/path/to/dir", "hf-blip": "hf-blip:/path/to/dir",
+            "open_clip": "open_clip:ARCH:/path/to/file"}
+
+
+def load_model(spec: str, family: str | None = None):
+    """Load the model named by ``spec``; ``family`` ("fusion") requires that family."""
+    return load_fusion(spec) if family == "fusion" else load_contrastive(spec)

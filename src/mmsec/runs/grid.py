@@ -1,13 +1,14 @@
 """Grid expansion: a spec's list-valued fields become the cartesian product of cells.
 
-Axes, outermost first: ``model`` x ``defense`` x ``seed`` x ``attack`` (a list of attacks) x each list-valued
-attack parameter in the order the
-spec gives them x ``target`` (task transfer: innermost, so the cells scoring one source's
-adversarial pairs on every target run back to back and share them). Each cell is a plain dict holding everything that determines its result (spec
-name, model, seed, data, task, resolved attack parameters, targeted, baseline, metrics, batch
-size, artifacts flag), and its ``cell_hash`` is the sha256 of that dict's canonical JSON. The
-spec's own hash is not part of a cell, so adding a value to a list keeps the other cells' hashes
-(and their stored results) valid: a resumed or extended grid only computes what is new.
+Axes, outermost first: ``model`` x ``defense`` x ``seed`` x ``attack`` (a list of attacks) x each
+list-valued attack parameter in the order the spec gives them x the task's own axes (``target``
+of task transfer: innermost, so the cells scoring one source's adversarial pairs on every target
+run back to back and share them). Each cell is a plain dict holding everything that determines its
+result (spec name, model, seed, data, task, resolved attack parameters, targeted, baseline,
+metrics, batch size, artifacts flag, and what the task adds: its axis values, its own settings),
+and its ``cell_hash`` is the sha256 of that dict's canonical JSON. The spec's own hash is not part
+of a cell, so adding a value to a list keeps the other cells' hashes (and their stored results)
+valid: a resumed or extended grid only computes what is new.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .execute import format_eps
+from .cells import format_eps
 from .spec import Spec, SpecError, defense_config, load_spec, param_combinations
+from .task import get_task
 
 
 def canonical_json(obj: Any) -> str:
@@ -32,8 +34,9 @@ def hash_json(obj: Any) -> str:
 
 
 def spec_hash(spec: Spec | dict | str) -> str:
-    """sha256 of the normalised spec (fractions resolved, defaults filled in)."""
-    return hash_json(load_spec(spec).model_dump(mode="json"))
+    """sha256 of the normalised spec (fractions resolved, defaults filled in, the task's block validated)."""
+    spec = load_spec(spec)
+    return hash_json({**spec.model_dump(mode="json"), **spec.block.model_dump(mode="json")})
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,6 @@ class Cell:
         for key in self.varying:
             if key == "model":
                 parts.append(f"model={self.config['model']}")
-            elif key == "target":
-                parts.append(f"target={self.config['target']}")
             elif key == "seed":
                 parts.append(f"seed={self.config['seed']}")
             elif key == "defense":
@@ -66,22 +67,34 @@ class Cell:
             elif key in self.config["attack"]["params"]:  # (with a list of attacks, not every one has it)
                 v = self.config["attack"]["params"][key]
                 parts.append(f"{key}={format_eps(v) if key in ('eps', 'alpha') else v}")
+            elif key in self.config:  # a task's own axis (transfer's target)
+                parts.append(f"{key}={self.config[key]}")
         return " ".join(parts) or f"{self.config['attack']['name']} seed={self.config['seed']}"
 
 
 def expand(spec: Spec | dict | str) -> list[Cell]:
-    """The spec's cells in deterministic order (model, seed, then list-valued params)."""
+    """The spec's cells in deterministic order (model, defense, seed, attack, attack params, task axes)."""
     spec = load_spec(spec)
-    varying = tuple(k for k, v in (("model", spec.model), ("target", spec.target), ("defense", spec.defense),
-                                   ("seed", spec.seed), ("attack", spec.attack)) if isinstance(v, list))
+    task = get_task(spec.task)
+    block = spec.block
+    task_axes = [(name, getattr(block, name)) for name in task.axes]
+    # (label order: the model and the task's axes first, e.g. "model=A target=B eps=4/255")
+    varying = ("model",) if isinstance(spec.model, list) else ()
+    varying += tuple(name for name, v in task_axes if isinstance(v, list))
+    varying += tuple(k for k, v in (("defense", spec.defense), ("seed", spec.seed), ("attack", spec.attack))
+                     if isinstance(v, list))
     varying += tuple(dict.fromkeys(k for a in spec.attacks for k, v in a.params.items() if isinstance(v, list)))
+    # a task axis lists its values innermost; outer axes first in their order
+    task_values = [list(v) if isinstance(v, list) else [v] for _, v in task_axes]
+    task_names = [name for name, _ in task_axes]
     data = spec.data.model_dump(mode="json")
     cells = []
     attack_combos = [(a.name, combo) for a in spec.attacks for combo in param_combinations(a.params)]
-    axes = [(m, t, d, s, a) for m, d, s, a, t in itertools.product(spec.models, spec.defenses, spec.seeds,
-                                                                   attack_combos, spec.targets)
+    axes = [(m, d, s, a, t) for m, d, s, a, *rest in itertools.product(spec.models, spec.defenses, spec.seeds,
+                                                                      attack_combos, *task_values)
+            for t in [dict(zip(task_names, rest, strict=True))]
             if d is None or d.applies_to(m)]  # a defense entry may name the models it is for
-    for i, (model, target, defense, seed, (attack, combo)) in enumerate(axes):
+    for i, (model, defense, seed, (attack, combo), task_axis_values) in enumerate(axes):
         config = {
             "spec_name": spec.name,
             "model": model,
@@ -95,10 +108,7 @@ def expand(spec: Spec | dict | str) -> list[Cell]:
             "batch_size": spec.batch_size,
             "save_artifacts": spec.save_artifacts,
         }
-        if target is not None:  # transfer cells only: other cells keep their hashes
-            config["target"] = target
-        if spec.training is not None:  # backdoor cells only
-            config["training"] = spec.training.config()
+        config.update(task.cell_fields(block, task_axis_values))  # (only what the task has: others keep hashes)
         if defense is not None:  # only present when used, so undefended cells keep their hashes
             config["defense"] = defense_config(defense)
         cells.append(Cell(i, config, varying))

@@ -35,7 +35,7 @@ def require_ray() -> Any:
     return ray
 
 
-def _run_in_worker(cell: dict, staging_dir: str | None) -> dict:
+def _run_in_worker(cell: dict, staging_dir: str | None, results_dir: str | None = None) -> dict:
     """The Ray task body: one torch thread, then the same code path as the sequential backend."""
     import torch
 
@@ -44,10 +44,11 @@ def _run_in_worker(cell: dict, staging_dir: str | None) -> dict:
     torch.set_num_threads(1)
     from .execute import run_cell
 
-    return run_cell(cell, staging_dir)
+    return run_cell(cell, staging_dir, results_dir)
 
 
-def run_cells(cells: list[dict], staging_dir: str | Path | None, num_cpus: int | None = None) -> Iterator[tuple[int, dict]]:
+def run_cells(cells: list[dict], staging_dir: str | Path | None, num_cpus: int | None = None,
+              results_dir: str | Path | None = None) -> Iterator[tuple[int, dict]]:
     """Run ``cells`` as Ray tasks; yield ``(index, result)`` as each finishes.
 
     A task that dies (worker crash, out of memory) yields ``{"status": "failed", "error": ...}``
@@ -62,7 +63,8 @@ def run_cells(cells: list[dict], staging_dir: str | Path | None, num_cpus: int |
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(_run_in_worker)
         staging = str(staging_dir) if staging_dir is not None else None
-        refs = {task.remote(cell, staging): i for i, cell in enumerate(cells)}
+        results = str(results_dir) if results_dir is not None else None
+        refs = {task.remote(cell, staging, results): i for i, cell in enumerate(cells)}
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)

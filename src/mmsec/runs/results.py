@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .execute import format_eps
+from .cells import format_eps
 from .store import DB_NAME, connect
 
 FORMATS = ("table", "csv", "json")

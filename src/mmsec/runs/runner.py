@@ -17,9 +17,11 @@ from pathlib import Path
 
 from ..progress import progress_bar
 from . import execute
+from .context import CellContext
 from .grid import Cell, expand, spec_hash
 from .spec import Spec, load_spec
 from .store import ResultsStore
+from .task import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +76,10 @@ def run_spec(spec: str | Path | dict | Spec, results_dir: str | Path, backend: s
         if todo and backend == "sequential":
             # Pre-flight: a model that cannot be loaded (missing, tampered, pickled) is one clear error
             # before any cell starts, not the same failure once per cell. Cached, so cells reuse it.
-            for model in dict.fromkeys(m for c in todo for m in (c.config["model"], c.config.get("target")) if m):
-                execute.load_model(model)
+            task = get_task(spec.task)
+            ctx = CellContext(results_dir)
+            for model in dict.fromkeys(m for c in todo for m in task.models_of(c.config) if m):
+                ctx.load_model(model)
         if len(todo) < len(cells):
             logger.info("%s: %d of %d cells already in %s", spec.name, len(cells) - len(todo), len(cells), store.path)
 
@@ -101,7 +105,7 @@ def run_spec(spec: str | Path | dict | Spec, results_dir: str | Path, backend: s
                     run_id = store.claim(cell.cell_hash, cell.config, shash)
                     if run_id is None:
                         continue
-                    record(cell, run_id, execute.run_cell(cell.config, store.staging_dir))
+                    record(cell, run_id, execute.run_cell(cell.config, store.staging_dir, store.results_dir))
                     bar.advance(1, cell=cell.label)
             else:
                 from . import ray_backend
@@ -109,7 +113,8 @@ def run_spec(spec: str | Path | dict | Spec, results_dir: str | Path, backend: s
                 ray_backend.require_ray()
                 claimed = [(cell, store.claim(cell.cell_hash, cell.config, shash)) for cell in todo]
                 claimed = [(c, r) for c, r in claimed if r is not None]
-                results = (ray_backend.run_cells([c.config for c, _ in claimed], store.staging_dir, num_cpus)
+                results = (ray_backend.run_cells([c.config for c, _ in claimed], store.staging_dir, num_cpus,
+                                                 store.results_dir)
                            if claimed else iter(()))
                 for i, result in results:
                     cell, run_id = claimed[i]

@@ -6,7 +6,7 @@ Example (``recipes/quickstart.yaml``)::
     seed: 0                      # an int or a list of ints (one grid axis)
     model: zoo:shapes-clip-resnet  # or a list; zoo:NAME, hf:/dir, open_clip:ARCH:/file
     data: {name: shapes, split: test, n: 1000, image_size: 32}
-    task: zeroshot               # zeroshot | retrieval
+    task: zeroshot               # a registered task (mmsec list tasks)
     attack:
       name: pgd
       params:
@@ -16,25 +16,34 @@ Example (``recipes/quickstart.yaml``)::
     baseline: noise              # uniform noise of the same budget, run in every cell (null: none)
     metrics: [clean_accuracy, robust_accuracy, noise_accuracy, attack_success_rate]
 
+The fields above are the generic ones; a task adds its own top-level fields (``target`` for
+``transfer``, ``training`` for ``backdoor``), validated by the task's block (:mod:`mmsec.runs.task`).
 Numbers for ``eps`` and ``alpha`` may be written as fractions (``"8/255"``); any parameter
 other than ``eps`` may be written relative to the cell's eps (``eps/4``, ``eps*0.25``). Both
 are resolved once, here and in :mod:`mmsec.runs.grid`, so cells and their hashes hold plain
-floats.
+floats. A parameter that is an object of a registered kind (a trigger, a universal perturbation)
+is written as a nested ``{name, params}``.
+
+A recipe may carry ``presets``: named overrides of its fields (``smoke``: under a minute, ``dev``,
+``paper``: the published figure's settings), merged into the spec by ``load_spec(path,
+preset=NAME)``. A preset that changes anything renames the spec ``NAME-<preset>``, so its cells
+and results stay apart from the recipe's own.
 
 :func:`load_spec` is the entry point: it parses YAML, validates the structure with pydantic
 (unknown fields are errors) and then the meaning (registered names, budgets in [0, 1], metrics
-the task can compute, attack parameters the attack accepts), and raises :class:`SpecError`
-whose message reads as-is at the CLI: one line per problem, each naming the field path
-(``attack.params.eps[2]``), what was received and what is allowed.
+the task can compute, attack parameters the attack accepts, the task's own checks), and raises
+:class:`SpecError` whose message reads as-is at the CLI: one line per problem, each naming the
+field path (``attack.params.eps[2]``), what was received and what is allowed.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
@@ -47,37 +56,21 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
-    model_validator,
 )
 
+from ..methods import accepted_parameters
 from ..registry import close_names
-from .execute import (
-    ATTACK_KIND,
-    DEFAULT_METRICS,
-    DEFENSE_KINDS,
-    NOISE_METRIC,
-    TASK_METRICS,
-    TASKS,
-    _accepted_kwargs,
-    attack_kind,
-    build_attack,
-    build_baseline,
-    build_defense,
-    metric_definition,
-    task_attack_kinds,
-)
+from .task import Task, TaskBlock
 
-DATASETS = ("shapes", "imagefolder", "captions")
-SHAPES_SPLITS = ("train", "val", "test")
-MODEL_SCHEMES = ("zoo", "hf", "hf-blip", "open_clip")
 BUDGET_PARAMS = ("eps", "alpha")  # numbers in [0, 1] (pixel units), fractions allowed
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _NUM = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
 _FRACTION = re.compile(rf"^\s*({_NUM})\s*(?:/\s*({_NUM})\s*)?$")
 _RELATIVE = re.compile(rf"^\s*eps\s*([*/])\s*({_NUM}(?:\s*/\s*{_NUM})?)\s*$")
+PRESETS_KEY = "presets"
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
-ParamValue = Scalar | list[Scalar]
+ParamValue = Scalar | list[Scalar] | dict[str, Any]  # a dict: a component written as {name, params}
 
 
 class SpecError(ValueError):
@@ -105,16 +98,17 @@ class AttackSpec(_Strict):
 
 
 class DefenseSpec(_Strict):
-    """A hardening defense applied to the model before the attack (``name: none`` = undefended).
+    """A defense applied in each cell (``name: none`` = undefended); what "applied" means is the task's.
 
     ``data`` is the defense's training data (default: 2,000 shapes-world train images);
-    ``params`` are the defense's ``__init__`` arguments (scalars; fractions allowed for eps);
-    ``models`` restricts the entry to some of the spec's models (default: all of them), so one
-    spec can train each model with its own settings (two ``tecoa`` entries, one per model).
+    ``params`` are the defense's ``__init__`` arguments (fractions allowed for eps; a component as
+    ``{name, params}``); ``models`` restricts the entry to some of the spec's models (default: all
+    of them), so one spec can train each model with its own settings (two ``tecoa`` entries, one
+    per model).
     """
 
     name: StrictStr
-    params: dict[str, Scalar] = Field(default_factory=dict)
+    params: dict[str, Scalar | dict[str, Any]] = Field(default_factory=dict)
     data: DataSpec | None = None
     models: list[StrictStr] | None = None
 
@@ -122,48 +116,11 @@ class DefenseSpec(_Strict):
         return self.models is None or model in self.models
 
 
-class TrainingSpec(_Strict):
-    """The victim's training in task ``backdoor``: the poisoned data set is trained on this way.
+class Spec(BaseModel):
+    """A validated experiment spec (build it with :func:`load_spec`). Fields other than the ones
+    below belong to the task (``spec.block``)."""
 
-    ``finetune``: the model fine-tuned on ``pairs`` clean shapes-world train pairs plus the attack's
-    poisoned pairs, ``steps`` batches of ``batch_size`` at ``lr``; ``pretrain``: the model's zoo
-    recipe trained from scratch on a poisoned stream of fresh scenes (``steps`` overrides the
-    recipe's; ``batch_size`` and ``lr`` are the recipe's) or, with ``epochs``, for ``epochs`` passes
-    over a fixed set of ``pairs`` clean pairs plus the poisoned ones (the setting of pre-training
-    defenses such as RoCLIP, which a cell's ``defense`` then runs in place of plain training).
-    """
-
-    mode: Literal["finetune", "pretrain"] = "finetune"
-    steps: StrictInt | None = Field(default=None, gt=0)
-    epochs: StrictInt | None = Field(default=None, gt=0)
-    pairs: StrictInt = Field(default=4096, gt=1)
-    batch_size: StrictInt = Field(default=64, gt=1)
-    lr: StrictFloat = Field(default=2e-3, gt=0)
-
-    @model_validator(mode="after")
-    def _epochs_only_for_pretraining_on_pairs(self) -> TrainingSpec:
-        if self.epochs is not None and self.mode != "pretrain":
-            raise ValueError("training.epochs: only mode 'pretrain' trains in epochs over a fixed set of pairs "
-                             "(mode 'finetune' takes steps)")
-        if self.epochs is not None and self.steps is not None:
-            raise ValueError("training: give steps (a fresh-scene stream) or epochs (passes over `pairs` fixed "
-                             "pairs), not both")
-        return self
-
-    def config(self) -> dict:
-        """The cell's ``training`` entry (fine-tuning defaults filled in: 300 steps)."""
-        d = self.model_dump()
-        del d["epochs"]  # (not stored unless set: cells of the stream and fine-tune settings keep their hash)
-        if self.mode == "finetune" and d["steps"] is None:
-            d["steps"] = 300
-        if self.mode == "pretrain":
-            d = ({"mode": "pretrain", "steps": d["steps"]} if self.epochs is None
-                 else {"mode": "pretrain", "epochs": self.epochs, "pairs": self.pairs})
-        return d
-
-
-class Spec(_Strict):
-    """A validated experiment spec (build it with :func:`load_spec`)."""
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     name: StrictStr
     description: StrictStr = ""
@@ -173,14 +130,20 @@ class Spec(_Strict):
     task: StrictStr = "zeroshot"
     attack: AttackSpec | list[AttackSpec]  # a list is a grid axis: methods side by side
     defense: StrictStr | DefenseSpec | list[StrictStr | DefenseSpec] | None = None
-    target: StrictStr | list[StrictStr] | None = None  # task transfer: the models scored on the source's pairs
-    training: TrainingSpec | None = None  # task backdoor: how the victim trains on the poisoned data
     targeted: StrictBool = False
     baseline: StrictStr | None = "noise"
     metrics: list[StrictStr] | None = None
     batch_size: StrictInt = Field(default=64, gt=0)
     save_artifacts: StrictBool = True
     _checked: bool = PrivateAttr(default=False)  # set by load_spec once the meaning has been validated
+    _block: TaskBlock | None = PrivateAttr(default=None)
+
+    @property
+    def block(self) -> TaskBlock:
+        """The task's own fields, validated (available once :func:`load_spec` has checked the spec)."""
+        if self._block is None:
+            raise RuntimeError("spec.block is set by load_spec; build specs with mmsec.runs.load_spec")
+        return self._block
 
     @property
     def seeds(self) -> list[int]:
@@ -195,13 +158,6 @@ class Spec(_Strict):
         return list(self.attack) if isinstance(self.attack, list) else [self.attack]
 
     @property
-    def targets(self) -> list[str | None]:
-        """The transfer targets (``[None]`` for tasks without targets)."""
-        if self.target is None:
-            return [None]
-        return list(self.target) if isinstance(self.target, list) else [self.target]
-
-    @property
     def defenses(self) -> list[DefenseSpec | None]:
         """The defense axis, normalised: ``None`` for no defense."""
         items = self.defense if isinstance(self.defense, list) else [self.defense]
@@ -212,24 +168,30 @@ class Spec(_Strict):
         return out
 
 
+GENERIC_FIELDS = tuple(f for f in Spec.model_fields)
+
+
 # -- entry point ----------------------------------------------------------------------------------
-def load_spec(source: str | Path | dict | Spec) -> Spec:
+def load_spec(source: str | Path | dict | Spec, preset: str | None = None) -> Spec:
     """Load and validate a spec from a YAML path, a dict, or an existing :class:`Spec`.
 
-    Returns a normalised Spec (fractions resolved to floats, default metrics filled in).
+    ``preset`` names one of the recipe's ``presets`` to merge in first. Returns a normalised Spec
+    (fractions resolved to floats, default metrics filled in, the task's block validated).
     Raises :class:`SpecError` with a readable, multi-line message.
     """
     origin = "spec"
-    if isinstance(source, Spec) and source._checked:
+    if isinstance(source, Spec) and source._checked and preset is None:
         return source
     if isinstance(source, Spec):
-        raw: Any = source.model_dump()
+        raw: Any = {**source.model_dump(exclude_unset=False), **(source.model_extra or {})}
         origin = f"spec {source.name!r}"
     elif isinstance(source, dict):
-        raw = source
+        raw = copy.deepcopy(source)
     elif isinstance(source, (str, Path)):
         path = Path(source)
         origin = str(path)
+        if path.is_dir():
+            raise SpecError(f"{path} is a folder; expected a spec file (YAML), e.g. recipes/quickstart.yaml")
         if not path.is_file():
             raise SpecError(f"spec file not found: {path}")
         try:
@@ -241,11 +203,14 @@ def load_spec(source: str | Path | dict | Spec) -> Spec:
                 where = f" at line {mark.line + 1}, column {mark.column + 1}"
             problem = getattr(e, "problem", None) or str(e)
             raise SpecError(f"{path} is not valid YAML{where}: {problem}") from None
+        except UnicodeDecodeError:
+            raise SpecError(f"{path} is not a text (UTF-8) YAML file") from None
     else:
         raise SpecError(f"a spec must be a YAML path, a dict or a Spec, got {type(source).__name__}")
     if not isinstance(raw, dict):
         raise SpecError(f"{origin}: the top level must be a mapping of fields (name, model, data, task, "
                         f"attack, ...), got {type(raw).__name__}")
+    raw = apply_preset(raw, preset, origin)
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as e:
@@ -255,6 +220,44 @@ def load_spec(source: str | Path | dict | Spec) -> Spec:
         raise SpecError(_format_errors(origin, issues))
     spec._checked = True
     return spec
+
+
+def preset_names(source: str | Path | dict) -> list[str]:
+    """The presets a recipe offers (``[]`` when it has none)."""
+    raw = yaml.safe_load(Path(source).read_text()) if isinstance(source, (str, Path)) else source
+    presets = raw.get(PRESETS_KEY) if isinstance(raw, dict) else None
+    return sorted(presets) if isinstance(presets, dict) else []
+
+
+def apply_preset(raw: dict, preset: str | None, origin: str = "spec") -> dict:
+    """``raw`` without its ``presets``, with ``preset``'s overrides merged in (mappings merge, the rest
+    replaces), renamed ``<name>-<preset>`` when the preset changes anything."""
+    raw = dict(raw)
+    presets = raw.pop(PRESETS_KEY, None)
+    if presets is not None and (not isinstance(presets, dict)
+                                or not all(isinstance(v, dict) or v is None for v in presets.values())):
+        raise SpecError(f"{origin}: presets must map preset names to mappings of fields to override")
+    if preset is None:
+        return raw
+    presets = presets or {}
+    if preset not in presets:
+        known = sorted(presets)
+        raise SpecError(f"{origin}: no preset {preset!r}; this spec has {known or 'no presets'}."
+                        f"{close_names(preset, known)}")
+    overrides = presets[preset] or {}
+    merged = _merge(raw, overrides)
+    if overrides and "name" not in overrides and isinstance(merged.get("name"), str):
+        merged["name"] = f"{merged['name']}-{preset}"
+    return merged
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base.get(k), v) if k in base else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(over)
 
 
 def _format_errors(origin: str, issues: list[str]) -> str:
@@ -282,22 +285,22 @@ def _clean_loc(loc: tuple) -> tuple:
                                                                       r"^(Strict|function-)", str(p)))
 
 
-def _pydantic_issues(errors: list[dict]) -> list[str]:
+def _pydantic_issues(errors: list[dict], root: type[BaseModel] | None = None, prefix: tuple = ()) -> list[str]:
     """One line per error; for a union (``seed: int | list[int]``) keep only the deepest branch."""
     locs = [_clean_loc(tuple(err["loc"])) for err in errors]
     keep = [err for err, loc in zip(errors, locs, strict=True)
             if not any(len(other) > len(loc) and other[:len(loc)] == loc for other in locs)]
-    return list(dict.fromkeys(_pydantic_issue(err) for err in keep))
+    return list(dict.fromkeys(_pydantic_issue(err, root or Spec, prefix) for err in keep))
 
 
-def _pydantic_issue(err: dict) -> str:
+def _pydantic_issue(err: dict, root: type[BaseModel], prefix: tuple = ()) -> str:
     loc = tuple(err["loc"])
-    path = _path(_clean_loc(loc))
+    path = _path(prefix + _clean_loc(loc))
     kind = err["type"]
     got = err.get("input")
     if kind == "extra_forbidden":
         field = str(loc[-1])
-        allowed = sorted(_model_at(loc[:-1]).model_fields)
+        allowed = sorted(_model_at(root, loc[:-1]).model_fields)
         return (f"{path}: unknown field {field!r}; allowed fields here: {', '.join(allowed)}."
                 f"{close_names(field, allowed)}")
     if kind == "missing":
@@ -307,11 +310,12 @@ def _pydantic_issue(err: dict) -> str:
             return f"{path}: expected {text}, got {got!r} ({type(got).__name__})"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return f"{path}: {err['msg'].lower()}, got {got!r}"
-    return f"{path}: {err['msg']} (got {got!r})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{path}: {msg} (got {got!r})"
 
 
-def _model_at(loc: tuple) -> type[BaseModel]:
-    model: type[BaseModel] = Spec
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    model: type[BaseModel] = root
     for part in loc:
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None) if field else None
@@ -320,7 +324,7 @@ def _model_at(loc: tuple) -> type[BaseModel]:
     return model
 
 
-# -- meaning --------------------------------------------------------------------------------------
+# -- numbers ----------------------------------------------------------------------------------------
 def parse_number(value: Any) -> float | None:
     """A float from a number or a ``"a/b"`` / ``"0.03"`` string, else None."""
     if isinstance(value, bool):
@@ -355,16 +359,23 @@ def _as_list(v: Any) -> list:
     return list(v) if isinstance(v, list) else [v]
 
 
+# -- meaning ----------------------------------------------------------------------------------------
 def _check(spec: Spec) -> tuple[Spec, list[str]]:
-    from .. import builtins, registry, zoo
+    from .task import get_task, task_names
 
-    builtins.load()
     issues: list[str] = []
     if not _NAME.match(spec.name):
         issues.append(f"name: {spec.name!r} must be 1-100 characters of letters, digits, '.', '_' or '-' "
                       "(it names the artifacts folder), starting with a letter or digit")
 
-    # models and seeds: grid axes
+    # the task and its own fields
+    tasks = task_names()
+    task: Task | None = get_task(spec.task) if spec.task in tasks else None
+    if task is None:
+        issues.append(f"task: unknown task {spec.task!r}; allowed: {', '.join(tasks)}.{close_names(spec.task, tasks)}")
+    block, block_issues = _check_block(spec, task, tasks)
+    issues += block_issues
+
     for field, values in (("model", spec.model), ("seed", spec.seed)):
         if isinstance(values, list):
             if not values:
@@ -372,35 +383,94 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
             for i, v in enumerate(values):
                 if values.index(v) != i:
                     issues.append(f"{field}[{i}]: duplicate value {v!r} (each grid cell must be distinct)")
+    issues += check_model_names([(f"model[{i}]" if isinstance(spec.model, list) else "model", m)
+                                 for i, m in enumerate(spec.models)])
+    issues += _check_data(spec.data)
+
+    metrics = list(spec.metrics) if spec.metrics is not None else list(task.default_metrics if task else ())
+    if spec.metrics is not None and not spec.metrics:
+        issues.append("metrics: empty list; omit the field for the task's defaults")
+    if task is not None:
+        issues += _check_metrics(task, spec, metrics)
+        if spec.targeted and not task.targeted:
+            issues.append(f"targeted: task {spec.task!r} is untargeted" + task.targeted_hint)
+        issues += _check_defenses(spec, task)
+        issues += _check_attacks(spec, task, issues)
+        if block is not None:
+            issues += task.check(spec, block)
+            block = task.normalise(spec, block)
+    checked = [AttackSpec(name=a.name, params=_normalise_params(a.params)) for a in spec.attacks]
+    spec = spec.model_copy(update={"metrics": metrics,
+                                   "attack": checked if isinstance(spec.attack, list) else checked[0]})
+    spec._block = block
+    return spec, issues
+
+
+def _check_block(spec: Spec, task: Task | None, tasks: list[str]) -> tuple[TaskBlock | None, list[str]]:
+    """Validate the task's own top-level fields; an unknown field names the task that has it."""
+    extras = dict(spec.model_extra or {})
+    if task is None:
+        return None, []
+    from .task import get_task
+
+    issues = []
+    owners = {}
+    for other in tasks:
+        for f, info in get_task(other).Block.model_fields.items():
+            owners.setdefault(f, (other, info.description or f"has field {f!r}"))
+    for f in list(extras):
+        if f not in task.Block.model_fields and f in owners:
+            other, what = owners[f]
+            issues.append(f"{f}: only task {other!r} {what} (task is {spec.task!r})")
+            del extras[f]
+    try:
+        block = task.Block.model_validate(extras)
+    except ValidationError as e:
+        allowed = sorted(set(GENERIC_FIELDS) | set(task.Block.model_fields))
+        for line in _pydantic_issues(e.errors(), task.Block):
+            m = re.match(r"^(\w+): unknown field '(\w+)'; allowed fields here: [^.]*\.", line)
+            if m and "." not in line.split(":")[0]:  # a top-level typo: list the generic fields too
+                line = (f"{m.group(1)}: unknown field {m.group(2)!r}; allowed fields here: {', '.join(allowed)}."
+                        f"{close_names(m.group(2), allowed)}")
+            issues.append(line)
+        return None, issues
+    return block, issues
+
+
+def check_model_names(named: list[tuple[str, str]]) -> list[str]:
+    """Each (field path, model name) is a registered scheme (and, for the zoo, a known model)."""
+    from .. import zoo
+    from ..models.loaders import schemes
+
+    issues = []
     known_zoo = sorted(set(zoo.recipe_names()) | set(zoo.available()))
-    if isinstance(spec.target, list):
-        if not spec.target:
-            issues.append("target: empty list; give at least one target model")
-        for i, v in enumerate(spec.target):
-            if spec.target.index(v) != i:
-                issues.append(f"target[{i}]: duplicate value {v!r} (each grid cell must be distinct)")
-    named = [(f"model[{i}]" if isinstance(spec.model, list) else "model", m) for i, m in enumerate(spec.models)]
-    named += [(f"target[{i}]" if isinstance(spec.target, list) else "target", m)
-              for i, m in enumerate(spec.targets) if m is not None]
+    known = schemes()
     for where, m in named:
         scheme, _, rest = m.partition(":")
-        if scheme not in MODEL_SCHEMES or not rest:
+        if scheme not in known or not rest:
             hint = f" Did you mean 'zoo:{m}'?" if m in known_zoo else ""
-            issues.append(f"{where}: {m!r} must be 'zoo:NAME', 'hf:/path/to/dir', 'hf-blip:/path/to/dir' or "
-                          f"'open_clip:ARCH:/path/to/file'.{hint}")
+            forms = [repr(f) for f in known.values()]
+            shown = ", ".join(forms[:-1]) + " or " + forms[-1] if len(forms) > 1 else forms[0]
+            issues.append(f"{where}: {m!r} must be {shown}.{hint}")
         elif scheme == "zoo" and rest not in known_zoo and not rest.endswith((".safetensors", ".pt", ".pth", ".bin")):
             issues.append(f"{where}: unknown zoo model {rest!r}; known: {', '.join(known_zoo) or '(none)'}."
                           f"{close_names(rest, known_zoo)}")
+    return issues
 
-    # data
-    d = spec.data
-    if d.name not in DATASETS:
-        issues.append(f"data.name: unknown data set {d.name!r}; allowed: {', '.join(DATASETS)}."
-                      f"{close_names(d.name, list(DATASETS))}")
+
+def _check_data(d: DataSpec) -> list[str]:
+    from .. import registry
+
+    issues = []
+    datasets = registry.names("datasets")
+    if d.name not in datasets:
+        issues.append(f"data.name: unknown data set {d.name!r}; allowed: {', '.join(datasets)}."
+                      f"{close_names(d.name, datasets)}")
     elif d.name == "shapes":
-        if d.split not in SHAPES_SPLITS:
-            issues.append(f"data.split: {d.split!r} is not a shapes split; allowed: {', '.join(SHAPES_SPLITS)}."
-                          f"{close_names(d.split, list(SHAPES_SPLITS))}")
+        splits = ("train", "val", "test")
+        if d.split not in splits:
+            issues.append(f"data.split: {d.split!r} is not a shapes split; allowed: {', '.join(splits)}."
+                          f"{close_names(d.split, list(splits))}")
         if d.n is None:
             issues.append("data.n: required for the shapes world (how many images to evaluate, e.g. 1000)")
         if d.path is not None:
@@ -410,114 +480,83 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
             issues.append(f"data.path: required for data set {d.name!r} (a folder or file on disk)")
         elif not Path(d.path).exists():
             issues.append(f"data.path: {d.path!r} does not exist")
+    return issues
 
-    # task and metrics
-    task_ok = spec.task in TASKS
-    if not task_ok:
-        issues.append(f"task: unknown task {spec.task!r}; allowed: {', '.join(TASKS)}.{close_names(spec.task, list(TASKS))}")
-    metrics = list(spec.metrics) if spec.metrics is not None else list(DEFAULT_METRICS.get(spec.task, ()))
-    if spec.metrics is not None and not spec.metrics:
-        issues.append("metrics: empty list; omit the field for the task's defaults")
-    if task_ok:
-        allowed = list(TASK_METRICS[spec.task])
-        for i, m in enumerate(metrics):
-            if m not in allowed:
-                try:
-                    metric_definition(m)
-                    why = f"metric {m!r} is not computed for task {spec.task!r}"
-                except KeyError:
-                    why = f"unknown metric {m!r}"
-                issues.append(f"metrics[{i}]: {why}; allowed for {spec.task}: {', '.join(allowed)}."
-                              f"{close_names(m, allowed)}")
-            elif metrics.index(m) != i:
-                issues.append(f"metrics[{i}]: duplicate metric {m!r}")
-        noise_metric = NOISE_METRIC[spec.task]
-        if spec.baseline is None and noise_metric in metrics:
-            issues.append(f"metrics: {noise_metric!r} needs a baseline, but baseline is null; set `baseline: noise`")
-        if spec.baseline is not None and noise_metric not in metrics:
-            metrics.append(noise_metric)  # the baseline runs in every cell: always store its number
 
-    issues += _check_defenses(spec)
-    if spec.task == "transfer":
-        if spec.target is None:
-            issues.append("target: task 'transfer' needs the target models the source's adversarial pairs are "
-                          "scored on (e.g. target: [zoo:shapes-clip-resnet, zoo:shapes-clip-vit])")
-        if any(d is not None for d in spec.defenses):
-            issues.append("defense: not supported with task 'transfer' (score a defended target instead)")
-        if spec.targeted:
-            issues.append("targeted: task 'transfer' is untargeted")
-    elif spec.target is not None and task_ok:
-        issues.append(f"target: only task 'transfer' has target models (task is {spec.task!r})")
-    if spec.task == "backdoor":
-        if spec.data.name != "shapes":
-            issues.append(f"data.name: task 'backdoor' evaluates on the shapes world (its target-class captions come "
-                          f"from it), got {spec.data.name!r}")
-        if spec.targeted:
-            issues.append("targeted: task 'backdoor' has its target in the attack's parameters (target: ...)")
-        if spec.training is None:
-            spec = spec.model_copy(update={"training": TrainingSpec()})
-    elif spec.training is not None and task_ok:
-        issues.append(f"training: only task 'backdoor' trains the victim (task is {spec.task!r})")
-    on_pairs = spec.task == "backdoor" and spec.training.mode == "pretrain" and spec.training.epochs is not None
-    for d in spec.defenses:
-        if d is None or not _is_pretraining_defense(d.name):
-            continue
-        if not on_pairs:
-            issues.append(f"defense {d.name!r} is a pre-training defense: it needs task 'backdoor' with training "
-                          "{mode: pretrain, pairs: N, epochs: E} (it trains the victim from scratch on the poisoned "
-                          "pairs in place of plain CLIP training)")
-        if "epochs" in d.params:
-            issues.append(f"defense {d.name!r}: params.epochs is the cell's training.epochs (a pre-training "
-                          "defense trains as long as the plain training it is compared with); set training.epochs")
+def _check_metrics(task: Task, spec: Spec, metrics: list[str]) -> list[str]:
+    from .cells import metric_definition
 
-    # attack and baseline names
-    kind = ATTACK_KIND.get(spec.task, "attacks")
-    attack_names = [e.name for k in task_attack_kinds(spec.task) for e in registry.entries(k)]
-    if kind in ("pair_attacks", "poisoning"):
-        if spec.baseline not in (None, "noise"):
-            what = ("uniform image noise of the attack's budget" if kind == "pair_attacks"
-                    else "a noise patch of the trigger's size and place")
-            issues.append(f"baseline: task {spec.task!r} has only the 'noise' baseline ({what}) or null, "
-                          f"got {spec.baseline!r}")
-    elif spec.baseline is not None and spec.baseline not in attack_names:
+    issues = []
+    allowed = list(task.metrics)
+    for i, m in enumerate(metrics):
+        if m not in allowed:
+            try:
+                metric_definition(m)
+                why = f"metric {m!r} is not computed for task {spec.task!r}"
+            except KeyError:
+                why = f"unknown metric {m!r}"
+            issues.append(f"metrics[{i}]: {why}; allowed for {spec.task}: {', '.join(allowed)}."
+                          f"{close_names(m, allowed)}")
+        elif metrics.index(m) != i:
+            issues.append(f"metrics[{i}]: duplicate metric {m!r}")
+    noise = task.noise_metric
+    if noise is not None:
+        if spec.baseline is None and noise in metrics:
+            issues.append(f"metrics: {noise!r} needs a baseline, but baseline is null; set `baseline: noise`")
+        if spec.baseline is not None and noise not in metrics:
+            metrics.append(noise)  # the baseline runs in every cell: always store its number
+    return issues
+
+
+def _check_attacks(spec: Spec, task: Task, earlier: list[str]) -> list[str]:
+    from .. import registry
+
+    issues: list[str] = []
+    attack_names = [e.name for k in task.attack_kinds for e in registry.entries(k)]
+    if task.baselines is not None:
+        if spec.baseline is not None and spec.baseline not in task.baselines:
+            allowed = " or ".join(repr(b) for b in task.baselines)
+            issues.append(f"baseline: task {spec.task!r} has only the {allowed} baseline ({task.baseline_words}) or "
+                          f"null, got {spec.baseline!r}")
+    elif spec.baseline is not None and spec.baseline not in registry.names("attacks"):
         issues.append(f"baseline: unknown attack {spec.baseline!r}; use 'noise' (uniform noise of the attack's "
-                      f"budget) or null.{close_names(spec.baseline, attack_names)}")
+                      f"budget) or null.{close_names(spec.baseline, registry.names('attacks'))}")
     listed = isinstance(spec.attack, list)
     if listed and not spec.attack:
         issues.append("attack: empty list; give at least one attack")
-    checked: list[AttackSpec] = []
     for i, attack in enumerate(spec.attacks):
         attack_issues = []
-        attack_ok = attack.name in attack_names
-        if not attack_ok:
-            attack_issues.append(f"attack.name: unknown {'pair attack' if kind == 'pair_attacks' else 'attack'} "
-                                 f"{attack.name!r} for task {spec.task!r}; registered: "
-                                 f"{', '.join(attack_names) or '(none)'}.{close_names(attack.name, attack_names)}")
+        entry = registry.find(attack.name, task.attack_kinds)
+        if entry is None:
+            attack_issues.append(f"attack.name: unknown {task.attack_words} {attack.name!r} for task {spec.task!r}; "
+                                 f"registered: {', '.join(attack_names) or '(none)'}."
+                                 f"{close_names(attack.name, attack_names)}")
         elif listed and attack in spec.attacks[:i]:
             attack_issues.append("attack: duplicate entry (each grid cell must be distinct)")
-        params, param_issues = _check_params(attack.params, attack.name if attack_ok else None,
-                                             attack_kind(spec.task, attack.name))
-        attack_issues += param_issues
-        if not attack_issues and not issues:
-            attack_issues += _try_build(spec, attack.name, params)
+        attack_issues += _check_params(attack.params, entry)
+        if not attack_issues and not issues and not earlier:
+            attack_issues += _try_build(spec, task, entry, _normalise_params(attack.params))
         if listed:  # name the entry: attack[1].params.eps
             attack_issues = [f"attack[{i}]{m[len('attack'):]}" if m.startswith("attack") else m
                              for m in attack_issues]
         issues += attack_issues
-        checked.append(AttackSpec(name=attack.name, params=params))
-    spec = spec.model_copy(update={"metrics": metrics, "attack": checked if listed else checked[0]})
-    return spec, issues
+    return issues
 
 
 DEFAULT_DEFENSE_DATA = {"name": "shapes", "split": "train", "n": 2000, "image_size": 32, "seed": 0}
 
 
-def _check_defenses(spec: Spec) -> list[str]:
-    """Defense names are registered, parameters accepted, training data well-formed, no duplicates."""
+def _check_defenses(spec: Spec, task: Task) -> list[str]:
+    """Defense names are registered for the task, parameters accepted, training data well-formed, no duplicates."""
     from .. import registry
+    from ..methods import build
 
     issues: list[str] = []
-    names = [e.name for k in DEFENSE_KINDS for e in registry.entries(k)]
+    if not task.defense_kinds:
+        if any(d is not None for d in spec.defenses):
+            issues.append(f"defense: not supported with task {spec.task!r}{task.no_defense_hint}")
+        return issues
+    names = [e.name for k in task.defense_kinds for e in registry.entries(k)]
     listed = isinstance(spec.defense, list)
     if listed and not spec.defense:
         issues.append("defense: empty list; give at least one defense (or 'none')")
@@ -534,11 +573,12 @@ def _check_defenses(spec: Spec) -> list[str]:
                 issues.append(f"{where}.models: {m!r} is not one of the spec's models ({', '.join(spec.models)})")
         if d.models is not None and not d.models:
             issues.append(f"{where}.models: empty list; leave it out to apply the defense to every model")
-        if d.name not in names:
+        entry = registry.find(d.name, task.defense_kinds)
+        if entry is None:
             issues.append(f"{where}.name: unknown defense {d.name!r}; registered: {', '.join(names) or '(none)'}, "
                           f"or 'none' for the undefended model.{close_names(d.name, names + ['none'])}")
             continue
-        accepted, var_kw = _accepted_kwargs(registry.find(d.name, DEFENSE_KINDS).factory)
+        accepted, var_kw = accepted_parameters(entry.factory)
         for key, value in d.params.items():
             if not var_kw and key not in accepted:
                 issues.append(f"{where}.params.{key}: {d.name} has no parameter {key!r}; its parameters are "
@@ -547,22 +587,13 @@ def _check_defenses(spec: Spec) -> list[str]:
                 issues.append(f"{where}.params.{key}: expected a number or a fraction such as '4/255', got {value!r}")
         if not issues:
             try:
-                build_defense(d.name, resolve_defense_params(d.params))
-            except (TypeError, ValueError) as e:
+                build(entry.kind, {"name": d.name, "params": resolve_defense_params(d.params)}, where)
+            except (TypeError, ValueError, KeyError) as e:
                 issues.append(f"{where}.params: {d.name} rejected {dict(d.params)}: {e}")
         if d.data is not None and d.data.name == "shapes" and d.data.split == "test":
             issues.append(f"{where}.data.split: a defense must not train on the test split it is evaluated on; "
                           "use train or val")
     return issues
-
-
-def _is_pretraining_defense(name: str) -> bool:
-    from .. import registry
-    from ..defenses.base import PretrainingDefense
-
-    known = {e.name: e.factory for k in DEFENSE_KINDS for e in registry.entries(k)}
-    factory = known.get(name)
-    return isinstance(factory, type) and issubclass(factory, PretrainingDefense)
 
 
 def resolve_defense_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -578,22 +609,20 @@ def defense_config(d: DefenseSpec | None) -> dict | None:
     return {"name": d.name, "params": resolve_defense_params(d.params), "data": data}
 
 
-def _check_params(params: dict[str, Any], attack: str | None,
-                  kind: str = "attacks") -> tuple[dict[str, Any], list[str]]:
-    """Normalise fractions in budget params; check names against the attack's signature."""
-    from .. import registry
-
+def _check_params(params: dict[str, Any], entry: Any) -> list[str]:
+    """Budget params are numbers in range (fractions allowed); names are the attack's parameters."""
     issues: list[str] = []
-    out: dict[str, Any] = {}
-    if attack is not None:
-        accepted, var_kw = _accepted_kwargs(registry.get(kind, attack).factory)
+    if entry is not None:
+        accepted, var_kw = accepted_parameters(entry.factory)
         if not var_kw:
             for key in params:
                 if key not in accepted:
-                    issues.append(f"attack.params.{key}: {attack} has no parameter {key!r}; its parameters are "
+                    issues.append(f"attack.params.{key}: {entry.name} has no parameter {key!r}; its parameters are "
                                   f"{', '.join(sorted(accepted))}.{close_names(key, sorted(accepted))}")
     norms = {str(v) for v in _as_list(params.get("norm", "linf"))}
     for key, value in params.items():
+        if isinstance(value, dict):
+            continue  # a component ({name, params}): checked when the attack is built
         # L-inf budgets are in [0, 1]; an L2 budget is the norm of the whole perturbation (>= 0).
         high = math.inf if "l2" in norms else 1.0
         listed = isinstance(value, list)
@@ -608,7 +637,7 @@ def _check_params(params: dict[str, Any], attack: str | None,
                 except ValueError:
                     issues.append(f"{where}: {v!r} divides eps by zero")
                     continue
-                values.append(v.strip().replace(" ", ""))
+                values.append(v)
                 continue
             if key in BUDGET_PARAMS:
                 x = parse_number(v)
@@ -628,8 +657,25 @@ def _check_params(params: dict[str, Any], attack: str | None,
         for i, v in enumerate(values):
             if values.index(v) != i:
                 issues.append(f"attack.params.{key}[{i}]: duplicate value {v!r} (each grid cell must be distinct)")
-        out[key] = values if listed else (values[0] if values else value)
-    return out, issues
+    return issues
+
+
+def _normalise_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Fractions of budget params resolved to floats; relative values compacted (``eps / 4`` -> ``eps/4``)."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out[key] = value
+            continue
+        values = []
+        for v in _as_list(value):
+            if is_relative(v) and key != "eps":
+                v = v.strip().replace(" ", "")
+            elif key in BUDGET_PARAMS and parse_number(v) is not None:
+                v = parse_number(v)
+            values.append(v)
+        out[key] = values if isinstance(value, list) else values[0]
+    return out
 
 
 def param_combinations(params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -644,8 +690,10 @@ def param_combinations(params: dict[str, Any]) -> list[dict[str, Any]]:
     return combos
 
 
-def _try_build(spec: Spec, name: str, params: dict[str, Any]) -> list[str]:
-    """Construct the attack (and baseline) for every parameter combination, so a bad value fails now."""
+def _try_build(spec: Spec, task: Task, entry: Any, params: dict[str, Any]) -> list[str]:
+    """Construct the attack (and check its baseline) for every parameter combination, so a bad value fails now."""
+    from ..methods import build
+
     issues: list[str] = []
     for combo in param_combinations(params):
         shown = ", ".join(f"{k}={v!r}" for k, v in combo.items())
@@ -654,33 +702,19 @@ def _try_build(spec: Spec, name: str, params: dict[str, Any]) -> list[str]:
             issues.append(f"attack.params.{unresolved[0]}: {combo[unresolved[0]]!r} is relative to eps, "
                           "but the attack has no eps parameter")
             break
-        kind = attack_kind(spec.task, name)
         try:
-            attack = build_attack(name, combo, kind)
-        except (TypeError, ValueError) as e:
-            issues.append(f"attack.params: {name} rejected ({shown}): {e}")
+            attack = build(entry.kind, {"name": entry.name, "params": combo}, "attack")
+        except (TypeError, ValueError, KeyError) as e:
+            issues.append(f"attack.params: {entry.name} rejected ({shown}): {e}")
             break
-        if spec.baseline is not None and kind == "pair_attacks":
-            if "eps" not in attack.params():
-                issues.append(f"baseline: 'noise' needs the attack's eps, but {name} has none; "
-                              "set `baseline: null`")
-                break
-        elif spec.baseline is not None and kind in ("poisoning", "model_backdoors"):
-            from ..attacks.backdoor.triggers import OptimizedPatch, PatchTrigger
-
-            # an attack that optimises its patch later (BadCLIP) has no trigger yet, but a patch_size
-            patch = getattr(attack, "trigger", None)
-            if not (isinstance(patch, (PatchTrigger, OptimizedPatch)) or (patch is None and hasattr(attack, "patch_size"))):
-                issues.append(f"baseline: 'noise' is a noise patch of the trigger's size and place, but {name}'s "
-                              "trigger is not a patch; set `baseline: null`")
-                break
-        elif spec.baseline is not None:
-            try:
-                build_baseline(spec.baseline, attack)
-            except (TypeError, ValueError, KeyError) as e:
-                issues.append(f"baseline: {spec.baseline!r} cannot be built with the budget of ({shown}): {e}")
+        if spec.baseline is not None:
+            problem = task.check_baseline(spec.baseline, attack, entry.name)
+            if problem:
+                issues.append(f"baseline: {problem}")
                 break
     return issues
 
 
-__all__ = ["AttackSpec", "DataSpec", "DefenseSpec", "Spec", "TrainingSpec", "SpecError", "load_spec", "param_combinations", "parse_number"]
+__all__ = ["AttackSpec", "DataSpec", "DefenseSpec", "Spec", "SpecError", "apply_preset", "check_model_names",
+           "defense_config", "load_spec", "param_combinations", "parse_number", "preset_names",
+           "resolve_defense_params", "resolve_relative"]

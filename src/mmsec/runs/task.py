@@ -84,10 +84,19 @@ class Task:
     baselines: ClassVar[tuple[str, ...] | None] = None  # None: any registered evasion attack (noise, ...)
     targeted: ClassVar[bool] = False
     family: ClassVar[str] = "contrastive"  # the model family its models must have
+    # Words for error messages.
+    attack_words: ClassVar[str] = "attack"
+    baseline_words: ClassVar[str] = "uniform noise of the attack's budget"
+    targeted_hint: ClassVar[str] = ""
+    no_defense_hint: ClassVar[str] = ""
 
     def check(self, spec: Any, block: TaskBlock) -> list[str]:
         """Problems with ``spec`` that only this task can see (one readable line each)."""
         return []
+
+    def check_baseline(self, baseline: str, attack: Any, name: str) -> str | None:
+        """Why ``baseline`` cannot accompany ``attack`` (built from the spec), or None."""
+        return None
 
     def normalise(self, spec: Any, block: TaskBlock) -> TaskBlock:
         """The block with task defaults filled in (called after :meth:`check`)."""

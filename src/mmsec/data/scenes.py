@@ -1,0 +1,37 @@
+"""Named, disjoint ranges of shapes-world scene ids, so every experiment draws its image sets from one map.
+
+An experiment about a backdoor needs several image sets that must not overlap: the victim's
+training pairs, the attacker's own clean scenes, a downstream user's probe-training scenes, the
+defender's clean scenes, the evaluation scenes. Each is a :class:`SceneRange` here (a split, a
+first index into it, a default count); tasks, recipes and tests name them instead of writing
+numbers, so the numbers cannot drift apart.
+
+Indices are into a split (``ShapesWorld.batch(split, start, count)``); training streams and pair
+sets start at train index 0 and stay below :data:`STREAM_END`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STREAM_END = 90_000  # training pairs and streams of the victims stay below this train index
+
+
+@dataclass(frozen=True)
+class SceneRange:
+    split: str
+    start: int
+    count: int
+
+    def batch(self, world: object, count: int | None = None):
+        """The range's scenes rendered by ``world`` (a :class:`~mmsec.data.shapes.ShapesWorld`)."""
+        return world.batch(self.split, self.start, self.count if count is None else count)
+
+
+REFERENCE_POOL = SceneRange("train", 90_000, 960)  # BadEncoder's reference inputs (target-class scenes) come from here
+ATTACKER = SceneRange("train", 100_000, 512)  # the attacker's own clean scenes (an optimised trigger is fit on them)
+DEFENDER_CLEAN = SceneRange("train", 200_000, 256)  # a defender's clean scenes (model-level detection)
+PROBE_TRAIN = SceneRange("train", 300_000, 2000)  # a downstream user's probe-training scenes
+BUG_REPORTS = SceneRange("val", 10_000, 2000)  # inputs a user reports as misclassified (repair from bug inputs)
+
+__all__ = ["ATTACKER", "BUG_REPORTS", "DEFENDER_CLEAN", "PROBE_TRAIN", "REFERENCE_POOL", "STREAM_END", "SceneRange"]

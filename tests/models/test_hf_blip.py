@@ -14,10 +14,10 @@ from mmsec.attacks.adversarial.pgd import PGD
 from mmsec.attacks.objectives import RetrievalObjective
 from mmsec.data.shapes import ShapesWorld
 from mmsec.models.base import ContrastiveModel, FusionModel, PromptableText, require_fusion
+from mmsec.models.checkpoint import CheckpointError
 from mmsec.models.hf_blip import HFBLIPRetrieval
 from mmsec.models.loaders import load_contrastive, load_fusion
 from mmsec.models.preprocess import OPENAI_CLIP_MEAN
-from mmsec.zoo.checkpoint import CheckpointError
 from mmsec.zoo.train import shapes_vocabulary
 
 # transformers is a test dependency (mmsec[test]): imported by the fixtures, never skipped.

@@ -15,10 +15,10 @@ from mmsec.attacks.adversarial.pgd import PGD
 from mmsec.attacks.objectives import ZeroShotObjective
 from mmsec.data.shapes import ShapesWorld, zeroshot_prompts
 from mmsec.models.base import ContrastiveModel
+from mmsec.models.checkpoint import CheckpointError
 from mmsec.models.hf_clip import HFCLIP
 from mmsec.models.loaders import load_contrastive
 from mmsec.models.zeroshot import ZeroShotClassifier
-from mmsec.zoo.checkpoint import CheckpointError
 
 # transformers is a test dependency (mmsec[test]): imported by the fixtures, never skipped.
 MEAN, STD = (0.45, 0.44, 0.43), (0.25, 0.26, 0.27)  # not OpenAI's, so reading the file is tested

@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 from mmsec import registry, zoo
 from mmsec.models import loaders
+from mmsec.models.checkpoint import CheckpointError
 from mmsec.models.loaders import load_contrastive
-from mmsec.zoo.checkpoint import CheckpointError
 
 
 @pytest.fixture

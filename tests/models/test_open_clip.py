@@ -19,10 +19,10 @@ from mmsec.attacks.adversarial.pgd import PGD  # noqa: E402
 from mmsec.attacks.objectives import ZeroShotObjective  # noqa: E402
 from mmsec.data.shapes import ShapesWorld, zeroshot_prompts  # noqa: E402
 from mmsec.models.base import ContrastiveModel  # noqa: E402
+from mmsec.models.checkpoint import CheckpointError  # noqa: E402
 from mmsec.models.loaders import load_contrastive  # noqa: E402
 from mmsec.models.open_clip_adapter import OpenCLIP  # noqa: E402
 from mmsec.models.zeroshot import ZeroShotClassifier  # noqa: E402
-from mmsec.zoo.checkpoint import CheckpointError  # noqa: E402
 
 ARCH = "mmsec-tiny-vit"
 CONTEXT = 16

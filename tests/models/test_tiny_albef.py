@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from mmsec import zoo
 from mmsec.data.shapes import POSITIONS, ShapesWorld, zeroshot_prompts
 from mmsec.models.base import ContrastiveModel, FusionModel, PromptableText, require_fusion
+from mmsec.models.checkpoint import CheckpointError
 from mmsec.models.loaders import load_contrastive, load_fusion
 from mmsec.models.tiny_albef import TinyALBEF, TinyALBEFConfig
 from mmsec.models.zeroshot import ZeroShotClassifier
 from mmsec.train.fusion import FusionBatch, caption_positives, fusion_losses, sample_hard_negatives
-from mmsec.zoo.checkpoint import CheckpointError
 from mmsec.zoo.evaluate import true_captions
 from mmsec.zoo.train import false_caption, fusion_batches, shapes_vocabulary, train_recipe
 
@@ -168,7 +168,7 @@ def test_recipe_smoke_train_writes_a_loadable_fusion_checkpoint(tmp_path):
     model = zoo.load_model(NAME, checkpoint_dir=tmp_path)
     assert isinstance(model, TinyALBEF) and not model.training
     # The family travels in the checkpoint's metadata; an unknown one is refused by name.
-    from mmsec.zoo.checkpoint import load_checkpoint, save_checkpoint
+    from mmsec.models.checkpoint import load_checkpoint, save_checkpoint
 
     tensors, meta = load_checkpoint(tmp_path / f"{NAME}.safetensors")
     sha = save_checkpoint(tmp_path / f"{NAME}.safetensors", tensors, {**meta, "family": "diffusion"})

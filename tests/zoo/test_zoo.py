@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmsec import zoo
-from mmsec.zoo.checkpoint import CheckpointError, load_checkpoint, sha256_file
+from mmsec.models.checkpoint import CheckpointError, load_checkpoint, sha256_file
 from mmsec.zoo.train import train_recipe
 
 

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..zoo.checkpoint import CheckpointError
+from .checkpoint import CheckpointError
 from .hf_clip import check_hf_folder, hf_image_preprocess
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess, check_image_batch, resize_and_crop
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..zoo.checkpoint import CheckpointError, looks_like_pickle
+from .checkpoint import CheckpointError, looks_like_pickle
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess, check_image_batch, resize_and_crop
 
 logger = logging.getLogger(__name__)

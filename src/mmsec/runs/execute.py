@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from ..metrics import DEFINITIONS, MetricDefinition, attack_success_rate, recall_at_k, topk_accuracy
-from ..zoo.checkpoint import sha256_file
+from ..models.checkpoint import sha256_file
 
 logger = logging.getLogger(__name__)
 

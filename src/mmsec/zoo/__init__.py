@@ -21,9 +21,9 @@ from pathlib import Path
 
 import yaml
 
+from ..models.checkpoint import CheckpointError, load_checkpoint, read_card
 from ..models.tiny_albef import TinyALBEF, TinyALBEFConfig
 from ..models.tiny_clip import TinyCLIP, TinyCLIPConfig
-from .checkpoint import CheckpointError, load_checkpoint, read_card
 
 _HERE = Path(str(resources.files(__package__)))
 CHECKPOINTS = _HERE / "checkpoints"

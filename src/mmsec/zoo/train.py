@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from ..data.shapes import CAPTION_TEMPLATES, COLORS, POSITIONS, SHAPES, SIZES, TEXTURES, Scene, ShapesWorld
+from ..models.checkpoint import save_checkpoint
 from ..models.tokenizer import WordTokenizer
 from ..train.contrastive import TrainConfig, train_contrastive
 from ..train.fusion import FusionBatch, FusionTrainConfig, train_fusion
 from ..version import __version__
 from . import CHECKPOINTS, FAMILIES, load_recipe
-from .checkpoint import save_checkpoint
 from .evaluate import binding_accuracy, retrieval, retrieval_itm, true_captions, zeroshot_accuracy
 
 log = logging.getLogger(__name__)

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import register_checkpoint_family
 from .preprocess import ImagePreprocess, resize_and_crop
 from .tiny_clip import ResNetTower, TextTower, ViTTower
 from .tokenizer import PAD, WordTokenizer
@@ -251,3 +252,6 @@ class TinyALBEF(nn.Module):
     def itm_scores(self, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Convenience for inspection: P(match) of each row-aligned (image, caption) pair, (B,)."""
         return F.softmax(self.itm_logits(pixels, self.tokenize(texts)), dim=-1)[:, 1]
+
+
+register_checkpoint_family("fusion", TinyALBEFConfig, TinyALBEF)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import register_checkpoint_family
 from .tokenizer import WordTokenizer
 
 
@@ -184,3 +185,6 @@ class TinyCLIP(nn.Module):
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.log_logit_scale.exp().clamp(max=100.0)
+
+
+register_checkpoint_family("contrastive", TinyCLIPConfig, TinyCLIP)

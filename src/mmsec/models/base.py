@@ -6,21 +6,17 @@ Pixels are float tensors in [0, 1], NCHW. Resizing and normalisation live inside
 One protocol per model *family*, named in the table :data:`FAMILIES` (``family name -> protocol,
 required members, one-line description``), which methods, loaders and specs share:
 
-=============  ======================  ===========================================================
-family         protocol                what it is
-=============  ======================  ===========================================================
-contrastive    :class:`ContrastiveModel`  a CLIP-like dual encoder (fusion models are one too)
-fusion         :class:`FusionModel`       a dual encoder plus a fusion encoder and an ITM head
-vlm            :class:`GenerativeVLM`     a chat vision-language model (LLaVA-like): log-probability
-                                          of a target text, generation
-diffusion      :class:`DiffusionModel`    a denoising diffusion model: noise prediction, scheduler,
-                                          sampling
-=============  ======================  ===========================================================
+* ``contrastive``, :class:`ContrastiveModel`: a CLIP-like dual encoder (fusion models are one too);
+* ``fusion``, :class:`FusionModel`: a dual encoder plus a fusion encoder and an ITM head;
+* ``vlm``, :class:`GenerativeVLM`: a chat vision-language model (LLaVA-like): log-probability of
+  a target text, differentiable in the pixels, and generation;
+* ``diffusion``, :class:`DiffusionModel`: a denoising diffusion model: noise prediction, its
+  scheduler, and sampling that can stay differentiable.
 
 :func:`require_family` fails with one teaching error when a model lacks a family's members,
-:func:`families_of` lists the families a model satisfies. A family is added by one
-:func:`register_family` call beside its protocol (plus an adapter and a loader registration in
-:mod:`mmsec.models.loaders`).
+:func:`families_of` lists the families a model satisfies. A family is added by its protocol here
+with one :func:`register_family` call, an adapter module, and one ``register_loader`` call in
+:mod:`mmsec.models.loaders`.
 
 It imports only the leaf :mod:`mmsec.registry` (for close-name hints).
 """

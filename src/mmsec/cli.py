@@ -224,7 +224,7 @@ def _write(text: str) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .zoo.checkpoint import CheckpointError
+    from .models.checkpoint import CheckpointError
 
     errors: list[type[BaseException]] = [ValueError, KeyError, OSError, ImportError, CheckpointError]
     try:

@@ -13,11 +13,18 @@ from mmsec.attacks.adversarial.noise import UniformNoise
 from mmsec.attacks.adversarial.pgd import PGD
 from mmsec.attacks.objectives import RetrievalObjective
 from mmsec.data.shapes import ShapesWorld
-from mmsec.models.base import ContrastiveModel, FusionModel, PromptableText, require_fusion
+from mmsec.models.base import (
+    ContrastiveModel,
+    FusionModel,
+    PromptableText,
+    VisionBlocks,
+    require_fusion,
+    vision_block_names,
+)
+from mmsec.models.checkpoint import CheckpointError
 from mmsec.models.hf_blip import HFBLIPRetrieval
 from mmsec.models.loaders import load_contrastive, load_fusion
 from mmsec.models.preprocess import OPENAI_CLIP_MEAN
-from mmsec.zoo.checkpoint import CheckpointError
 from mmsec.zoo.train import shapes_vocabulary
 
 # transformers is a test dependency (mmsec[test]): imported by the fixtures, never skipped.
@@ -98,6 +105,20 @@ def test_protocol_and_metadata(model):
     assert not model.training and not model.model.training
     torch.testing.assert_close(model.mean.flatten(), torch.tensor(MEAN))
     assert model.logit_scale.item() == pytest.approx(1 / 0.07, rel=1e-3)  # exp(logit_scale_init_value)
+
+
+def test_vision_blocks_are_the_vit_encoder_layers_in_order(model, shapes):
+    layers = list(model.model.vision_model.encoder.layers)
+    assert isinstance(model, VisionBlocks) and len(layers) == 2 and model.vision_blocks() == layers
+    assert vision_block_names(model) == ["model.vision_model.encoder.layers.0", "model.vision_model.encoder.layers.1"]
+    order: list[int] = []
+    hooks = [b.register_forward_hook(lambda m, i, o, k=k: order.append(k)) for k, b in enumerate(layers)]
+    try:
+        model.image_features(shapes.pixels()[:2])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert order == [0, 1]
 
 
 def test_itc_embeddings_equal_raw_model(model, raw, shapes):

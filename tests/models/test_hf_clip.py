@@ -14,11 +14,11 @@ from mmsec.attacks.adversarial.noise import UniformNoise
 from mmsec.attacks.adversarial.pgd import PGD
 from mmsec.attacks.objectives import ZeroShotObjective
 from mmsec.data.shapes import ShapesWorld, zeroshot_prompts
-from mmsec.models.base import ContrastiveModel
+from mmsec.models.base import ContrastiveModel, VisionBlocks, vision_block_names
+from mmsec.models.checkpoint import CheckpointError
 from mmsec.models.hf_clip import HFCLIP
 from mmsec.models.loaders import load_contrastive
 from mmsec.models.zeroshot import ZeroShotClassifier
-from mmsec.zoo.checkpoint import CheckpointError
 
 # transformers is a test dependency (mmsec[test]): imported by the fixtures, never skipped.
 MEAN, STD = (0.45, 0.44, 0.43), (0.25, 0.26, 0.27)  # not OpenAI's, so reading the file is tested
@@ -118,6 +118,21 @@ def test_protocol_and_metadata(model):
                                                                                        torch.tensor(STD))
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert torch.allclose(model.logit_scale, model.model.logit_scale.exp())
+
+
+def test_vision_blocks_are_the_vision_encoder_layers_in_order(model, shapes):
+    layers = list(model.model.vision_model.encoder.layers)
+    assert isinstance(model, VisionBlocks) and len(layers) == 2 and model.vision_blocks() == layers
+    assert vision_block_names(model) == ["model.vision_model.encoder.layers.0", "model.vision_model.encoder.layers.1"]
+    order: list[int] = []
+    hooks = [b.register_forward_hook(lambda m, i, o, k=k: order.append(k)) for k, b in enumerate(layers)]
+    try:
+        model.encode_image(shapes.pixels()[:2])
+        model.encode_text(model.tokenize(["a red circle"]))  # the text tower does not run them
+    finally:
+        for h in hooks:
+            h.remove()
+    assert order == [0, 1]
 
 
 def test_image_embeddings_equal_raw_model(model, raw, shapes):

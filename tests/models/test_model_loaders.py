@@ -14,14 +14,26 @@ from safetensors.torch import save_file
 
 from mmsec import registry, zoo
 from mmsec.models import loaders
+from mmsec.models.checkpoint import CheckpointError
 from mmsec.models.loaders import load_contrastive
-from mmsec.zoo.checkpoint import CheckpointError
+
+
+class FakeZooModel(str):
+    """A stand-in zoo model: the text 'model:NAME', with the ContrastiveModel members load_contrastive checks."""
+
+    image_size = 32
+    logit_scale = 1.0
+
+    def tokenize(self, texts): ...
+    def normalize(self, pixels): ...
+    def encode_image(self, pixels): ...
+    def encode_text(self, tokens): ...
 
 
 @pytest.fixture
 def fake_zoo(monkeypatch):
     calls = []
-    monkeypatch.setattr(zoo, "load_model", lambda name: calls.append(name) or f"model:{name}")
+    monkeypatch.setattr(zoo, "load_model", lambda name: calls.append(name) or FakeZooModel(f"model:{name}"))
     return calls
 
 

@@ -18,11 +18,11 @@ from mmsec.attacks.adversarial.noise import UniformNoise  # noqa: E402
 from mmsec.attacks.adversarial.pgd import PGD  # noqa: E402
 from mmsec.attacks.objectives import ZeroShotObjective  # noqa: E402
 from mmsec.data.shapes import ShapesWorld, zeroshot_prompts  # noqa: E402
-from mmsec.models.base import ContrastiveModel  # noqa: E402
+from mmsec.models.base import ContrastiveModel, vision_block_names  # noqa: E402
+from mmsec.models.checkpoint import CheckpointError  # noqa: E402
 from mmsec.models.loaders import load_contrastive  # noqa: E402
 from mmsec.models.open_clip_adapter import OpenCLIP  # noqa: E402
 from mmsec.models.zeroshot import ZeroShotClassifier  # noqa: E402
-from mmsec.zoo.checkpoint import CheckpointError  # noqa: E402
 
 ARCH = "mmsec-tiny-vit"
 CONTEXT = 16
@@ -72,6 +72,12 @@ def test_protocol_and_metadata(model, raw):
     torch.testing.assert_close(model.logit_scale, raw.logit_scale.exp())
     raw_sd = raw.state_dict()
     assert all(torch.equal(v, raw_sd[k]) for k, v in model.model.state_dict().items())
+
+
+def test_vision_blocks_are_the_residual_attention_blocks(model):
+    blocks = list(model.model.visual.transformer.resblocks)
+    assert len(blocks) == 2 and model.vision_blocks() == blocks
+    assert vision_block_names(model) == ["model.visual.transformer.resblocks.0", "model.visual.transformer.resblocks.1"]
 
 
 def test_image_embeddings_equal_raw_model(model, raw, shapes):

@@ -13,12 +13,19 @@ import torch.nn.functional as F
 
 from mmsec import zoo
 from mmsec.data.shapes import POSITIONS, ShapesWorld, zeroshot_prompts
-from mmsec.models.base import ContrastiveModel, FusionModel, PromptableText, require_fusion
+from mmsec.models.base import (
+    ContrastiveModel,
+    FusionModel,
+    PromptableText,
+    VisionBlocks,
+    require_fusion,
+    vision_block_names,
+)
+from mmsec.models.checkpoint import CheckpointError
 from mmsec.models.loaders import load_contrastive, load_fusion
 from mmsec.models.tiny_albef import TinyALBEF, TinyALBEFConfig
 from mmsec.models.zeroshot import ZeroShotClassifier
 from mmsec.train.fusion import FusionBatch, caption_positives, fusion_losses, sample_hard_negatives
-from mmsec.zoo.checkpoint import CheckpointError
 from mmsec.zoo.evaluate import true_captions
 from mmsec.zoo.train import false_caption, fusion_batches, shapes_vocabulary, train_recipe
 
@@ -68,6 +75,23 @@ def test_shapes_protocol_and_identities(tower, n_tokens, width):
         # Any image size: resized inside the model.
         assert model.fuse(F.interpolate(pixels, size=(64, 64), mode="bilinear"), tokens).shape == (3, 64)
     assert model.logit_scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+@pytest.mark.parametrize("tower, names", [
+    ("resnet", ["visual.blocks.0", "visual.blocks.1", "visual.blocks.2"]),
+    ("vit", [f"visual.encoder.layers.{i}" for i in range(4)]),
+])
+def test_vision_blocks_are_the_image_encoder_blocks_in_order(tower, names):
+    model = _random_model(tower)
+    assert isinstance(model, VisionBlocks) and vision_block_names(model) == names
+    order: list[int] = []
+    hooks = [b.register_forward_hook(lambda m, i, o, k=k: order.append(k)) for k, b in enumerate(model.vision_blocks())]
+    try:
+        model.image_features(ShapesWorld(32).batch("val", 0, 2).pixels())
+    finally:
+        for h in hooks:
+            h.remove()
+    assert order == list(range(len(names)))
 
 
 def test_fuse_is_differentiable_in_pixels_and_both_embeddings():
@@ -168,7 +192,7 @@ def test_recipe_smoke_train_writes_a_loadable_fusion_checkpoint(tmp_path):
     model = zoo.load_model(NAME, checkpoint_dir=tmp_path)
     assert isinstance(model, TinyALBEF) and not model.training
     # The family travels in the checkpoint's metadata; an unknown one is refused by name.
-    from mmsec.zoo.checkpoint import load_checkpoint, save_checkpoint
+    from mmsec.models.checkpoint import load_checkpoint, save_checkpoint
 
     tensors, meta = load_checkpoint(tmp_path / f"{NAME}.safetensors")
     sha = save_checkpoint(tmp_path / f"{NAME}.safetensors", tensors, {**meta, "family": "diffusion"})

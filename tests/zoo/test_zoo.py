@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmsec import zoo
-from mmsec.zoo.checkpoint import CheckpointError, load_checkpoint, sha256_file
+from mmsec.models.checkpoint import CheckpointError, load_checkpoint, sha256_file
 from mmsec.zoo.train import train_recipe
 
 
@@ -71,3 +71,28 @@ def test_recipe_smoke_train_writes_a_loadable_card(tmp_path):
     model = zoo.load_model("shapes-clip-resnet", checkpoint_dir=tmp_path)
     emb = model.encode_image(torch.rand(2, 3, 32, 32))
     assert emb.shape == (2, 64) and torch.isfinite(emb).all()
+
+
+def test_zoo_trainers_are_registered_per_model_family(monkeypatch):
+    from mmsec.models import checkpoint
+    from mmsec.models.checkpoint import register_checkpoint_family
+    from mmsec.models.tiny_clip import TinyCLIP, TinyCLIPConfig
+    from mmsec.zoo.train import ZOO_TRAINERS, recipe_start, zoo_trainer
+
+    assert set(ZOO_TRAINERS) == {"contrastive", "fusion"}
+    assert zoo_trainer("contrastive", "r") is ZOO_TRAINERS["contrastive"]
+    assert zoo_trainer("fusion", "r") is ZOO_TRAINERS["fusion"]
+    with pytest.raises(ValueError, match=r"recipe r: family must be one of \['contrastive', 'fusion'\], got 'nope'"):
+        recipe_start({**zoo.load_recipe("shapes-clip-resnet"), "family": "nope"}, "r")
+    monkeypatch.setattr(checkpoint, "_CHECKPOINT_FAMILIES", dict(checkpoint._CHECKPOINT_FAMILIES))
+    register_checkpoint_family("toyvlm", TinyCLIPConfig, TinyCLIP, family="vlm")
+    with pytest.raises(ValueError, match=r"recipe r: the zoo has no trainer for 'vlm' models \(checkpoint family "
+                                         r"'toyvlm'\); trainers exist for \['contrastive', 'fusion'\]"):
+        zoo_trainer("toyvlm", "r")
+
+
+def test_zoo_reexports_the_checkpoint_io():
+    from mmsec.models import checkpoint
+
+    for name in ("CheckpointError", "load_checkpoint", "save_checkpoint", "read_card", "sha256_file"):
+        assert getattr(zoo, name) is getattr(checkpoint, name)

@@ -1,16 +1,34 @@
-"""Model protocols, the tiny zoo architectures, and adapters for real models on disk.
+"""Model protocols (one per family), the tiny zoo architectures, adapters for real models on disk,
+checkpoint I/O, and the loaders that resolve model specs.
 
-Importing this package registers the model kinds (``mmsec.registry.entries("models")``).
-The adapters import their libraries (transformers, open_clip) only when a model is loaded.
+Importing this package registers the zoo architectures' checkpoint families and the model loaders
+(``mmsec.registry.entries("models")``). The adapters import their libraries (transformers,
+open_clip) only when a model is loaded.
 """
 
+# The architectures first: they register their checkpoint families, which the loaders read.
+from . import tiny_albef, tiny_clip  # noqa: I001
 from . import loaders
-from .base import ContrastiveModel, FusionModel, PromptableText
+from .base import (
+    FAMILIES,
+    ContrastiveModel,
+    DiffusionModel,
+    FusionModel,
+    GenerativeVLM,
+    PromptableText,
+    VisionBlocks,
+    families_of,
+    require_family,
+    vision_block_names,
+)
 from .hf_blip import HFBLIPRetrieval
 from .hf_clip import HFCLIP
-from .loaders import load_contrastive, load_fusion
+from .loaders import load_contrastive, load_fusion, load_model, register_loader, schemes
 from .open_clip_adapter import OpenCLIP
 from .tiny_albef import TinyALBEF
+from .tiny_clip import TinyCLIP
 
-__all__ = ["HFBLIPRetrieval", "HFCLIP", "ContrastiveModel", "FusionModel", "OpenCLIP", "PromptableText",
-           "TinyALBEF", "load_contrastive", "load_fusion", "loaders"]
+__all__ = ["FAMILIES", "HFBLIPRetrieval", "HFCLIP", "ContrastiveModel", "DiffusionModel", "FusionModel",
+           "GenerativeVLM", "OpenCLIP", "PromptableText", "TinyALBEF", "TinyCLIP", "VisionBlocks", "families_of",
+           "load_contrastive", "load_fusion", "load_model", "loaders", "register_loader", "require_family",
+           "schemes", "tiny_albef", "tiny_clip", "vision_block_names"]

@@ -48,8 +48,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..zoo.checkpoint import CheckpointError
-from .hf_clip import check_hf_folder, hf_image_preprocess
+from .checkpoint import CheckpointError
+from .hf_clip import check_hf_folder, hf_encoder_layers, hf_image_preprocess
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess, check_image_batch, resize_and_crop
 
 ARCHITECTURE = "BlipForImageTextRetrieval"
@@ -246,6 +246,11 @@ class HFBLIPRetrieval(nn.Module):
 
     def itm_logits(self, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self.itm_head(self.fuse(pixels, tokens))  # (B, 2)
+
+    # -- VisionBlocks (mmsec.models.base) ------------------------------------------------------------
+    def vision_blocks(self) -> list[nn.Module]:
+        """The ViT's encoder layers (``model.vision_model.encoder.layers.*``), input side first."""
+        return hf_encoder_layers(self.model, "HFBLIPRetrieval")
 
     # -- PromptableText: encode_text(t) == encode_text_embeddings(token_embeddings(t), t) -------------
     def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:

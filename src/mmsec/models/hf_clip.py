@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..zoo.checkpoint import CheckpointError, looks_like_pickle
+from .checkpoint import CheckpointError, looks_like_pickle
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess, check_image_batch, resize_and_crop
 
 logger = logging.getLogger(__name__)
@@ -160,6 +160,15 @@ def hf_image_preprocess(processor: dict | None, image_size: int) -> ImagePreproc
                                interpolation=interpolation, mean=mean, std=std)
     return ImagePreprocess(image_size=crop, resize=_edge(size, "size"), resize_mode="squash",
                            interpolation=interpolation, mean=mean, std=std)
+
+
+def hf_encoder_layers(model: nn.Module, who: str) -> list[nn.Module]:
+    """``model.vision_model.encoder.layers`` as a list (transformers' CLIP / BLIP vision tower layout)."""
+    layers = getattr(getattr(getattr(model, "vision_model", None), "encoder", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"{who}.vision_blocks needs the vision tower's layers at model.vision_model.encoder.layers "
+                        f"(transformers' layout); {type(model).__name__} has none")
+    return list(layers)
 
 
 def _features(out: Any, what: str) -> torch.Tensor:
@@ -333,3 +342,8 @@ class HFCLIP(nn.Module):
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp()
+
+    # VisionBlocks (mmsec.models.base)
+    def vision_blocks(self) -> list[nn.Module]:
+        """The vision transformer's encoder layers (``model.vision_model.encoder.layers.*``), input side first."""
+        return hf_encoder_layers(self.model, "HFCLIP")

@@ -1,154 +1,291 @@
-"""Model names used in experiment specs and the CLI, resolved to a ContrastiveModel.
+"""Model names used in experiment specs and the CLI, resolved through registered loaders.
 
-Accepted forms::
+One entry point, :func:`load_model`, for every model family::
 
-    zoo:NAME                         a shipped zoo model (mmsec.zoo.load_model), e.g. zoo:shapes-clip-resnet
+    model = load_model("zoo:shapes-clip-resnet")                    # whatever the zoo checkpoint is
+    model = load_model("hf-blip:/models/blip-itm", family="fusion") # a FusionModel, or one clear error
+
+A spec is ``SCHEME:REST``; the scheme picks a loader registered with :func:`register_loader`,
+which declares the model family it returns (``contrastive``, ``fusion``, ``vlm``, ``diffusion``:
+:data:`mmsec.models.base.FAMILIES`), and is called with ``REST``. Built-in forms::
+
+    zoo:NAME                         a shipped zoo model (mmsec.zoo.load_model), e.g. zoo:shapes-clip-resnet;
+                                     its family is declared in the checkpoint's metadata (contrastive / fusion)
     zoo:/path/NAME.safetensors       a zoo-format checkpoint on disk, its card NAME.json beside it
-    NAME                             the same, without the prefix
-    hf:/path/to/folder               a Hugging Face CLIP saved with save_pretrained (HFCLIP)
-    hf-blip:/path/to/folder          a Hugging Face BlipForImageTextRetrieval folder (HFBLIPRetrieval, a FusionModel)
-    open_clip:ARCH:/path/file.safetensors   an open_clip architecture with local weights (OpenCLIP)
+    NAME                             the same as zoo:NAME, without the prefix
+    hf:/path/to/folder               a Hugging Face CLIP saved with save_pretrained (HFCLIP, contrastive)
+    hf-blip:/path/to/folder          a Hugging Face BlipForImageTextRetrieval folder (HFBLIPRetrieval, fusion)
+    open_clip:ARCH:/path/file.safetensors   an open_clip architecture with local weights (OpenCLIP, contrastive)
+
+A bare Windows path (``C:\\models\\clip``) is never read as a scheme: schemes have two letters or
+more. With ``family=`` given, a model of another family is one TypeError, raised before loading
+when the loader's declared family cannot satisfy it. Adding a model family is a protocol
+(:mod:`mmsec.models.base`), an adapter, and one call::
+
+    register_loader("hf-llava", load_hf_llava, family="vlm", form="hf-llava:/path/to/llava_folder",
+                    summary="a Hugging Face LLaVA folder (safetensors)")
 
 Nothing is ever downloaded, and only safetensors weights are loaded. Importing this module
-registers the model kinds (``mmsec.registry.entries("models")``); the heavy libraries
-(transformers, open_clip) are imported only when such a model is loaded.
+registers the built-in loaders in the registry kind ``models`` (``mmsec list``); the heavy
+libraries (transformers, open_clip) are imported only when such a model is loaded.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from ..registry import close_names, declare_kind, register
-from .base import ContrastiveModel, FusionModel, require_fusion
-
-SPEC_FORMS = ("zoo:NAME (e.g. zoo:shapes-clip-resnet, or the bare NAME)", "zoo:/path/to/NAME.safetensors", "hf:/path/to/hf_clip_folder",
-              "hf-blip:/path/to/blip_retrieval_folder", "open_clip:ARCH:/path/to/weights.safetensors")
-
+from .base import FAMILIES, ContrastiveModel, FusionModel, get_family, implies, require_family
+from .checkpoint import DEFAULT_CHECKPOINT_FAMILY, checkpoint_families
 
 declare_kind("models", "model names for specs and the CLI: zoo:NAME, hf:DIR, ... -> a model of one family",
              "mmsec.models.loaders:load_model")
 
 
+@dataclass(frozen=True)
+class Loader:
+    """A registered model scheme.
+
+    Attributes:
+        scheme: the text before the first ``:`` of a spec (``hf``).
+        load: called with the spec's text after ``SCHEME:`` (stripped); returns the model. It checks
+            that text itself and raises a ValueError saying how to write it when it is wrong.
+        family: the model family every model it returns satisfies; None when each model declares its
+            own (zoo checkpoints, in their metadata).
+        form: how a spec of this scheme is written, for error messages and spec checks.
+        summary: one line for ``mmsec list``.
+    """
+
+    scheme: str
+    load: Callable[[str], Any]
+    family: str | None
+    form: str
+    summary: str
+
+
+_LOADERS: dict[str, Loader] = {}
+_SCHEME = re.compile(r"^[a-z][a-z0-9_-]+$")  # two characters or more: 'C:\...' is a Windows path
+
+
+def register_loader(scheme: str, loader: Callable[[str], Any], *, family: str | None, form: str, summary: str,
+                    name: str | None = None) -> Loader:
+    """Register ``loader`` for specs ``SCHEME:...`` and record it in the registry kind ``models``.
+
+    Args:
+        scheme: lower-case letters, digits, ``-`` and ``_``, at least two characters.
+        loader: ``loader(rest) -> model``, ``rest`` being the spec after ``SCHEME:``.
+        family: the model family its models satisfy (a key of :data:`mmsec.models.base.FAMILIES`),
+            or None when each model declares its own.
+        form: how such a spec is written, starting with ``SCHEME:`` (``hf:/path/to/hf_clip_folder``).
+        summary: one line describing what it loads, for ``mmsec list``.
+        name: the registry entry's name (default: ``form``).
+    """
+    if not isinstance(scheme, str) or not _SCHEME.match(scheme):
+        raise ValueError(f"register_loader: scheme must be lower-case letters, digits, '-' or '_', at least two "
+                         f"characters (one letter would read as a Windows drive), got {scheme!r}")
+    if scheme in _LOADERS:
+        raise ValueError(f"register_loader: scheme {scheme!r} is already registered ({_LOADERS[scheme].form})")
+    if not callable(loader):
+        raise TypeError(f"register_loader({scheme!r}): loader must be callable as loader(rest) -> model, got {loader!r}")
+    if family is not None:
+        get_family(family)  # a ValueError naming the known families
+    if not isinstance(form, str) or not form.startswith(f"{scheme}:"):
+        raise ValueError(f"register_loader({scheme!r}): form must show how a spec is written, starting with "
+                         f"'{scheme}:', got {form!r}")
+    if not isinstance(summary, str) or not summary.strip():
+        raise ValueError(f"register_loader({scheme!r}): summary must be a non-empty line, got {summary!r}")
+    entry = Loader(scheme, loader, family, form, summary)
+    register("models", name or form, summary, family=family)(loader)
+    _LOADERS[scheme] = entry
+    return entry
+
+
+def schemes() -> dict[str, str]:
+    """The registered schemes and how a spec of each is written: ``{scheme: form}``, in registration order."""
+    return {s: loader.form for s, loader in _LOADERS.items()}
+
+
+def loaders() -> dict[str, Loader]:
+    """The registered loaders by scheme (a copy)."""
+    return dict(_LOADERS)
+
+
 def _forms() -> str:
-    return "Accepted forms: " + "; ".join(SPEC_FORMS)
+    return "Accepted forms: " + "; ".join(loader.form for loader in _LOADERS.values())
 
 
-def _zoo_recipes() -> dict[str, str]:
-    """Zoo recipe name -> its one-line description, read from the recipe files.
+def _resolve(spec: Any) -> tuple[Loader, str]:
+    """The loader a spec names and the text it is called with; ValueErrors that teach the forms."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"model spec must be a non-empty string, got {spec!r}. {_forms()}")
+    spec = spec.strip()
+    prefix, sep, rest = spec.partition(":")
+    if sep and len(prefix) == 1 and rest.startswith(("\\", "/")):
+        prefix, sep = "", ""  # a bare Windows path such as C:\models, not a scheme
+    if not sep:
+        names = zoo_names()
+        if spec in names:
+            return _LOADERS["zoo"], spec
+        hint = (f" {spec!r} looks like a path: write 'hf:{spec}' for a Hugging Face CLIP folder or "
+                f"'open_clip:ARCH:{spec}' for open_clip weights." if ("/" in spec or "\\" in spec) else "")
+        raise ValueError(f"unknown model {spec!r}; zoo models are {names}.{close_names(spec, names)}{hint} {_forms()}")
+    if prefix not in _LOADERS:
+        known = list(_LOADERS)
+        raise ValueError(f"unknown model prefix {prefix!r} in {spec!r}.{close_names(prefix.lower(), known)} "
+                         f"{_forms()}")
+    return _LOADERS[prefix], rest.strip()
+
+
+def declared_family(spec: str) -> str | None:
+    """The model family ``spec`` will load, as far as known without loading it: the loader's family,
+    or for a zoo name the family its recipe declares; None when only the checkpoint can tell."""
+    loader, rest = _resolve(spec)
+    if loader.family is not None:
+        return loader.family
+    if loader.scheme == "zoo" and rest in _zoo_recipes():
+        return _zoo_recipes()[rest][1]
+    return None
+
+
+def load_model(spec: str, family: str | None = None) -> Any:
+    """Load the model named by ``spec`` (see the module docstring for the forms).
+
+    Args:
+        spec: ``SCHEME:REST`` or a bare zoo name.
+        family: when given, the model must satisfy this family (a key of
+            :data:`mmsec.models.base.FAMILIES`); a model of another family is a TypeError, raised
+            before loading when the scheme's declared family cannot satisfy it.
+    """
+    if family is not None:
+        get_family(family)
+    loader, rest = _resolve(spec)
+    who = f"load_model({spec!r}, family={family!r})"
+    if family is not None and loader.family is not None and not implies(loader.family, family):
+        fits = [s for s, other in _LOADERS.items() if other.family is None or implies(other.family, family)]
+        raise TypeError(f"{who}: scheme '{loader.scheme}:' loads {loader.family!r} models, not a "
+                        f"{FAMILIES[family].protocol.__name__} ({FAMILIES[family].description}). Schemes that can "
+                        f"load a {family!r} model: {fits}")
+    model = loader.load(rest)
+    if loader.family is not None:  # the loader keeps its word
+        require_family(model, loader.family, f"the {loader.scheme!r} loader (declared family {loader.family!r})")
+    if family is not None:
+        require_family(model, family, who)
+    return model
+
+
+def load_contrastive(spec: str) -> ContrastiveModel:
+    """Load the ContrastiveModel named by ``spec``: ``load_model(spec, family="contrastive")``.
+    Fusion models are contrastive models too."""
+    return load_model(spec, family="contrastive")
+
+
+def load_fusion(spec: str) -> FusionModel:
+    """Load the FusionModel named by ``spec`` (e.g. ``zoo:shapes-albef`` or ``hf-blip:/dir``):
+    ``load_model(spec, family="fusion")``."""
+    return load_model(spec, family="fusion")
+
+
+# -- the built-in loaders ------------------------------------------------------------------------------
+
+def _zoo_recipes() -> dict[str, tuple[str, str | None]]:
+    """Zoo recipe name -> (its one-line description, the model family it declares), read from the files.
 
     Read directly rather than through ``mmsec.zoo.recipe_names()``: ``mmsec.zoo`` imports
     ``mmsec.models``, so calling into it while this package initialises would be circular.
     """
+    arch = checkpoint_families()
     out = {}
     for f in (resources.files("mmsec.zoo") / "recipes").iterdir():
         if f.name.endswith(".yaml"):
             recipe = yaml.safe_load(f.read_text()) or {}
-            out[f.name[: -len(".yaml")]] = str(recipe.get("description", "zoo model"))
+            name = str(recipe.get("family", DEFAULT_CHECKPOINT_FAMILY))
+            fam = arch[name].family if name in arch else (name if name in FAMILIES else None)
+            out[f.name[: -len(".yaml")]] = (str(recipe.get("description", "zoo model")), fam)
     return dict(sorted(out.items()))
 
 
-def load_zoo(name: str) -> ContrastiveModel:
+def zoo_names() -> list[str]:
+    """Zoo models that can be named: recipes and shipped checkpoints."""
     from .. import zoo
 
+    return sorted(set(_zoo_recipes()) | set(zoo.available()))
+
+
+def load_zoo(name: str) -> Any:
+    """A zoo model by name, or a zoo-format checkpoint file (``.../NAME.safetensors``, card beside it)."""
+    from .. import zoo
+
+    if not name:
+        raise ValueError(f"model spec 'zoo:' names no zoo model. {_forms()}")
     if "/" in name or "\\" in name or "." in name:  # a checkpoint file, not a shipped name
         return zoo.load_model_file(name)
     return zoo.load_model(name)
 
 
 def load_hf(directory: str | Path) -> ContrastiveModel:
+    """A Hugging Face CLIP folder (:class:`~mmsec.models.hf_clip.HFCLIP`)."""
+    if not str(directory).strip():
+        raise ValueError("model spec 'hf:' names no folder: write hf:/path/to/hf_clip_folder")
     from .hf_clip import HFCLIP
 
     return HFCLIP.from_pretrained(directory)
 
 
 def load_hf_blip(directory: str | Path) -> FusionModel:
+    """A Hugging Face BLIP retrieval folder (:class:`~mmsec.models.hf_blip.HFBLIPRetrieval`)."""
+    if not str(directory).strip():
+        raise ValueError("model spec 'hf-blip:' names no folder: write hf-blip:/path/to/blip_retrieval_folder")
     from .hf_blip import HFBLIPRetrieval
 
     return HFBLIPRetrieval.from_pretrained(directory)
 
 
 def load_open_clip(arch: str, weights: str | Path) -> ContrastiveModel:
+    """An open_clip architecture with local safetensors weights (:class:`~mmsec.models.open_clip_adapter.OpenCLIP`)."""
     from .open_clip_adapter import OpenCLIP
 
     return OpenCLIP.from_file(arch, weights)
 
 
-def load_contrastive(spec: str) -> ContrastiveModel:
-    """Load the ContrastiveModel named by ``spec`` (see the module docstring for the forms)."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"model spec must be a non-empty string, got {spec!r}. {_forms()}")
-    spec = spec.strip()
-    prefix, sep, rest = spec.partition(":")
-    if sep and len(prefix) == 1 and rest.startswith(("\\", "/")):
-        prefix, sep = "", ""  # a bare Windows path such as C:\models, not a prefix
-    if not sep:
-        names = sorted(set(_zoo_recipes()) | set(_zoo_available()))
-        if spec in names:
-            return load_zoo(spec)
-        hint = (f" {spec!r} looks like a path: write 'hf:{spec}' for a Hugging Face CLIP folder or "
-                f"'open_clip:ARCH:{spec}' for open_clip weights." if ("/" in spec or "\\" in spec) else "")
-        raise ValueError(f"unknown model {spec!r}; zoo models are {names}.{close_names(spec, names)}{hint} {_forms()}")
-    if prefix == "zoo":
-        if not rest:
-            raise ValueError(f"model spec {spec!r} names no zoo model. {_forms()}")
-        return load_zoo(rest)
-    if prefix == "hf":
-        if not rest:
-            raise ValueError(f"model spec {spec!r} names no folder: write hf:/path/to/hf_clip_folder")
-        return load_hf(rest)
-    if prefix == "hf-blip":
-        if not rest:
-            raise ValueError(f"model spec {spec!r} names no folder: write hf-blip:/path/to/blip_retrieval_folder")
-        return load_hf_blip(rest)
-    if prefix == "open_clip":
-        arch, sep2, weights = rest.partition(":")
-        if not arch or not sep2 or not weights:
-            raise ValueError(f"model spec {spec!r} must be open_clip:ARCH:/path/to/weights.safetensors "
-                             "(e.g. open_clip:ViT-B-32:/models/vit-b-32.safetensors)")
-        return load_open_clip(arch, weights)
-    prefixes = ["zoo", "hf", "hf-blip", "open_clip"]
-    raise ValueError(f"unknown model prefix {prefix!r} in {spec!r}.{close_names(prefix.lower(), prefixes)} "
-                     f"{_forms()}")
-
-
-def load_fusion(spec: str) -> FusionModel:
-    """Load the model named by ``spec`` (the forms of :func:`load_contrastive`) and require that it
-    is a FusionModel (e.g. ``zoo:shapes-albef`` or ``hf-blip:/dir``)."""
-    model = load_contrastive(spec)
-    require_fusion(model, f"model {spec!r}")
-    return model
-
-
-def _zoo_available() -> list[str]:
-    from .. import zoo
-
-    return zoo.available()
+def load_open_clip_spec(rest: str) -> ContrastiveModel:
+    """:func:`load_open_clip` from the ``ARCH:/path/to/weights.safetensors`` part of a spec."""
+    arch, sep, weights = rest.partition(":")
+    if not arch or not sep or not weights:
+        raise ValueError(f"model spec 'open_clip:{rest}' must be open_clip:ARCH:/path/to/weights.safetensors "
+                         "(e.g. open_clip:ViT-B-32:/models/vit-b-32.safetensors)")
+    return load_open_clip(arch, weights)
 
 
 def _register() -> None:
-    for name, description in _zoo_recipes().items():
-        register("models", f"zoo:{name}", description)(partial(load_zoo, name))
-    register("models", "hf:<dir>", "a Hugging Face transformers CLIPModel folder (safetensors), "
-             "e.g. hf:/models/clip-vit-base-patch32")(load_hf)
-    register("models", "hf-blip:<dir>", "a Hugging Face transformers BlipForImageTextRetrieval folder (safetensors; "
-             "a fusion model with ITC and ITM), e.g. hf-blip:/models/blip-itm-base-coco")(load_hf_blip)
-    register("models", "open_clip:<arch>:<file>", "an open_clip architecture with local safetensors weights, "
-             "e.g. open_clip:ViT-B-32:/models/vit-b-32.safetensors")(load_open_clip)
+    register_loader("zoo", load_zoo, family=None, name="zoo:<path>.safetensors",
+                    form="zoo:NAME (e.g. zoo:shapes-clip-resnet, or the bare NAME) or zoo:/path/to/NAME.safetensors",
+                    summary="a zoo-format checkpoint on disk, its card NAME.json beside it (the family is read "
+                            "from its metadata), e.g. zoo:/models/my-clip.safetensors")
+    for name, (description, fam) in _zoo_recipes().items():
+        register("models", f"zoo:{name}", description, family=fam)(partial(load_zoo, name))
+    register_loader("hf", load_hf, family="contrastive", name="hf:<dir>", form="hf:/path/to/hf_clip_folder",
+                    summary="a Hugging Face transformers CLIPModel folder (safetensors), "
+                            "e.g. hf:/models/clip-vit-base-patch32")
+    register_loader("hf-blip", load_hf_blip, family="fusion", name="hf-blip:<dir>",
+                    form="hf-blip:/path/to/blip_retrieval_folder",
+                    summary="a Hugging Face transformers BlipForImageTextRetrieval folder (safetensors; a fusion "
+                            "model with ITC and ITM), e.g. hf-blip:/models/blip-itm-base-coco")
+    register_loader("open_clip", load_open_clip_spec, family="contrastive", name="open_clip:<arch>:<file>",
+                    form="open_clip:ARCH:/path/to/weights.safetensors",
+                    summary="an open_clip architecture with local safetensors weights, "
+                            "e.g. open_clip:ViT-B-32:/models/vit-b-32.safetensors")
 
 
 _register()
 
 
-def schemes() -> dict[str, str]:
-    """Registered model-name schemes and the form each takes (for spec checks)."""
-    return {"zoo": "zoo:NAME", "hf": "hf:/path/to/dir", "hf-blip": "hf-blip:/path/to/dir",
-            "open_clip": "open_clip:ARCH:/path/to/file"}
-
-
-def load_model(spec: str, family: str | None = None):
-    """Load the model named by ``spec``; ``family`` ("fusion") requires that family."""
-    return load_fusion(spec) if family == "fusion" else load_contrastive(spec)
+__all__ = ["Loader", "declared_family", "load_contrastive", "load_fusion", "load_hf", "load_hf_blip", "load_model",
+           "load_open_clip", "load_open_clip_spec", "load_zoo", "loaders", "register_loader", "schemes", "zoo_names"]

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..zoo.checkpoint import CheckpointError, looks_like_pickle
+from .checkpoint import CheckpointError, looks_like_pickle
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess, check_image_batch, resize_and_crop
 
 logger = logging.getLogger(__name__)
@@ -207,3 +207,23 @@ class OpenCLIP(nn.Module):
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp()
+
+    # VisionBlocks (mmsec.models.base)
+    def vision_blocks(self) -> list[nn.Module]:
+        """The image tower's blocks, input side first: a ViT's residual attention blocks
+        (``model.visual.transformer.resblocks.*``), a ModifiedResNet's four stages
+        (``model.visual.layer1`` ... ``layer4``), or a timm trunk's ``blocks`` / ``stages``."""
+        visual = self.model.visual
+        resblocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        if isinstance(resblocks, nn.ModuleList):
+            return list(resblocks)
+        stages = [getattr(visual, f"layer{i}", None) for i in range(1, 5)]
+        if all(isinstance(s, nn.Module) for s in stages):
+            return stages
+        trunk = getattr(visual, "trunk", None)
+        for name in ("blocks", "stages"):
+            seq = getattr(trunk, name, None)
+            if isinstance(seq, (nn.ModuleList, nn.Sequential)):
+                return list(seq)
+        raise TypeError(f"OpenCLIP.vision_blocks: the image tower {type(visual).__name__} has none of "
+                        "transformer.resblocks, layer1-4, trunk.blocks or trunk.stages")

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import register_checkpoint_family
 from .preprocess import ImagePreprocess, resize_and_crop
 from .tiny_clip import ResNetTower, TextTower, ViTTower
 from .tokenizer import PAD, WordTokenizer
@@ -247,7 +248,16 @@ class TinyALBEF(nn.Module):
                              f"{tuple(tokens.shape)}, got {tuple(embeds.shape)}")
         return self.text_embedding(self.text_hidden(embeds, tokens))  # (B, D)
 
+    # -- VisionBlocks (mmsec.models.base) ----------------------------------------------------------
+    def vision_blocks(self) -> list[nn.Module]:
+        """The image encoder's blocks: the ResNet's basic blocks (``visual.blocks.*``) or the ViT's
+        transformer layers (``visual.encoder.layers.*``), input side first."""
+        return self.visual.residual_blocks()
+
     @torch.no_grad()
     def itm_scores(self, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Convenience for inspection: P(match) of each row-aligned (image, caption) pair, (B,)."""
         return F.softmax(self.itm_logits(pixels, self.tokenize(texts)), dim=-1)[:, 1]
+
+
+register_checkpoint_family("fusion", TinyALBEFConfig, TinyALBEF)

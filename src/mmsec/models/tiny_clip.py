@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import register_checkpoint_family
 from .tokenizer import WordTokenizer
 
 
@@ -84,6 +85,10 @@ class ResNetTower(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.proj = nn.Linear(cin, cfg.embed_dim)
 
+    def residual_blocks(self) -> list[nn.Module]:
+        """The basic blocks after the stem, input side first (one per width: each is a stage)."""
+        return list(self.blocks)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))  # (B, C, h, w)
         return self.proj(x.mean(dim=(2, 3)))  # (B, D)
@@ -103,6 +108,10 @@ class ViTTower(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, cfg.vit_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.vit_width)
         self.proj = nn.Linear(cfg.vit_width, cfg.embed_dim)
+
+    def residual_blocks(self) -> list[nn.Module]:
+        """The transformer layers, input side first."""
+        return list(self.encoder.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, W)
@@ -184,3 +193,12 @@ class TinyCLIP(nn.Module):
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.log_logit_scale.exp().clamp(max=100.0)
+
+    # VisionBlocks (mmsec.models.base)
+    def vision_blocks(self) -> list[nn.Module]:
+        """The image tower's blocks: the ResNet's basic blocks (``visual.blocks.*``) or the ViT's
+        transformer layers (``visual.encoder.layers.*``), input side first."""
+        return self.visual.residual_blocks()
+
+
+register_checkpoint_family("contrastive", TinyCLIPConfig, TinyCLIP)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..zoo.checkpoint import sha256_file
+from ..models.checkpoint import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class CellContext:
         paths = self._paths(h)
         if paths is None or not paths[1].is_file() or not paths[0].is_file():
             return None
-        from ..zoo.checkpoint import load_checkpoint
+        from ..models.checkpoint import load_checkpoint
 
         weights, card = paths
         try:

@@ -47,8 +47,8 @@ from typing import Any
 
 import torch
 
+from ..models.checkpoint import sha256_file
 from ..version import __version__
-from ..zoo.checkpoint import sha256_file
 
 DB_NAME = "results.sqlite"
 SCHEMA_VERSION = 1

@@ -9,27 +9,34 @@ Example::
     from mmsec.zoo import load_model
     model = load_model("shapes-clip-resnet")
 
-A checkpoint's metadata names its model family: ``contrastive`` (TinyCLIP; also when absent, as
-in checkpoints written before families existed) or ``fusion`` (TinyALBEF).
+A checkpoint's metadata names its checkpoint family, registered by the module defining the
+model (:func:`mmsec.models.checkpoint.register_checkpoint_family`): ``contrastive`` (TinyCLIP;
+also when absent, as in checkpoints written before families existed) or ``fusion`` (TinyALBEF).
+The zoo itself knows no architecture. Checkpoint I/O lives in :mod:`mmsec.models.checkpoint`;
+its names are re-exported here for users.
 """
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from ..models.tiny_albef import TinyALBEF, TinyALBEFConfig
-from ..models.tiny_clip import TinyCLIP, TinyCLIPConfig
-from .checkpoint import CheckpointError, load_checkpoint, read_card
+from .. import models as _models  # noqa: F401  (its architectures register their checkpoint families)
+from ..models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    read_card,
+    save_checkpoint,
+    sha256_file,
+)
 
 _HERE = Path(str(resources.files(__package__)))
 CHECKPOINTS = _HERE / "checkpoints"
 RECIPES = _HERE / "recipes"
-# Checkpoint metadata "family" -> (config class, model class).
-FAMILIES = {"contrastive": (TinyCLIPConfig, TinyCLIP), "fusion": (TinyALBEFConfig, TinyALBEF)}
 
 
 def recipe_names() -> list[str]:
@@ -54,7 +61,7 @@ def card(name: str) -> dict:
     return read_card(CHECKPOINTS / f"{name}.json")
 
 
-def load_model_file(path: str | Path) -> TinyCLIP | TinyALBEF:
+def load_model_file(path: str | Path) -> Any:
     """Load a zoo-format checkpoint from a file path; its card ``<stem>.json`` must lie beside it."""
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -65,7 +72,7 @@ def load_model_file(path: str | Path) -> TinyCLIP | TinyALBEF:
     return load_model(path.stem, checkpoint_dir=path.parent)
 
 
-def load_model(name: str, checkpoint_dir: str | Path | None = None) -> TinyCLIP | TinyALBEF:
+def load_model(name: str, checkpoint_dir: str | Path | None = None) -> Any:
     """Load zoo model ``name`` (its sha256 checked against its card), in eval mode."""
     base = Path(checkpoint_dir) if checkpoint_dir else CHECKPOINTS
     if not (base / f"{name}.safetensors").is_file():
@@ -76,18 +83,8 @@ def load_model(name: str, checkpoint_dir: str | Path | None = None) -> TinyCLIP 
                               f"{close_names(name, names)}. Train it with `mmsec zoo train {name}`.")
     info = read_card(base / f"{name}.json")
     tensors, meta = load_checkpoint(base / f"{name}.safetensors", expected_sha256=info.get("sha256"))
-    if "config" not in meta:
-        raise CheckpointError(f"checkpoint {name} has no 'config' metadata; it was not written by mmsec")
-    family = meta.get("family", "contrastive")
-    if family not in FAMILIES:
-        raise CheckpointError(f"checkpoint {name} has model family {family!r} in its metadata; this mmsec knows "
-                              f"{sorted(FAMILIES)} (is the checkpoint from a newer mmsec?)")
-    config_cls, model_cls = FAMILIES[family]
-    model = model_cls(config_cls.from_dict(json.loads(meta["config"])))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {name} does not fit its config: missing {missing}, unexpected {unexpected}")
-    return model.eval()
+    return model_from_checkpoint(tensors, meta, name)
 
 
-__all__ = ["CheckpointError", "available", "card", "load_model", "load_model_file", "load_recipe", "recipe_names"]
+__all__ = ["CHECKPOINTS", "RECIPES", "CheckpointError", "available", "card", "load_checkpoint", "load_model",
+           "load_model_file", "load_recipe", "read_card", "recipe_names", "save_checkpoint", "sha256_file"]

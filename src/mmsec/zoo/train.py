@@ -1,8 +1,12 @@
 """Train a zoo model from its recipe and write its checkpoint and card (``mmsec zoo train NAME``).
 
-A recipe's ``family`` picks the model and its trainer: ``contrastive`` (the default; TinyCLIP,
-:func:`~mmsec.train.contrastive.train_contrastive`) or ``fusion`` (TinyALBEF, ITC + ITM with hard
-negatives, :func:`~mmsec.train.fusion.train_fusion`).
+A recipe's ``family`` names its checkpoint family (``contrastive`` by default), registered by the
+module defining the model (:func:`mmsec.models.checkpoint.register_checkpoint_family`: TinyCLIP,
+TinyALBEF). The trainer is looked up by that architecture's *model* family in :data:`ZOO_TRAINERS`:
+``contrastive`` (:func:`~mmsec.train.contrastive.train_contrastive`) or ``fusion`` (ITC + ITM with
+hard negatives, :func:`~mmsec.train.fusion.train_fusion`, plus ITM retrieval and binding metrics
+on the card). A new zoo architecture of an existing model family is one
+``register_checkpoint_family`` call; a new model family adds one :func:`register_zoo_trainer`.
 """
 
 from __future__ import annotations
@@ -12,19 +16,21 @@ import logging
 import platform
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..data.shapes import CAPTION_TEMPLATES, COLORS, POSITIONS, SHAPES, SIZES, TEXTURES, Scene, ShapesWorld
+from ..models.checkpoint import checkpoint_families, save_checkpoint
 from ..models.tokenizer import WordTokenizer
 from ..train.contrastive import TrainConfig, train_contrastive
 from ..train.fusion import FusionBatch, FusionTrainConfig, train_fusion
 from ..version import __version__
-from . import CHECKPOINTS, FAMILIES, load_recipe
-from .checkpoint import save_checkpoint
+from . import CHECKPOINTS, load_recipe
 from .evaluate import binding_accuracy, retrieval, retrieval_itm, true_captions, zeroshot_accuracy
 
 log = logging.getLogger(__name__)
@@ -102,11 +108,12 @@ def recipe_start(recipe: dict, name: str, steps: int | None = None) -> RecipeSta
     seed = int(recipe["seed"])
     torch.manual_seed(seed)
     family = recipe.get("family", "contrastive")
-    if family not in FAMILIES:
-        raise ValueError(f"recipe {name}: family must be one of {sorted(FAMILIES)}, got {family!r}")
-    config_cls, model_cls = FAMILIES[family]
-    cfg = config_cls.from_dict({**recipe["model"], "vocab": shapes_vocabulary()})
-    model = model_cls(cfg)  # right after seeding: the initial weights depend on nothing else
+    known = checkpoint_families()
+    if family not in known:
+        raise ValueError(f"recipe {name}: family must be one of {sorted(known)}, got {family!r}")
+    arch = known[family]
+    cfg = arch.config.from_dict({**recipe["model"], "vocab": shapes_vocabulary()})
+    model = arch.model(cfg)  # right after seeding: the initial weights depend on nothing else
     data = recipe["data"]
     world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"],
                         second_object_prob=data["second_object_prob"])
@@ -116,6 +123,69 @@ def recipe_start(recipe: dict, name: str, steps: int | None = None) -> RecipeSta
         t["steps"] = steps
         t["warmup"] = min(t["warmup"], max(1, steps // 10))
     return RecipeStart(seed, family, cfg, model, world, batch_size, t)
+
+
+@dataclass(frozen=True)
+class ZooTrainer:
+    """How the zoo trains, and what more it measures, for the models of one model family.
+
+    ``train(start, name, quiet)`` trains ``start.model`` in place and returns (its train config, with
+    ``steps``, and its log, with ``seconds`` and ``losses``); ``metrics(model, world, eval_cfg)``
+    returns the card's family-specific metrics on the retrieval world (beyond zero-shot accuracy and
+    retrieval recall, measured for every model); ``card(log)`` the family-specific card entries.
+    """
+
+    train: Callable[[RecipeStart, str, bool], tuple]
+    metrics: Callable[[nn.Module, ShapesWorld, dict], dict] = lambda model, world, eval_cfg: {}
+    card: Callable[[object], dict] = lambda run_log: {}
+
+
+ZOO_TRAINERS: dict[str, ZooTrainer] = {}
+
+
+def register_zoo_trainer(family: str, trainer: ZooTrainer) -> None:
+    """Register how the zoo trains models of model family ``family`` (``contrastive``, ``fusion``, ...)."""
+    if family in ZOO_TRAINERS and ZOO_TRAINERS[family] is not trainer:
+        raise ValueError(f"a zoo trainer for model family {family!r} is registered twice")
+    ZOO_TRAINERS[family] = trainer
+
+
+def zoo_trainer(checkpoint_family: str, name: str) -> ZooTrainer:
+    """The trainer of recipe ``name`` whose checkpoint family is ``checkpoint_family``."""
+    family = checkpoint_families()[checkpoint_family].family
+    if family not in ZOO_TRAINERS:
+        raise ValueError(f"recipe {name}: the zoo has no trainer for {family!r} models (checkpoint family "
+                         f"{checkpoint_family!r}); trainers exist for {sorted(ZOO_TRAINERS)}. "
+                         "Add one with mmsec.zoo.train.register_zoo_trainer")
+    return ZOO_TRAINERS[family]
+
+
+def _train_contrastive(start: RecipeStart, name: str, quiet: bool) -> tuple:
+    train_cfg = TrainConfig(**start.train)
+    run_log = train_contrastive(start.model, caption_batches(start.world, start.batch_size, start.seed), train_cfg,
+                                desc=f"training {name}", quiet=quiet)
+    return train_cfg, run_log
+
+
+def _train_fusion(start: RecipeStart, name: str, quiet: bool) -> tuple:
+    train_cfg = FusionTrainConfig(**start.train, seed=start.seed)
+    run_log = train_fusion(start.model, fusion_batches(start.world, start.batch_size, start.seed), train_cfg,
+                           desc=f"training {name}", quiet=quiet)
+    return train_cfg, run_log
+
+
+def _fusion_metrics(model: nn.Module, world: ShapesWorld, eval_cfg: dict) -> dict:
+    metrics = retrieval_itm(model, world, eval_cfg["n_retrieval"], k=eval_cfg.get("itm_k", 16))
+    metrics.update(binding_accuracy(model, world, eval_cfg.get("n_binding", 500)))
+    return metrics
+
+
+def _fusion_card(run_log) -> dict:
+    return {"final_itc_loss": round(run_log.itc_losses[-1], 4), "final_itm_loss": round(run_log.itm_losses[-1], 4)}
+
+
+register_zoo_trainer("contrastive", ZooTrainer(_train_contrastive))
+register_zoo_trainer("fusion", ZooTrainer(_train_fusion, _fusion_metrics, _fusion_card))
 
 
 def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None = None,
@@ -128,17 +198,10 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
     recipe = load_recipe(name)
     out = Path(out_dir) if out_dir else CHECKPOINTS
     start = recipe_start(recipe, name, steps)
-    seed, family, cfg, model, world = start.seed, start.family, start.config, start.model, start.world
-    batch_size, t, data = start.batch_size, start.train, recipe["data"]
+    seed, family, cfg, model, data = start.seed, start.family, start.config, start.model, recipe["data"]
+    trainer = zoo_trainer(family, name)
     cpu_start = time.process_time()  # CPU seconds: comparable across machines busy with other work
-    if family == "fusion":
-        train_cfg = FusionTrainConfig(**t, seed=seed)
-        run_log = train_fusion(model, fusion_batches(world, batch_size, seed), train_cfg,
-                               desc=f"training {name}", quiet=quiet)
-    else:
-        train_cfg = TrainConfig(**t)
-        run_log = train_contrastive(model, caption_batches(world, batch_size, seed), train_cfg,
-                                    desc=f"training {name}", quiet=quiet)
+    train_cfg, run_log = trainer.train(start, name, quiet)
     train_cpu_seconds = time.process_time() - cpu_start
 
     eval_cfg = recipe["eval"]
@@ -147,9 +210,7 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
     ret_world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"],
                             second_object_prob=data["second_object_prob"])
     metrics.update(retrieval(model, ret_world, eval_cfg["n_retrieval"]))
-    if family == "fusion":
-        metrics.update(retrieval_itm(model, ret_world, eval_cfg["n_retrieval"], k=eval_cfg.get("itm_k", 16)))
-        metrics.update(binding_accuracy(model, ret_world, eval_cfg.get("n_binding", 500)))
+    metrics.update(trainer.metrics(model, ret_world, eval_cfg))
 
     meta = {"config": json.dumps(cfg.to_dict()), "name": name, "family": family, "mmsec_version": __version__}
     sha = save_checkpoint(out / f"{name}.safetensors", model.state_dict(), meta)
@@ -167,8 +228,7 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
         "train_seconds": round(run_log.seconds, 1),
         "train_cpu_seconds": round(train_cpu_seconds, 1),
         "final_loss": round(run_log.losses[-1], 4),
-        **({"final_itc_loss": round(run_log.itc_losses[-1], 4), "final_itm_loss": round(run_log.itm_losses[-1], 4)}
-           if family == "fusion" else {}),
+        **trainer.card(run_log),
         "parameters": sum(p.numel() for p in model.parameters()),
         "trained_on": {"torch": torch.__version__, "python": platform.python_version(),
                        "threads": torch.get_num_threads(), "date": datetime.now(timezone.utc).date().isoformat()},

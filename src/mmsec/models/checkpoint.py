@@ -1,0 +1,174 @@
+"""Safe checkpoint I/O beside the models: safetensors only, verified against the sha256 of a card.
+
+mmsec is handed suspicious models on purpose, so it never unpickles a file: a pickle-based
+checkpoint (``.pt``, ``.bin``, ``.ckpt``, or any file whose bytes look like a pickle or a
+torch zip archive) is refused with an explanation of how to convert it.
+
+An mmsec checkpoint is a safetensors file whose metadata holds the model's ``config`` (JSON) and
+its checkpoint ``family`` (``contrastive`` when absent, as in checkpoints written before families
+existed), with a JSON *card* beside it (recipe, seed, metrics, sha256; see :mod:`mmsec.zoo`).
+Each architecture that can be rebuilt from such a file is registered, in the module that
+defines it, with :func:`register_checkpoint_family`; :func:`model_from_checkpoint` rebuilds it::
+
+    register_checkpoint_family("fusion", TinyALBEFConfig, TinyALBEF)   # in models/tiny_albef.py
+
+It imports only :mod:`mmsec.models.base` (the model family names it checks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .base import get_family
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unsafe, corrupt, or does not match its card."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def looks_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # Pickle protocol 2+ starts with 0x80; torch.save writes a zip archive ("PK\x03\x04").
+    return head[:1] == b"\x80" or head == b"PK\x03\x04"
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """Write safetensors atomically; return the file's sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return sha256_file(path)
+
+
+def load_checkpoint(path: str | Path, expected_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a safetensors checkpoint and its metadata; refuse pickles and hash mismatches."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix in {".pt", ".pth", ".bin", ".ckpt", ".pkl"} or looks_like_pickle(path):
+        raise CheckpointError(
+            f"refusing to load {path}: it is a pickle-based checkpoint, and unpickling runs arbitrary code. "
+            "Convert it to safetensors in a sandbox you trust (safetensors.torch.save_file) and load that.")
+    if expected_sha256 is not None:
+        actual = sha256_file(path)
+        if actual != expected_sha256:
+            raise CheckpointError(f"sha256 mismatch for {path}: card says {expected_sha256}, file is {actual}. "
+                                  "The file was modified or corrupted; refusing to load it.")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from e
+    return tensors, meta
+
+
+def read_card(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model card not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"model card {path} is not valid JSON: {e}") from e
+
+
+# -- architectures a checkpoint can be rebuilt as -------------------------------------------------------
+
+@dataclass(frozen=True)
+class CheckpointFamily:
+    """How to rebuild a model from a checkpoint whose metadata names ``name`` as its family.
+
+    ``config`` has ``from_dict(dict)`` / ``to_dict()``; ``model(config)`` builds the untrained
+    module; ``family`` is the model family (:data:`mmsec.models.base.FAMILIES`) the model satisfies.
+    """
+
+    name: str
+    config: type
+    model: type
+    family: str
+
+
+_CHECKPOINT_FAMILIES: dict[str, CheckpointFamily] = {}
+DEFAULT_CHECKPOINT_FAMILY = "contrastive"  # checkpoints written before families existed
+
+
+def register_checkpoint_family(name: str, config_cls: type, model_cls: type, family: str | None = None) -> None:
+    """Register the architecture of checkpoints whose metadata ``family`` is ``name``.
+
+    Called once by the module that defines the model. ``family`` is the model family the model
+    satisfies (default: ``name``); registering the same classes again is a no-op.
+    """
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ValueError(f"register_checkpoint_family: name must be a non-empty string, got {name!r}")
+    for attr in ("from_dict", "to_dict"):
+        if not callable(getattr(config_cls, attr, None)):
+            raise TypeError(f"register_checkpoint_family({name!r}): config_cls {getattr(config_cls, '__name__', config_cls)} "
+                            f"lacks {attr}(); a checkpoint stores its config as JSON")
+    if not callable(model_cls):
+        raise TypeError(f"register_checkpoint_family({name!r}): model_cls must be a class, got {model_cls!r}")
+    entry = CheckpointFamily(name, config_cls, model_cls, get_family(family or name).name)
+    known = _CHECKPOINT_FAMILIES.get(name)
+    if known is not None and known != entry:
+        raise ValueError(f"checkpoint family {name!r} is registered twice: {known.model.__name__} and "
+                         f"{model_cls.__name__}")
+    _CHECKPOINT_FAMILIES[name] = entry
+
+
+def checkpoint_families() -> dict[str, CheckpointFamily]:
+    """The registered checkpoint families by name (a copy)."""
+    return dict(_CHECKPOINT_FAMILIES)
+
+
+def checkpoint_family(name: str, where: str = "checkpoint") -> CheckpointFamily:
+    """The registered checkpoint family ``name``; a CheckpointError naming the known ones otherwise."""
+    if name not in _CHECKPOINT_FAMILIES:
+        raise CheckpointError(f"{where} has model family {name!r} in its metadata; this mmsec knows "
+                              f"{sorted(_CHECKPOINT_FAMILIES)} (is the checkpoint from a newer mmsec?)")
+    return _CHECKPOINT_FAMILIES[name]
+
+
+def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, str], name: str) -> Any:
+    """Rebuild the model a checkpoint's ``tensors`` and ``meta`` (from :func:`load_checkpoint`)
+    describe, in eval mode; ``name`` is used in error messages."""
+    if "config" not in meta:
+        raise CheckpointError(f"checkpoint {name} has no 'config' metadata; it was not written by mmsec")
+    arch = checkpoint_family(meta.get("family", DEFAULT_CHECKPOINT_FAMILY), f"checkpoint {name}")
+    try:
+        config = arch.config.from_dict(json.loads(meta["config"]))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {name}: its 'config' metadata is not a valid {arch.config.__name__}: {e}") from e
+    model = arch.model(config)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {name} does not fit its config: missing {missing}, unexpected {unexpected}")
+    return model.eval()

@@ -47,7 +47,7 @@ def test_invertune_removes_the_backdoor_with_64_images_at_a_small_clean_cost(bad
     model, trigger = badencoder_resnet.model.eval(), badencoder_resnet.record.rebuild_trigger()
     before_state = {k: v.clone() for k, v in model.state_dict().items()}
     s0 = zeroshot_asr(model, test.pixels(), test.labels, trigger, TARGET, generator=0)
-    out = _small()(model, inversion, tuning, PROMPTS, NAMES, generator=0)
+    out = _small().repair(model, inversion, tuning, PROMPTS, NAMES, generator=0)
     s1 = zeroshot_asr(out.model, test.pixels(), test.labels, trigger, TARGET, generator=0)
     # measured: ASR 1.00 -> 0.02, clean zero-shot 0.990 -> 0.973; inverted mask mean 0.044
     assert out.target.name == "red circle"
@@ -64,7 +64,7 @@ def test_invertune_removes_the_backdoor_with_64_images_at_a_small_clean_cost(bad
 def test_the_tuning_batch_is_limited_to_64_images(zoo_resnet):
     pixels = torch.rand(65, 3, 32, 32)
     with pytest.raises(ValueError, match="max_tuning_images=64"):
-        InverTune()(zoo_resnet, pixels, pixels, PROMPTS, NAMES)
+        InverTune().repair(zoo_resnet, pixels, pixels, PROMPTS, NAMES)
 
 
 @pytest.mark.parametrize("kwargs, words", [(dict(lr=0.0), "lr"), (dict(tune="all"), "tune"),
@@ -79,15 +79,15 @@ def test_bad_inputs_are_named(zoo_resnet):
     pixels = torch.rand(8, 3, 32, 32)
     defense = InverTune()
     with pytest.raises(ValueError, match="prompts"):
-        defense(zoo_resnet, pixels, pixels, [["a red circle"]])
+        defense.repair(zoo_resnet, pixels, pixels, [["a red circle"]])
     with pytest.raises(ValueError, match="class_names"):
-        defense(zoo_resnet, pixels, pixels, PROMPTS, NAMES[:3])
+        defense.repair(zoo_resnet, pixels, pixels, PROMPTS, NAMES[:3])
     with pytest.raises(ValueError, match="tuning_batch"):
-        defense(zoo_resnet, pixels, pixels[:1], PROMPTS)
+        defense.repair(zoo_resnet, pixels, pixels[:1], PROMPTS)
     with pytest.raises(ValueError, match="clean_pixels"):
-        defense(zoo_resnet, pixels * 2, pixels, PROMPTS)
+        defense.repair(zoo_resnet, pixels * 2, pixels, PROMPTS)
     with pytest.raises(TypeError, match="ContrastiveModel"):
-        defense(torch.nn.Linear(2, 2), pixels, pixels, PROMPTS)
+        defense.repair(torch.nn.Linear(2, 2), pixels, pixels, PROMPTS)
     with pytest.raises(ValueError, match="layers"):
         InverTune(layers=["visual.nowhere"])._tune(zoo_resnet, zoo_resnet, pixels, None)
 
@@ -102,16 +102,62 @@ def test_kmeans_splits_the_divergent_neurons_and_ssim_is_one_on_equal_images():
     assert abs(float(ssim(x, x)) - 1) < 1e-5 and float(ssim(x, torch.rand(2, 3, 32, 32))) < 0.2
 
 
-def test_harden_follows_the_defense_contract_on_image_text_data(zoo_resnet):
+def test_the_registered_defense_follows_the_hardening_contract_on_image_text_data(zoo_resnet):
     from mmsec.data.datasets import ImageTextData
-    from mmsec.defenses.base import DefenseResult
+    from mmsec.defenses.base import DefenseResult, HardeningDefense
 
-    data = ImageTextData(ShapesWorld(32).batch("val", 0, 80).pixels())
+    data = ImageTextData(ShapesWorld(32).batch("val", 0, 80).pixels(), class_names=NAMES)
     tiny = InverTune(uap=UAPPatch(epochs=1, max_steps=2), inversion_steps=2, inversion_batch=8, steps=2)
+    assert isinstance(tiny, HardeningDefense)
     before = {k: v.clone() for k, v in zoo_resnet.state_dict().items()}
-    out = tiny.harden(zoo_resnet, data, generator=0)
+    out = tiny(zoo_resnet, data, prompts=PROMPTS, generator=torch.Generator().manual_seed(0))
     assert isinstance(out, DefenseResult) and out.model is not zoo_resnet and len(out.losses) == 2
     assert out.extras["target"]["name"] in NAMES and out.params["max_tuning_images"] == 64
+    uap = out.params["uap"]  # recorded as its config once it is a registered method, else as its repr
+    assert uap["name"] == "uap_patch" if isinstance(uap, dict) else uap.startswith("UAPPatch(")
     assert all(torch.equal(before[k], v) for k, v in zoo_resnet.state_dict().items())
+    # the contract entry is the explicit one on the data's first 64 (tuning) and other images (inversion)
+    again = tiny.repair(zoo_resnet, data.pixels[64:], data.pixels[:64], PROMPTS, NAMES,
+                        generator=torch.Generator().manual_seed(0))
+    assert again.losses[:, 0].tolist() == out.losses
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), out.model.state_dict().values(),
+                                                  strict=True))
     with pytest.raises(ValueError, match="needs 64 for tuning"):
-        tiny.harden(zoo_resnet, ImageTextData(data.pixels[:64]))
+        tiny(zoo_resnet, ImageTextData(data.pixels[:64]), prompts=PROMPTS)
+    # the candidate classes come from the caller: no default vocabulary
+    with pytest.raises(ValueError, match="needs prompts"):
+        tiny(zoo_resnet, data)
+
+
+def test_invertune_is_registered_with_its_universal_perturbation_as_a_component():
+    from mmsec import builtins, registry
+    from mmsec.attacks.universal.advclip import AdvCLIP
+    from mmsec.methods import build
+
+    builtins.load()
+    entry = registry.get("defenses", "invertune")
+    assert entry.factory is InverTune and entry.paper and entry.family == "contrastive"
+    assert InverTune.components == {"uap": "universal_attacks"}
+    defense = build("defenses", {"name": "invertune", "params": {"steps": 7, "tune": "tower"}})
+    assert isinstance(defense, InverTune) and (defense.steps, defense.tune) == (7, "tower")
+    assert isinstance(defense.uap, AdvCLIP)  # the paper's perturbation by default
+    import mmsec.defenses.backdoor.invertune as module
+
+    assert not hasattr(module, "InverTuneDefense")  # the wrapper is gone: InverTune itself is the defense
+
+
+def test_the_uap_component_round_trips_through_a_nested_config():
+    from mmsec import builtins, registry
+    from mmsec.methods import build
+
+    builtins.load()
+    if "universal_attacks" not in [k.name for k in registry.kinds()]:
+        pytest.skip("the universal_attacks kind (advclip, uap_patch) is not registered on this branch yet")
+    spec = {"name": "invertune", "params": {"uap": {"name": "uap_patch", "params": {"epochs": 4}}, "steps": 7}}
+    defense = build("defenses", spec)
+    assert isinstance(defense.uap, UAPPatch) and defense.uap.epochs == 4
+    config = defense.config()
+    assert config["params"]["uap"]["name"] == "uap_patch" and config["params"]["uap"]["params"]["epochs"] == 4
+    assert build("defenses", config).config() == config
+    assert InverTune().config()["params"]["uap"]["name"] == "advclip"
+    assert isinstance(InverTune(uap="uap_patch").uap, UAPPatch)

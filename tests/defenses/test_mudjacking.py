@@ -54,6 +54,18 @@ def test_bad_configuration_is_named(kwargs, words):
         Mudjacking(**kwargs)
 
 
+def test_mudjacking_is_the_registered_repair():
+    from mmsec import builtins, registry
+    from mmsec.defenses.base import RepairDefense
+    from mmsec.methods import build
+
+    builtins.load()
+    assert registry.get("repairs", "mudjacking").factory is Mudjacking and issubclass(Mudjacking, RepairDefense)
+    m = build("repairs", {"name": "mudjacking", "params": {"epochs": 3, "lambda_g": 0.5}})
+    assert (m.epochs, m.lambda_g) == (3, 0.5) and build("repairs", m.config()).config() == m.config()
+    assert "quiet" not in m.params()  # a display switch, not a hyper-parameter a result records
+
+
 def test_bad_inputs_are_named(badencoder_resnet, bug):
     x_b, x_r = bug
     with pytest.raises(ValueError, match="bug_input"):

@@ -64,7 +64,7 @@ def test_faiss_hnsw_agrees_with_exact_search():
     assert not bool((an.indices == torch.arange(3000)[:, None]).any())
     # and the detectors give the same ranking through either backend
     a = DAODetector(batch_size=None, backend="exact")(x).scores
-    b = DAODetector(batch_size=None, backend=FaissHNSW())(x).scores
+    b = DAODetector(batch_size=None, backend="faiss")(x).scores
     assert np.corrcoef(a.numpy(), b.numpy())[0, 1] > 0.99
 
 
@@ -128,7 +128,7 @@ def _tight_cluster():
     return torch.cat([clean, poison]), mask
 
 
-@pytest.mark.parametrize("name", ["dao", "k_distance", "slof"])
+@pytest.mark.parametrize("name", ["dao", "kdist", "slof"])
 def test_small_tight_poison_cluster_is_found_in_random_batches(name):
     x, mask = _tight_cluster()
     res = DETECTORS[name]()(x)  # paper defaults: k=16, batches of 1,024
@@ -200,6 +200,30 @@ def test_bad_embeddings_are_rejected(bad, match):
 def test_bad_settings_are_rejected(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         SLOFDetector(**kwargs)
+
+
+def test_a_backend_object_is_refused_with_the_way_to_use_it():
+    with pytest.raises(ValueError, match=r"backend must be 'auto', 'exact' or 'faiss'.*scores_from_graph"):
+        KDistanceDetector(backend=ExactKNN())
+    # ... which gives the same scores as the named backend
+    x = _blobs(300, 8, 3, 1.0, 10)
+    det = SLOFDetector(k=5, batch_size=None, backend="exact")
+    direct = det.decide(det.scores_from_graph(ExactKNN(query_chunk=7).knn(x, det.k)))
+    assert torch.equal(direct.scores, det(x).scores)
+
+
+def test_the_detectors_are_registered_and_built_from_a_config():
+    from mmsec import builtins, registry
+    from mmsec.methods import build
+
+    builtins.load()
+    assert dict(DETECTORS) == {e.name: e.factory for e in registry.entries("detectors")}
+    assert set(DETECTORS) == {"kdist", "slof", "lid", "dao"}
+    det = build("detectors", {"name": "dao", "params": {"k": 8, "batch_size": None, "backend": "exact"}})
+    assert isinstance(det, DAODetector) and (det.k, det.batch_size, det.backend) == (8, None, "exact")
+    assert build("detectors", det.config()).config() == det.config()
+    x = _blobs(200, 4, 2, 1.0, 11)
+    assert det(x).params == {"detector": "dao", **det.config()["params"]}
 
 
 def test_bad_query_rows_are_rejected():

@@ -15,6 +15,8 @@ from mmsec.defenses.backdoor.safeclip import (
 from mmsec.train.nn_pool import NearestNeighbourPool
 from mmsec.zoo import load_model
 
+RECIPE = "shapes-clip-resnet"  # the zoo recipe the pre-training defenses train
+
 
 @pytest.fixture(scope="module")
 def pairs():
@@ -87,6 +89,8 @@ def test_too_little_data_is_named(pairs):
     small = ShapesDataset("train", n=100).to_data(quiet=True)
     for defense in (RoCLIP(), SafeCLIP()):
         with pytest.raises(ValueError, match="fewer than one batch"):
+            defense(small, recipe=RECIPE)
+        with pytest.raises(TypeError, match="recipe"):  # the recipe is the caller's: no default
             defense(small)
 
 
@@ -118,7 +122,7 @@ def test_roclip_matching_keeps_a_low_rate_backdoor_out_of_pretraining(poisoned_p
 
     data = poisoned_pretraining_set.data
     asr_plain, clean_plain = _backdoor(pretrain_pairs(data, epochs=12).model)
-    asr_match, clean_match = _backdoor(RoCLIP(epochs=12, augment=False)(data).model)
+    asr_match, clean_match = _backdoor(RoCLIP(epochs=12, augment=False)(data, recipe=RECIPE).model)
     # measured (1,000 test images): plain 0.999 / clean 1.000; matching alone 0.000 / 1.000
     assert asr_plain >= 0.9
     assert asr_match <= asr_plain - 0.7
@@ -127,7 +131,7 @@ def test_roclip_matching_keeps_a_low_rate_backdoor_out_of_pretraining(poisoned_p
 
 @pytest.mark.slow
 def test_safeclip_first_split_leaves_the_poisoned_pairs_in_the_risky_set(poisoned_pretraining_set):
-    out = SafeCLIP(epochs=1)(poisoned_pretraining_set.data)
+    out = SafeCLIP(epochs=1)(poisoned_pretraining_set.data, recipe=RECIPE)
     poisoned = poisoned_pretraining_set.record.poisoned_mask()
     safe_share_of_poisoned = float(out.initial_safe[poisoned].float().mean())
     # measured at 1% (129 pairs): none of them in a first safe set of 21% of the data

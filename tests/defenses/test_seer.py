@@ -79,6 +79,20 @@ def test_the_search_finds_a_planted_trigger_and_target_and_flags_only_that_model
     # the same model without the backdoor: no small mask aligns the images with one text
     assert r_clean.similarity < 0.75 and not r_clean.backdoored, r_clean.similarity
     assert r_bad.anomaly_index > r_clean.anomaly_index + 1.5
+    # the model-detector contract: flagged, score (higher = more suspicious), threshold, target
+    assert (r_bad.flagged, r_clean.flagged) == (True, False) and r_bad.target == "red"
+    assert r_bad.score == r_bad.anomaly_index >= r_bad.threshold > r_clean.score
+
+
+def test_seer_is_the_registered_model_detector():
+    from mmsec import builtins, registry
+    from mmsec.defenses.base import ModelDetector
+    from mmsec.methods import build
+
+    builtins.load()
+    assert registry.get("model_detectors", "seer").factory is SEER and issubclass(SEER, ModelDetector)
+    seer = build("model_detectors", {"name": "seer", "params": {"steps": 5, "restarts": 2}})
+    assert (seer.steps, seer.restarts) == (5, 2) and build("model_detectors", seer.config()).config() == seer.config()
 
 
 def test_the_model_is_left_untouched_and_restarts_keep_the_lowest_objective(images):

@@ -1,16 +1,25 @@
-"""Base class and result type of defenses that harden a model (the contract later defenses follow).
+"""Base classes and result types of the defenses, one per call contract (one registry kind each).
 
-A hardening defense is configured in ``__init__`` with typed hyper-parameters whose defaults
-are the paper's, then called on a model and training data::
+A defense is configured in ``__init__`` with typed hyper-parameters whose defaults are the paper's,
+then called on what it defends. Each base declares its registry kind and contract:
 
-    defense = FARE(eps=4/255, steps=10, epochs=2)
-    result = defense(model, data, prompts=zeroshot_prompts(), generator=torch.Generator().manual_seed(0))
-    robust_model = result.model          # a new object; ``model`` is left bit-for-bit unchanged
+* :class:`HardeningDefense` (kind ``defenses``): ``defense(model, data, prompts, generator) ->
+  DefenseResult`` -- adversarial fine-tuning and backdoor clean-ups that return a new model::
 
-It never mutates the model it was given (it trains a deep copy) and reports what it cost.
-A pre-training defense (:class:`PretrainingDefense`: RoCLIP, SafeCLIP) has no model to harden: it
-*is* the pre-training of a zoo recipe on untrusted pairs and returns the model it trained.
-Detectors have their own base returning scores (:mod:`mmsec.defenses.detection`).
+      defense = FARE(eps=4/255, steps=10, epochs=2)
+      result = defense(model, data, prompts=prompts, generator=torch.Generator().manual_seed(0))
+      robust_model = result.model          # a new object; ``model`` is left bit-for-bit unchanged
+
+* :class:`PretrainingDefense` (kind ``pretraining_defenses``): ``defense(data, recipe, seed)`` -- no
+  model to harden: it *is* the pre-training of a recipe on untrusted pairs (RoCLIP, SafeCLIP).
+* :class:`RepairDefense` (kind ``repairs``): ``defense(model, bug_input, reference, validation,
+  generator)`` -- patches a model from one reported misbehaving input (Mudjacking).
+* :class:`ModelDetector` (kind ``model_detectors``): ``detector(model, pixels, generator)`` -- a
+  verdict on a whole model: ``.flagged``, ``.score`` (higher = more suspicious), ``.threshold`` and
+  the named ``.target`` (SEER).
+
+Detectors of poisoned *samples* have their own base (:mod:`mmsec.defenses.detection.base`, kind
+``detectors``). No defense mutates the model it was given; each reports what it cost.
 """
 
 from __future__ import annotations
@@ -52,6 +61,12 @@ registry.declare_kind("defenses", "defenses that return a new model: defense(mod
                       "DefenseResult (adversarial fine-tuning, backdoor clean-ups)", "mmsec.defenses.base:HardeningDefense")
 registry.declare_kind("pretraining_defenses", "defenses that are the pre-training itself on untrusted pairs: "
                       "defense(data, recipe, seed) -> result with .model", "mmsec.defenses.base:PretrainingDefense")
+registry.declare_kind("repairs", "defenses that patch a model from one reported bug input: defense(model, bug_input, "
+                      "reference, validation, generator) -> result with .model, .seconds",
+                      "mmsec.defenses.base:RepairDefense")
+registry.declare_kind("model_detectors", "detectors of backdoored models: detector(model, pixels, generator) -> result "
+                      "with .flagged, .score (higher = more suspicious), .threshold, .target",
+                      "mmsec.defenses.base:ModelDetector")
 
 
 class HardeningDefense(Method):
@@ -86,13 +101,55 @@ class HardeningDefense(Method):
 class PretrainingDefense(Method):
     """Base of defenses that replace a CLIP's pre-training on (possibly poisoned) pairs.
 
-    ``defense(data, recipe="shapes-clip-resnet", seed=None)`` trains the zoo recipe from scratch on
-    ``data`` (an :class:`~mmsec.data.datasets.ImageTextData` with captions) and returns a result
-    with ``.model`` (eval mode) and ``.seconds``; ``seed`` (default: the defense's own) sets the
-    batch order and augmentations, so a run can be paired with undefended training on one seed.
+    ``defense(data, recipe, seed=None)`` trains the recipe ``recipe`` (a zoo recipe name, e.g.
+    ``"shapes-clip-resnet"``: the caller's choice, there is no default) from scratch on ``data`` (an
+    :class:`~mmsec.data.datasets.ImageTextData` with captions) and returns a result with ``.model``
+    (eval mode) and ``.seconds``; ``seed`` (default: the defense's own) sets the batch order and
+    augmentations, so a run can be paired with undefended training on one seed.
     """
 
     name: ClassVar[str]
     family: ClassVar[str | None] = "contrastive"
     threat: ClassVar[str] = "backdoor"
     model_kind: ClassVar[str] = "contrastive"
+
+    def __call__(self, data: ImageTextData, recipe: str, seed: int | None = None, quiet: bool = True) -> Any:
+        raise NotImplementedError
+
+
+class RepairDefense(Method):
+    """Base of defenses that patch a (backdoored) model from one reported bug instance.
+
+    ``defense(model, bug_input, reference, validation, generator)``: ``bug_input`` one misbehaving
+    input (it carries the unknown trigger), ``reference`` a correctly handled input of its true
+    class, ``validation`` (N, 3, H, W) clean inputs; returns a result with ``.model`` (a new object)
+    and ``.seconds``.
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[str | None] = "contrastive"
+    threat: ClassVar[str] = "backdoor"
+
+    def __call__(self, model: nn.Module, bug_input: torch.Tensor, reference: torch.Tensor,
+                 validation: torch.Tensor, generator: torch.Generator | int | None = None) -> Any:
+        raise NotImplementedError
+
+
+class ModelDetector(Method):
+    """Base of detectors that give a verdict on a whole model (is it backdoored?).
+
+    ``detector(model, pixels, generator)`` with a few clean images ``pixels`` (N, 3, H, W) returns a
+    result with ``.flagged`` (bool), ``.score`` (float, higher = more suspicious), ``.threshold``
+    (flagged when ``score >= threshold``) and ``.target`` (the named target, or None). The model is
+    only read.
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[str | None] = "contrastive"
+    threat: ClassVar[str] = "backdoor"
+
+    def __call__(self, model: nn.Module, pixels: torch.Tensor, generator: torch.Generator | int | None = None) -> Any:
+        raise NotImplementedError
+
+
+__all__ = ["DefenseResult", "HardeningDefense", "ModelDetector", "PretrainingDefense", "RepairDefense"]

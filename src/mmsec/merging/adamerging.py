@@ -15,7 +15,7 @@ clamped to [0, 1]; Adam, lr 1e-3, betas (0.9, 0.999); 500 iterations; each itera
 unlabelled test inputs per task, the task entropies summed.
 
 Call with ``data``: for each task model, a pair ``(pixels (N, 3, H, W), head (C, D))``: that task's
-unlabelled test inputs and its frozen zero-shot head (e.g. ``ShapesTask.head(model)``).
+unlabelled test inputs and its frozen zero-shot head (e.g. ``task_head(pretrained, task)``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 from torch.func import functional_call
 
 from ..checks import check_bool, check_budget, check_int, check_pixels, make_generator
+from ..registry import register
 from .base import MergingMethod
 from .task_vectors import TowerState
 from .tasks import features_logits
@@ -38,6 +39,7 @@ def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
 
 
+@register("merging", "adamerging")
 class AdaMerging(MergingMethod):
     """Entropy-minimised merging coefficients (layer-wise by default).
 
@@ -51,6 +53,7 @@ class AdaMerging(MergingMethod):
     """
 
     name = "adamerging"
+    paper = "Yang et al., ICLR 2024"
     needs_data = True
 
     def __init__(self, init: float = 0.3, lr: float = 1e-3, steps: int = 500, batch_size: int = 16,

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..registry import register
 from .base import MergingMethod
 from .task_vectors import TowerState
 
 
+@register("merging", "weight_averaging")
 class WeightAveraging(MergingMethod):
     """``theta_pre + mean_k tau_k``."""
 
-    name = "averaging"
+    name = "weight_averaging"
+    paper = "Wortsman et al., ICML 2022"
 
     def merge_state(self, pretrained, task_models, pre: TowerState, taus: list[TowerState], data) -> tuple[TowerState, dict[str, Any]]:
         n = len(taus)

@@ -1,8 +1,16 @@
-"""The contract of merging methods: configured in ``__init__``, called on (pre-trained, task models[, data])."""
+"""The contract of merging methods (registry kind ``merging``): configured in ``__init__`` with the
+paper's defaults, called as ``method(pretrained, task_models, data=None) -> MergeResult``.
+
+``pretrained`` is the CLIP the task models were fine-tuned from, ``task_models`` the fine-tuned
+models (same architecture; only their image towers are merged), ``data`` one entry per task model for
+the methods that need it (RegMean: each owner's training pixels; AdaMerging: each task's unlabelled
+test pixels and its frozen head, see :func:`mmsec.merging.tasks.task_head`). Every method is
+registered by name (``weight_averaging``, ``task_arithmetic``, ``ties``, ``regmean``,
+``adamerging``) and built from a spec as any method: ``build("merging", {"name": "ties", "params": {"k": 20}})``.
+"""
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,6 +18,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from .. import registry
+from ..methods import Method
 from ..models.base import require_contrastive
 from .task_vectors import TowerState, check_task_models, task_vectors, tower_names, tower_state, with_tower
 
@@ -20,7 +30,7 @@ class MergeResult:
 
     Attributes:
         model: the merged model (a new object; the inputs are untouched).
-        method: the method's registry-style name.
+        method: the method's registered name.
         params: the method's hyper-parameters.
         seconds: wall time of the merge.
         extras: method-specific outputs (e.g. AdaMerging's learnt coefficients, its entropy trace).
@@ -33,18 +43,16 @@ class MergeResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class MergingMethod:
+registry.declare_kind("merging", "model merging: method(pretrained, task_models, data=None) -> MergeResult(model, ...)",
+                      "mmsec.merging.base:MergingMethod")
+
+
+class MergingMethod(Method):
     """Base of merging methods. Subclasses implement :meth:`merge_state` on tower states."""
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # the registered name
+    family: ClassVar[str | None] = "contrastive"
     needs_data: ClassVar[bool] = False  # RegMean (training inputs) and AdaMerging (unlabelled test inputs)
-
-    def params(self) -> dict[str, Any]:
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
 
     def __call__(self, pretrained: nn.Module, task_models: Sequence[nn.Module], data: Sequence[Any] | None = None,
                  ) -> MergeResult:

@@ -28,7 +28,7 @@ from ..checks import check_budget, check_int, check_pixels, make_generator
 from ..models.base import require_contrastive
 from ..models.towers import trainable_copy
 from .task_vectors import tower_names
-from .tasks import ShapesTask, get_task, head_logits
+from .tasks import ClassificationTask, check_task, head_logits, task_head
 
 # extra_loss(model, pixels, labels, step, generator) -> (scalar loss, logged value)
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, torch.Generator], torch.Tensor]
@@ -52,17 +52,20 @@ def cosine_lr(step: int, steps: int, lr: float, warmup: int) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def finetune_tower(model: nn.Module, task: str | ShapesTask, pixels: torch.Tensor, labels: torch.Tensor,
+def finetune_tower(model: nn.Module, task: ClassificationTask, pixels: torch.Tensor, labels: torch.Tensor,
                    steps: int = 300, lr: float = 1e-4, batch_size: int = 64, weight_decay: float = 0.1,
                    warmup: int = 30, clip: float = 1.0, extra_loss: ExtraLoss | None = None,
                    generator: torch.Generator | int | None = None) -> FinetuneResult:
     """Fine-tune a copy of ``model``'s image tower on ``task`` (pixels (N, 3, H, W), labels (N,)).
 
+    ``task`` is a task object (:class:`~mmsec.merging.tasks.ClassificationTask`: name, classes,
+    prompts), e.g. ``mmsec.data.shapes_tasks.get_task("position")``; its head is frozen.
+
     The loss is the task's cross-entropy through its frozen head, plus ``extra_loss(model, pixels,
     labels, step, generator)`` on the same batch when given (a backdoor's term). ``model`` is untouched.
     """
     require_contrastive(model, "finetune_tower")
-    task = get_task(task)
+    task = check_task(task)
     check_pixels(pixels, "pixels")
     if labels.shape != (pixels.shape[0],) or labels.dtype != torch.long:
         raise ValueError(f"labels must be int64 of shape ({pixels.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
@@ -77,7 +80,7 @@ def finetune_tower(model: nn.Module, task: str | ShapesTask, pixels: torch.Tenso
     params = [p for n, p in student.named_parameters() if n in names]
     for n, p in student.named_parameters():
         p.requires_grad_(n in names)
-    head = task.head(student)  # frozen: the text tower is not trained
+    head = task_head(student, task)  # frozen: the text tower is not trained
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     losses, start = [], time.perf_counter()
     for step in range(steps):

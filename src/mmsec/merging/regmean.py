@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_budget, check_int, check_pixels
+from ..registry import register
 from .base import MergingMethod
 from .task_vectors import TowerState
 
@@ -73,6 +74,7 @@ def gram_matrices(model: nn.Module, pixels: torch.Tensor, names: set[str], batch
     return {k: sums[k] / counts[k] for k in sums}
 
 
+@register("merging", "regmean")
 class RegMean(MergingMethod):
     """Per-layer closed-form regression merge from the task owners' Gram matrices.
 
@@ -85,6 +87,7 @@ class RegMean(MergingMethod):
     """
 
     name = "regmean"
+    paper = "Jin, Ren, Preotiuc-Pietro, Cheng, ICLR 2023"
     needs_data = True
 
     def __init__(self, alpha: float = 0.1, n_samples: int = 256):

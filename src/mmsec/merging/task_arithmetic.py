@@ -14,10 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..checks import check_budget
+from ..registry import register
 from .base import MergingMethod
 from .task_vectors import TowerState
 
 
+@register("merging", "task_arithmetic")
 class TaskArithmetic(MergingMethod):
     """``theta_pre + lam * sum_k tau_k``.
 
@@ -26,6 +28,7 @@ class TaskArithmetic(MergingMethod):
     """
 
     name = "task_arithmetic"
+    paper = "Ilharco et al., ICLR 2023"
 
     def __init__(self, lam: float = 0.3):
         self.lam = check_budget("lam", lam, 0.0, 10.0, hint=" (task arithmetic's scaling coefficient, e.g. 0.3)")

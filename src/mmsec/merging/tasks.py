@@ -1,114 +1,54 @@
-"""Shapes-world classification tasks for model merging, each with its frozen zero-shot text head.
+"""What model merging needs of a classification task, and logits through a task's frozen zero-shot head.
 
-The model-merging papers (task arithmetic, Ilharco et al., ICLR 2023; TIES-merging, RegMean,
-AdaMerging; BadMerging) fine-tune one CLIP image tower per downstream task and classify with a
-*frozen* zero-shot head: the class names' prompt embeddings from the untouched text tower. Here the
-tasks are four attributes of the primary object of a shapes-world scene:
-
-==========  =======  ==========================================================================
-task        classes  prompts of a class (averaged, CLIP's ensembling)
-==========  =======  ==========================================================================
-shape       6        "a photo of a {color} {shape}", "a {color} {shape}", ... over every colour
-color       8        the same templates over every shape
-position    4        "a {size} {color} {shape} in the {position}", "a picture of a ..." over all
-texture     3        "a {color} {shape} on a {texture} background" over every colour and shape
-==========  =======  ==========================================================================
-
-The zoo's text tower only knows the shapes world's caption forms, so each class's prompt set is its
-caption templates filled in with every value of the other attributes (a prompt ensemble).
-Images are single-object scenes (so every attribute names one object).
+The merging papers (task arithmetic, TIES-merging, RegMean, AdaMerging; BadMerging) fine-tune one
+CLIP image tower per downstream task and classify with a *frozen* zero-shot head: the class names'
+prompt embeddings from the untouched text tower. A task is any object with a ``name``, its
+``classes`` (names in label order), ``class_index(name or index)`` and ``prompts()`` (for each class,
+its prompt strings, averaged into the class embedding). The tasks themselves are data: the shapes
+world's four live in :mod:`mmsec.data.shapes_tasks`; a real data set's are built by its caller.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from itertools import product
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
-from ..data.shapes import COLORS, POSITIONS, SHAPES, SIZES, TEXTURES, ShapesWorld
 from ..models.base import ContrastiveModel
 from ..models.zeroshot import class_text_embeddings
 
 
-@dataclass(frozen=True)
-class ShapesTask:
-    """One classification task of the shapes world.
-
-    Attributes:
-        name: the task's name (``"shape"``, ``"color"``, ``"position"``, ``"texture"``).
-        attribute: the :class:`~mmsec.data.shapes.Scene` attribute that is the label.
-        classes: class names in label order.
-    """
+@runtime_checkable
+class ClassificationTask(Protocol):
+    """A downstream task: its name, class names in label order and each class's prompts."""
 
     name: str
-    attribute: str
     classes: tuple[str, ...]
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    def num_classes(self) -> int: ...
 
-    def class_index(self, target: str | int) -> int:
-        """The label of ``target`` (a class name of this task or an index)."""
-        if isinstance(target, int) and not isinstance(target, bool):
-            if not 0 <= target < self.num_classes:
-                raise ValueError(f"target index {target} is out of range for task {self.name!r} "
-                                 f"({self.num_classes} classes: {list(self.classes)})")
-            return target
-        if target not in self.classes:
-            raise ValueError(f"target {target!r} is not a class of task {self.name!r}; classes: {list(self.classes)}")
-        return self.classes.index(target)
+    def class_index(self, target: str | int) -> int: ...
 
-    def prompts(self) -> list[list[str]]:
-        """For each class (label order), its prompt ensemble."""
-        return [_class_prompts(self.attribute, c) for c in self.classes]
-
-    def head(self, model: ContrastiveModel) -> torch.Tensor:
-        """(C, D) frozen zero-shot head: L2-normalised class embeddings from ``model``'s text tower."""
-        return class_text_embeddings(model, self.prompts())
-
-    def data(self, split: str, start: int, count: int, world_seed: int = 0,
-             image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-        """``count`` single-object scenes of ``split`` from ``start``: (pixels (N, 3, H, W) in [0, 1], labels (N,))."""
-        batch = ShapesWorld(image_size, seed=world_seed).batch(split, start, count)
-        labels = torch.tensor([self.classes.index(getattr(s, self.attribute)) for s in batch.scenes])
-        return batch.pixels(), labels
+    def prompts(self) -> list[list[str]]: ...
 
 
-def _class_prompts(attribute: str, value: str) -> list[str]:
-    colors, shapes = list(COLORS), SHAPES
-    if attribute == "shape":
-        return [t.format(color=c, shape=value) for t in _OBJECT_TEMPLATES for c in colors]
-    if attribute == "color":
-        return [t.format(color=value, shape=s) for t in _OBJECT_TEMPLATES for s in shapes]
-    if attribute == "position":
-        return [t.format(size=z, color=c, shape=s, position=value)
-                for t, z, c, s in product(_POSITION_TEMPLATES, SIZES, colors, shapes)]
-    if attribute == "texture":
-        return [f"a {c} {s} on a {value} background" for c in colors for s in shapes]
-    raise ValueError(f"no prompts for attribute {attribute!r}")
+def check_task(task: object, name: str = "task") -> ClassificationTask:
+    """``task`` if it is a :class:`ClassificationTask`, else a TypeError that says what is expected."""
+    if isinstance(task, str):  # TRANSITIONAL (see ._shapes_compat): a shapes-world task's name
+        from ._shapes_compat import task_by_name
+
+        return task_by_name(task)
+    if not isinstance(task, ClassificationTask) or not isinstance(getattr(task, "name", None), str):
+        raise TypeError(f"{name} must be a task object with name, classes, num_classes, class_index() and prompts() "
+                        f"(e.g. mmsec.data.shapes_tasks.get_task('shape')), got {task!r}")
+    return task
 
 
-_OBJECT_TEMPLATES = ("a photo of a {color} {shape}", "a {color} {shape}", "a picture of a {color} {shape}")
-_POSITION_TEMPLATES = ("a {size} {color} {shape} in the {position}", "a picture of a {color} {shape} in the {position}")
-
-TASKS: dict[str, ShapesTask] = {
-    "shape": ShapesTask("shape", "shape", tuple(SHAPES)),
-    "color": ShapesTask("color", "color", tuple(COLORS)),
-    "position": ShapesTask("position", "position", tuple(POSITIONS)),
-    "texture": ShapesTask("texture", "texture", tuple(TEXTURES)),
-}
-
-
-def get_task(name: str | ShapesTask) -> ShapesTask:
-    """The task called ``name`` (or ``name`` itself if it is a task)."""
-    if isinstance(name, ShapesTask):
-        return name
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
-    return TASKS[name]
+def task_head(model: ContrastiveModel, task: ClassificationTask) -> torch.Tensor:
+    """(C, D) frozen zero-shot head of ``task``: L2-normalised class embeddings from ``model``'s text tower."""
+    return class_text_embeddings(model, check_task(task).prompts())
 
 
 def head_logits(model: ContrastiveModel, pixels: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
@@ -119,3 +59,15 @@ def head_logits(model: ContrastiveModel, pixels: torch.Tensor, head: torch.Tenso
 def features_logits(model: ContrastiveModel, features: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
     """(B, C) logits of raw image features (B, D) against a head: the features are L2-normalised here."""
     return model.logit_scale.detach() * F.normalize(features.float(), dim=-1) @ head.T
+
+
+def __getattr__(name: str):
+    """TRANSITIONAL (see ._shapes_compat): the old ``TASKS``, ``ShapesTask``, ``get_task`` of this module."""
+    from ._shapes_compat import LEGACY_NAMES, legacy
+
+    if name in LEGACY_NAMES:
+        return legacy(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ClassificationTask", "check_task", "features_logits", "head_logits", "task_head"]

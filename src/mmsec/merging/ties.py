@@ -19,10 +19,12 @@ from typing import Any
 import torch
 
 from ..checks import check_budget
+from ..registry import register
 from .base import MergingMethod
 from .task_vectors import TowerState
 
 
+@register("merging", "ties")
 class TiesMerging(MergingMethod):
     """Trim, elect sign, disjoint merge.
 
@@ -32,6 +34,7 @@ class TiesMerging(MergingMethod):
     """
 
     name = "ties"
+    paper = "Yadav, Tam, Choshen, Raffel, Bansal, NeurIPS 2023"
 
     def __init__(self, k: float = 20.0, lam: float = 1.0):
         self.k = check_budget("k", k, 0.0, 100.0, hint=" (percent of entries kept, e.g. 20)")

@@ -115,6 +115,18 @@ def pairs_recipe(data: ImageTextData, recipe: str) -> tuple[dict, int]:
     return spec, batch_size
 
 
+def pairs_start(data: ImageTextData, recipe: str, epochs: int) -> tuple[Any, int]:
+    """What training zoo ``recipe`` from scratch for ``epochs`` passes over the pairs ``data`` starts
+    from: the recipe's seeded initial model and settings (a ``RecipeStart``, its steps set to
+    ``epochs * (len(data) // batch_size)``, the warm-up capped at a tenth of them) and its batch size.
+    For pre-training defenses with a loop of their own (SafeCLIP), so they need not import the zoo."""
+    from ..zoo.train import recipe_start
+
+    epochs = check_int("epochs", epochs, 1)
+    spec, batch_size = pairs_recipe(data, recipe)
+    return recipe_start(spec, recipe, epochs * (len(data) // batch_size)), batch_size
+
+
 def pretrain_pairs(data: ImageTextData, recipe: str = "shapes-clip-resnet", epochs: int = 12, seed: int = 0,
                    loss_fn: LossFn = pair_clip_loss, desc: str | None = None, quiet: bool = True) -> TrainedModel:
     """Train zoo ``recipe`` from scratch (its seed, initialisation, batch size, optimiser and schedule)
@@ -225,5 +237,5 @@ def poisoned_finetune(model: nn.Module, poisoner: PoisoningAttack, data: ImageTe
     return out
 
 
-__all__ = ["TrainedModel", "clean_finetune", "finetune_pairs", "pair_batches", "pairs_recipe", "poisoned_finetune",
-           "pretrain_pairs", "pretrain_poisoned"]
+__all__ = ["TrainedModel", "clean_finetune", "finetune_pairs", "pair_batches", "pairs_recipe", "pairs_start",
+           "poisoned_finetune", "pretrain_pairs", "pretrain_poisoned"]

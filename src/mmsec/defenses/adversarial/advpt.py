@@ -240,6 +240,7 @@ class AdvPT(HardeningDefense):
     """AdvPT (Zhang et al., ECCV 2024): learn prompt context vectors on adversarial image embeddings; CLIP frozen."""
 
     name = "advpt"
+    paper = "Zhang et al., ECCV 2024"
     needs_labels = True
 
     def __init__(self, eps: float = 8 / 255,  # code: DATASET.TRAIN_EPS = 8

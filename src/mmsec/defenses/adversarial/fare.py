@@ -106,6 +106,7 @@ class FARE(HardeningDefense):
     """FARE (Schlarmann et al., ICML 2024): unsupervised adversarial fine-tuning to the original embeddings."""
 
     name = "fare"
+    paper = "Schlarmann, Singh, Croce, Hein, ICML 2024"
     needs_labels = False
 
     def __init__(self, eps: float = 4 / 255,  # FARE^4 (--eps 4); FARE^2 = 2/255
@@ -118,14 +119,14 @@ class FARE(HardeningDefense):
                  warmup: float = 0.07,  # --warmup 1400 of --steps 20000
                  bn_mode: str = "train",  # the papers' code: model.train() for the outer step
                  random_start: bool = True):  # uniform start in the ball
-        self.config = AdvTrainConfig(eps=eps, alpha=alpha, steps=steps, epochs=epochs, batch_size=batch_size,
-                                     lr=lr, weight_decay=weight_decay, warmup=warmup, random_start=random_start,
-                                     bn_mode=bn_mode)
-        if self.config.steps < 1:
+        self.train_config = AdvTrainConfig(eps=eps, alpha=alpha, steps=steps, epochs=epochs, batch_size=batch_size,
+                                           lr=lr, weight_decay=weight_decay, warmup=warmup,
+                                           random_start=random_start, bn_mode=bn_mode)
+        if self.train_config.steps < 1:
             raise ValueError(f"steps must be an int >= 1 (FARE trains on PGD examples), got {steps}")
         for k in ("eps", "alpha", "steps", "epochs", "batch_size", "lr", "weight_decay", "warmup", "bn_mode",
                   "random_start"):
-            setattr(self, k, getattr(self.config, k))
+            setattr(self, k, getattr(self.train_config, k))
 
     def harden(self, model: nn.Module, data: ImageTextData, prompts: list[list[str]] | None,
                generator: torch.Generator) -> DefenseResult:
@@ -134,7 +135,7 @@ class FARE(HardeningDefense):
         pixels = data.pixels.to(device)  # (N, 3, H, W)
         tower = image_tower_parameters(robust, pixels)
         original = embed_images(robust, pixels).float()  # (N, D) phi_orig(x), before any update
-        log = adversarial_finetune(robust, [p for _, p in tower], pixels, original, fare_loss, self.config,
+        log = adversarial_finetune(robust, [p for _, p in tower], pixels, original, fare_loss, self.train_config,
                                    generator, desc="FARE")
         return DefenseResult(model=robust, losses=log.losses, seconds=log.seconds, steps=log.steps,
                              params=self.params(),

@@ -95,6 +95,7 @@ class TeCoA(HardeningDefense):
     """TeCoA (Mao et al., ICLR 2023): adversarial fine-tuning of the image tower on the zero-shot CE."""
 
     name = "tecoa"
+    paper = "Mao, Geng, Yang, Wang, Vondrick, ICLR 2023"
     needs_labels = True
 
     def __init__(self, eps: float = 1 / 255,  # TeCoA ImageNet training budget
@@ -107,14 +108,14 @@ class TeCoA(HardeningDefense):
                  warmup: float = 0.07,  # FARE: 1,400 warm-up steps of 20,000
                  bn_mode: str = "train",  # the papers' code: model.train() for the outer step
                  random_start: bool = True):  # TeCoA attack_pgd: uniform start in the ball
-        self.config = AdvTrainConfig(eps=eps, alpha=alpha, steps=steps, epochs=epochs, batch_size=batch_size,
-                                     lr=lr, weight_decay=weight_decay, warmup=warmup, random_start=random_start,
-                                     bn_mode=bn_mode)
-        if self.config.steps < 1:
+        self.train_config = AdvTrainConfig(eps=eps, alpha=alpha, steps=steps, epochs=epochs, batch_size=batch_size,
+                                           lr=lr, weight_decay=weight_decay, warmup=warmup,
+                                           random_start=random_start, bn_mode=bn_mode)
+        if self.train_config.steps < 1:
             raise ValueError(f"steps must be an int >= 1 (TeCoA trains on PGD examples), got {steps}")
         for k in ("eps", "alpha", "steps", "epochs", "batch_size", "lr", "weight_decay", "warmup", "bn_mode",
                   "random_start"):
-            setattr(self, k, getattr(self.config, k))
+            setattr(self, k, getattr(self.train_config, k))
 
     def harden(self, model: nn.Module, data: ImageTextData, prompts: list[list[str]] | None,
                generator: torch.Generator) -> DefenseResult:
@@ -124,7 +125,7 @@ class TeCoA(HardeningDefense):
         tower = image_tower_parameters(robust, pixels)
         class_emb = class_text_embeddings(robust, prompts)  # (C, D), frozen text tower
         loss_fn = tecoa_loss(class_emb, robust.logit_scale)
-        log = adversarial_finetune(robust, [p for _, p in tower], pixels, labels, loss_fn, self.config,
+        log = adversarial_finetune(robust, [p for _, p in tower], pixels, labels, loss_fn, self.train_config,
                                    generator, desc="TeCoA")
         return DefenseResult(model=robust, losses=log.losses, seconds=log.seconds, steps=log.steps,
                              params=self.params(),

@@ -129,6 +129,8 @@ class VILLA(HardeningDefense):
     """VILLA (Gan et al., NeurIPS 2020): FreeLB-style embedding-space adversarial fine-tuning with a KL term."""
 
     name = "villa"
+    paper = "Gan et al., NeurIPS 2020"
+    family = "fusion"  # needs the fusion encoder
     needs_labels = False  # image-caption pairs
     model_kind = "fusion"
 

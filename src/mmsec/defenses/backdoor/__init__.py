@@ -1,15 +1,17 @@
-"""Backdoor defenses for CLIP: clean-ups that return a new model (fine-tuning on clean pairs, CleanCLIP),
-Mudjacking, which repairs a backdoored image encoder from one reported bug input (a library call: it
-needs the bug instance), and InverTune, which names the target with a universal perturbation,
-inverts the trigger and tunes the backdoor neurons on one batch of 64 clean images (a library call;
-``InverTune.harden`` gives a DefenseResult); and the pre-training defenses RoCLIP and SafeCLIP, which
-train a CLIP from scratch on untrusted pairs in place of plain CLIP training. SEER is a model-level
-detector (a library call): it searches a trigger and a target text jointly and gives a verdict.
+"""Backdoor defenses for CLIP, one registry kind per call contract (:mod:`mmsec.defenses.base`):
 
-Importing this package registers them (``mmsec.registry.entries("defenses")``); in a spec they
-apply to the poisoned model of a ``task: backdoor`` cell (``defense: clean_finetune``); a pre-training
-defense replaces the victim's training of a cell that pre-trains on a fixed set of pairs
-(``training: {mode: pretrain, pairs: ..., epochs: ...}``).
+* ``defenses`` (return a new model from clean data): clean fine-tuning, CleanCLIP, and InverTune,
+  which names the target with a universal perturbation, inverts the trigger and tunes the backdoor
+  neurons on one batch of 64 clean images (:meth:`InverTune.repair` is the same on explicit inputs);
+  in a spec they apply to the poisoned model of a ``task: backdoor`` cell (``defense: invertune``);
+* ``pretraining_defenses``: RoCLIP and SafeCLIP, which train a CLIP from scratch on untrusted pairs
+  in place of plain CLIP training (``defense(data, recipe, seed)``; in a spec they replace the
+  victim's training of a cell that pre-trains on a fixed set of pairs, ``training: {mode: pretrain,
+  pairs: ..., epochs: ...}``);
+* ``repairs``: Mudjacking, which patches a backdoored image encoder from one reported bug input;
+* ``model_detectors``: SEER, which searches a trigger and a target text jointly and gives a verdict.
+
+Importing this package registers them (``mmsec.registry.entries(kind)``).
 """
 
 from .clean_finetune import CleanFineTune

@@ -44,6 +44,7 @@ class CleanFineTune(HardeningDefense):
     """
 
     name = "clean_finetune"
+    paper = "Bansal et al., ICCV 2023 (their fine-tuning baseline)"
     needs_labels = False
     threat = "backdoor"
 

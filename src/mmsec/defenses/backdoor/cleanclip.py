@@ -76,6 +76,7 @@ class CleanCLIP(CleanFineTune):
     """
 
     name = "cleanclip"
+    paper = "Bansal et al., ICCV 2023"
 
     def __init__(self, steps: int = 300, batch_size: int = 64, lr: float = 1e-4, lambda1: float = 1.0,
                  lambda2: float = 1.0, weight_decay: float = 0.1):

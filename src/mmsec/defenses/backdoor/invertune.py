@@ -73,11 +73,22 @@ the clean model's largest rise is +0.06): the trigger was then inverted towards 
 the tuning still removed Blended's backdoor but left 40% of BadCLIP's.
 
 Shapes: clean pixels (N, 3, H, W) and the tuning batch (<= 64, 3, H, W) in [0, 1]; ``prompts`` a list
-of C candidate classes, each a list of prompt strings. Example::
+of C candidate classes, each a list of prompt strings (the defender's vocabulary: always the caller's).
 
-    defense = InverTune()
-    out = defense(model, clean_pixels, tuning_batch, zeroshot_prompts(), shape_color_classes(), generator=0)
+Two entry points. As a registered hardening defense (``invertune``, kind ``defenses``; ``defense:
+invertune`` of a ``task: backdoor`` cell), on one data set whose first 64 images tune and the rest
+invert, the candidate classes' prompts given by the caller and their names read from the data::
+
+    result = InverTune()(model, data, prompts=prompts, generator=torch.Generator().manual_seed(0))
+    result.model, result.extras["target"]        # a DefenseResult
+
+and :meth:`InverTune.repair` with everything explicit, returning the whole :class:`InverTuneResult`::
+
+    out = InverTune().repair(model, clean_pixels, tuning_batch, prompts, class_names, generator=0)
     out.target.name, out.model   # the named target and the repaired copy; ``model`` is untouched
+
+The universal perturbation of step 1 is a component (``uap``, kind ``universal_attacks``): in a spec
+``{name: invertune, params: {uap: {name: uap_patch, params: {epochs: 4}}}}``.
 """
 
 from __future__ import annotations
@@ -90,11 +101,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...attacks.universal.advclip import AdvCLIP
-from ...attacks.universal.uap_patch import UAPPatch
 from ...checks import check_budget, check_int, check_pixels, make_generator
 from ...data.datasets import ImageTextData
+from ...methods import Method, build
 from ...models.base import require_contrastive
-from ...models.towers import trainable_copy
+from ...models.towers import image_tower_parameters, trainable_copy
 from ...models.zeroshot import ZeroShotClassifier, class_text_embeddings
 from ...registry import register
 from ..base import DefenseResult, HardeningDefense
@@ -185,13 +196,20 @@ class InverTuneResult:
                 "final_losses": self.losses[-1].tolist() if len(self.losses) else []}
 
 
-class InverTune:
+@register("defenses", "invertune")
+class InverTune(HardeningDefense):
     """Target identification, trigger inversion and activation tuning of a backdoored CLIP.
 
+    Called as a hardening defense, ``defense(model, data, prompts, generator) -> DefenseResult``: the
+    first ``max_tuning_images`` images of ``data`` are the tuning batch, the rest the inversion set;
+    ``prompts`` (required) are the candidate classes' prompt strings and ``data.class_names`` (if
+    any) their names. :meth:`repair` is the same defense on explicit inputs.
+
     Args:
-        uap: the universal perturbation of step 1 (default ``AdvCLIP()``, the paper's: a GAN-made
-            3% patch, 20 epochs of 16); ``UAPPatch()`` (the same objective without the GAN) is
-            cheaper but missed the poisoning backdoors' targets here (see the module notes).
+        uap: the universal perturbation of step 1, a ``universal_attacks`` component: an object, or
+            its ``{name, params}`` / name (default ``AdvCLIP()``, the paper's: a GAN-made 3% patch,
+            20 epochs of 16); ``UAPPatch()`` (the same objective without the GAN) is cheaper but
+            missed the poisoning backdoors' targets here (see the module notes).
         inversion_steps, inversion_batch, inversion_lr: trigger inversion (code: 10 epochs of the data
             set, ~7,800 steps on 50k images; default 800 steps; batch 64, lr 0.01).
         w_align, w_emb, w_sim, w_mask: its loss weights (code: 5, 0.5, 1, 0.01).
@@ -210,18 +228,25 @@ class InverTune:
     """
 
     name = "invertune"
+    paper = "Sun, Li, Liu, Du, Ge, arXiv 2025"
     threat = "backdoor"
     needs_labels = False
+    components = {"uap": "universal_attacks"}
 
-    def __init__(self, uap: UniversalPerturbation | None = None, inversion_steps: int = 800,
+    def __init__(self, uap: UniversalPerturbation | dict | str | None = None, inversion_steps: int = 800,
                  inversion_batch: int = 64, inversion_lr: float = 0.01, w_align: float = 5.0, w_emb: float = 0.5,
                  w_sim: float = 1.0, w_mask: float = 0.01, temperature: float = 0.07, n_layers: int | None = None, k: int = 2,
                  steps: int = 200, lr: float = 1e-3, weight_decay: float = 1e-4, lambda_preserve: float = 0.5,
                  tune: str = "layers", layers: list[str] | None = None,
                  max_tuning_images: int = PAPER_TUNING_BATCH):
-        self.uap = uap if uap is not None else AdvCLIP()
-        if not callable(self.uap):
-            raise TypeError(f"uap must be a universal perturbation such as UAPPatch() or AdvCLIP(), got {uap!r}")
+        if uap is None:
+            uap = AdvCLIP()  # the paper's perturbation, with its defaults
+        elif isinstance(uap, (dict, str)):
+            uap = build("universal_attacks", uap, "invertune.uap")
+        if not callable(uap):
+            raise TypeError(f"uap must be a universal perturbation such as AdvCLIP(), UAPPatch() or its "
+                            f"{{name, params}}, got {uap!r}")
+        self.uap = uap
         self.inversion_steps = check_int("inversion_steps", inversion_steps, 1)
         self.inversion_batch = check_int("inversion_batch", inversion_batch, 1)
         self.inversion_lr = check_budget("inversion_lr", inversion_lr, 1e-12, 10.0, hint=" (Adam step, pixel units)")
@@ -242,21 +267,34 @@ class InverTune:
         self.layers = layers
         self.max_tuning_images = check_int("max_tuning_images", max_tuning_images, 2)
 
-    def params(self) -> dict:
-        keys = ("inversion_steps", "inversion_batch", "inversion_lr", "w_align", "w_emb", "w_sim", "w_mask",
-                "temperature", "n_layers", "k", "steps", "lr", "weight_decay", "lambda_preserve", "tune", "layers",
-                "max_tuning_images")
-        out = {k: getattr(self, k) for k in keys}
-        out["uap"] = repr(self.uap)
+    def record(self) -> dict:
+        """The hyper-parameters as a result records them: ``uap`` as its config (or its repr when it
+        is not a registered method)."""
+        out = {k: v for k, v in self.params().items() if k != "uap"}
+        out["uap"] = self.uap.config() if isinstance(self.uap, Method) else repr(self.uap)
         return out
 
-    def __repr__(self) -> str:
-        return f"InverTune({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
+    # -- the hardening-defense contract -------------------------------------------------------
+    def harden(self, model: nn.Module, data: ImageTextData, prompts: list[list[str]] | None,
+               generator: torch.Generator | int | None) -> DefenseResult:
+        """The first ``max_tuning_images`` of ``data`` are the tuning batch, the rest the inversion set;
+        ``prompts`` the candidate classes (required), named by ``data.class_names`` when it has them."""
+        if prompts is None:
+            raise ValueError("InverTune needs prompts: for each candidate class, its prompt strings (the vocabulary "
+                             "in which the backdoor's target is searched), e.g. the zero-shot prompts of the data's "
+                             "classes")
+        if len(data) < self.max_tuning_images + 2:
+            raise ValueError(f"data has {len(data)} images; InverTune needs {self.max_tuning_images} for tuning "
+                             "and more for the inversion")
+        n = self.max_tuning_images
+        out = self.repair(model, data.pixels[n:], data.pixels[:n], prompts, data.class_names, generator)
+        return DefenseResult(out.model, out.losses[:, 0].tolist(), out.seconds["total"], self.steps, self.record(),
+                             extras=out.summary())
 
-    # -- the defense ------------------------------------------------------------------------
-    def __call__(self, model: nn.Module, clean_pixels: torch.Tensor, tuning_batch: torch.Tensor,
-                 prompts: list[list[str]], class_names: list[str] | None = None,
-                 generator: torch.Generator | int | None = None) -> InverTuneResult:
+    # -- the defense on explicit inputs ---------------------------------------------------------
+    def repair(self, model: nn.Module, clean_pixels: torch.Tensor, tuning_batch: torch.Tensor,
+               prompts: list[list[str]], class_names: list[str] | None = None,
+               generator: torch.Generator | int | None = None) -> InverTuneResult:
         """Repair ``model`` (see the module docstring); ``clean_pixels`` feed steps 1-2, ``tuning_batch`` step 3."""
         require_contrastive(model, "InverTune")
         check_pixels(clean_pixels, "clean_pixels")
@@ -301,7 +339,7 @@ class InverTune:
         repaired, divergence, layers, neurons, losses = self._tune(model, frozen, tuning_batch, trigger)
         t3 = time.perf_counter()
         seconds = {"target": t1 - start, "inversion": t2 - t1, "tuning": t3 - t2, "total": t3 - start}
-        return InverTuneResult(repaired, target, trigger, divergence, layers, neurons, losses, seconds, self.params())
+        return InverTuneResult(repaired, target, trigger, divergence, layers, neurons, losses, seconds, self.record())
 
     def _tune(self, model: nn.Module, frozen: nn.Module, x: torch.Tensor, trigger: InvertedTrigger):
         names = self.layers if self.layers is not None else candidate_layers(frozen)
@@ -324,7 +362,6 @@ class InverTune:
         if self.tune == "layers":
             params = [p for n in layers for p in modules[n].parameters()]
         else:
-            from ...models.towers import image_tower_parameters
             params = [p for _, p in image_tower_parameters(tuned, x)]
         for p in tuned.parameters():
             p.requires_grad_(False)
@@ -354,49 +391,6 @@ class InverTune:
             p.requires_grad_(True)
         return tuned, divergence, layers, neurons, torch.tensor(rows)
 
-    # -- the runner's contract ----------------------------------------------------------------
-    def harden(self, model: nn.Module, data: ImageTextData, prompts: list[list[str]] | None = None,
-               generator: torch.Generator | int | None = None) -> DefenseResult:
-        """``HardeningDefense``-style entry: the first ``max_tuning_images`` of ``data`` are the tuning batch,
-        the rest the inversion set; ``prompts`` default to the shapes world's (names from ``data``)."""
-        if not isinstance(data, ImageTextData):
-            raise TypeError(f"data must be an ImageTextData, got {type(data).__name__}")
-        if len(data) < self.max_tuning_images + 2:
-            raise ValueError(f"data has {len(data)} images; InverTune needs {self.max_tuning_images} for tuning "
-                             "and more for the inversion")
-        names = data.class_names
-        if prompts is None:
-            from ...data.shapes import shape_color_classes, zeroshot_prompts
 
-            prompts, names = zeroshot_prompts(), names or shape_color_classes()
-        n = self.max_tuning_images
-        out = self(model, data.pixels[n:], data.pixels[:n], prompts, names, generator)
-        return DefenseResult(out.model, out.losses[:, 0].tolist(), out.seconds["total"], self.steps, self.params(),
-                             extras=out.summary())
-
-
-@register("defenses", "invertune")
-class InverTuneDefense(HardeningDefense):
-    """InverTune as a registered defense (``defense: invertune`` of a ``task: backdoor`` cell): the
-    defense data's first 64 images are the tuning batch, the rest the inversion set; scalar settings
-    only (``uap``: ``"advclip"``, the paper's, or ``"uap_patch"``)."""
-
-    name = "invertune"
-    needs_labels = False
-    threat = "backdoor"
-
-    def __init__(self, uap: str = "advclip", inversion_steps: int = 800, steps: int = 200, lr: float = 1e-3,
-                 tune: str = "layers"):
-        if uap not in ("advclip", "uap_patch"):
-            raise ValueError(f"uap must be 'advclip' or 'uap_patch', got {uap!r}")
-        self.uap, self.inversion_steps, self.steps, self.lr, self.tune = uap, inversion_steps, steps, lr, tune
-        self._method = InverTune(uap=None if uap == "advclip" else UAPPatch(), inversion_steps=inversion_steps,
-                                 steps=steps, lr=lr, tune=tune)  # validates the values
-
-    def harden(self, model: nn.Module, data: ImageTextData, prompts: list[list[str]] | None,
-               generator: torch.Generator) -> DefenseResult:
-        return self._method.harden(model, data, prompts, generator)
-
-
-__all__ = ["InverTune", "InverTuneDefense", "InverTuneResult", "PAPER_TUNING_BATCH", "candidate_layers", "critical_neurons",
+__all__ = ["InverTune", "InverTuneResult", "PAPER_TUNING_BATCH", "candidate_layers", "critical_neurons",
            "kmeans_1d", "layer_activations"]

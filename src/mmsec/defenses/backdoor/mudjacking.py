@@ -34,6 +34,11 @@ not move their statistics.
 
 Shapes: ``bug_input`` and ``reference`` are (3, H, W) or (1, 3, H, W); ``validation`` is (N, 3, H, W),
 all in [0, 1].
+
+Registered as ``mudjacking`` (kind ``repairs``)::
+
+    result = Mudjacking()(model, bug_input, reference, validation, generator=0)
+    result.model          # the patched copy; ``model`` is untouched
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from torch import nn
 from ...checks import check_budget, check_int, check_pixels, check_positive, make_generator
 from ...models.base import require_contrastive
 from ...progress import progress_bar
+from ...registry import register
+from ..base import RepairDefense
 from .invertune_inversion import stamp
 
 
@@ -116,7 +123,8 @@ def reverse_engineer_trigger(model: nn.Module, bug_input: torch.Tensor, referenc
     return RecoveredTrigger(torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach(), float(sim.detach()))
 
 
-class Mudjacking:
+@register("repairs", "mudjacking")
+class Mudjacking(RepairDefense):
     """Patch a backdoored image encoder from one bug instance ``(x_b, x_r)`` and a clean validation set.
 
     Args:
@@ -130,6 +138,7 @@ class Mudjacking:
     """
 
     name = "mudjacking"
+    paper = "Liu, Reiter, Gong, USENIX Security 2024"
 
     def __init__(self, lambda_l: float = 1.0, lambda_g: float = 1.0, epochs: int = 20, batch_size: int = 64,
                  lr: float = 1e-3, momentum: float = 0.9, trigger_steps: int = 300, trigger_lr: float = 0.1,
@@ -146,7 +155,8 @@ class Mudjacking:
         self.quiet = bool(quiet)
 
     def params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k != "quiet"}
+        """The hyper-parameters (``quiet``, a display switch, left out of what a result records)."""
+        return {k: v for k, v in super().params().items() if k != "quiet"}
 
     def __call__(self, model: nn.Module, bug_input: torch.Tensor, reference: torch.Tensor,
                  validation: torch.Tensor, generator: torch.Generator | int | None = None) -> MudjackingResult:

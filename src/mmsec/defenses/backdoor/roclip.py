@@ -60,7 +60,8 @@ from ..base import PretrainingDefense
 
 @register("pretraining_defenses", "roclip")
 class RoCLIP(PretrainingDefense):
-    """Pre-train a zoo CLIP from scratch on (possibly poisoned) pairs with RoCLIP.
+    """Pre-train a zoo CLIP from scratch on (possibly poisoned) pairs with RoCLIP:
+    ``RoCLIP()(data, recipe, seed=None)``, ``recipe`` the zoo recipe to train (the caller's choice).
 
     Args:
         epochs: passes over the data (default 12; see the module docstring).
@@ -71,6 +72,7 @@ class RoCLIP(PretrainingDefense):
     """
 
     name = "roclip"
+    paper = "Yang, Gao, Mirzasoleiman, NeurIPS 2023"
 
     def __init__(self, epochs: int = 12, period: int = 3, pool_fraction: float = 0.02, augment: bool = True,
                  seed: int = 0):
@@ -116,10 +118,9 @@ class RoCLIP(PretrainingDefense):
 
         return loss
 
-    def __call__(self, data: ImageTextData, recipe: str = "shapes-clip-resnet", seed: int | None = None,
-                 quiet: bool = True) -> TrainedModel:
-        """Pre-train ``recipe`` from scratch on ``data`` with RoCLIP; the result's ``extras`` list the
-        RoCLIP epochs and the pool size."""
+    def __call__(self, data: ImageTextData, recipe: str, seed: int | None = None, quiet: bool = True) -> TrainedModel:
+        """Pre-train the zoo recipe ``recipe`` (e.g. ``"shapes-clip-resnet"``: the caller's choice) from scratch
+        on ``data`` with RoCLIP; the result's ``extras`` list the RoCLIP epochs and the pool size."""
         pairs_recipe(data, recipe)  # checked before the loss reads the captions
         seed = self.seed if seed is None else check_int("seed", seed, 0)
         out = pretrain_pairs(data, recipe, self.epochs, seed=seed, loss_fn=self.loss_fn(data, seed), quiet=quiet,

@@ -59,6 +59,7 @@ from ...registry import register
 from ...train.contrastive import clip_adamw, clip_loss, cosine_lr, optimizer_step
 from ...train.nn_pool import NearestNeighbourPool
 from ...train.pair_views import PairViews
+from ...train.poisoned import pairs_start
 from ..base import PretrainingDefense
 
 
@@ -132,7 +133,8 @@ def pair_similarity(model: nn.Module, data: ImageTextData, batch_size: int = 512
 
 @register("pretraining_defenses", "safeclip")
 class SafeCLIP(PretrainingDefense):
-    """Pre-train a zoo CLIP from scratch on (possibly poisoned) pairs with SafeCLIP.
+    """Pre-train a zoo CLIP from scratch on (possibly poisoned) pairs with SafeCLIP:
+    ``SafeCLIP()(data, recipe, seed=None)``, ``recipe`` the zoo recipe to train (the caller's choice).
 
     Args:
         epochs: mixed epochs after the warm-ups (default 12; paper 26 of 32).
@@ -148,6 +150,7 @@ class SafeCLIP(PretrainingDefense):
     """
 
     name = "safeclip"
+    paper = "Yang, Gao, Mirzasoleiman, ICML 2024"
 
     def __init__(self, epochs: int = 12, warmup_epochs: int = 5, slow_epochs: int = 1, slow_lr_factor: float = 0.01,
                  threshold: float = 0.9, growth: float = 0.01, cap: float = 0.85, pool_size: int = 256,
@@ -163,16 +166,12 @@ class SafeCLIP(PretrainingDefense):
         self.augment = bool(augment)
         self.seed = check_int("seed", seed, 0)
 
-    def __call__(self, data: ImageTextData, recipe: str = "shapes-clip-resnet", seed: int | None = None,
-                 quiet: bool = True) -> SafeCLIPResult:
-        from ...train.poisoned import pairs_recipe
-        from ...zoo.train import recipe_start
-
+    def __call__(self, data: ImageTextData, recipe: str, seed: int | None = None, quiet: bool = True) -> SafeCLIPResult:
+        """Pre-train the zoo recipe ``recipe`` (e.g. ``"shapes-clip-resnet"``) from scratch on ``data``."""
         seed = self.seed if seed is None else check_int("seed", seed, 0)
-        spec, b = pairs_recipe(data, recipe)
+        start, b = pairs_start(data, recipe, self.warmup_epochs + self.slow_epochs + self.epochs)
         n = len(data)
         per_epoch = n // b
-        start = recipe_start(spec, recipe, per_epoch * (self.warmup_epochs + self.slow_epochs + self.epochs))
         model, lr, wd = start.model, float(start.train["lr"]), float(start.train["weight_decay"])
         warmup, clip = int(start.train["warmup"]), float(start.train.get("grad_clip", 1.0))
         opt = clip_adamw(model, lr, wd)

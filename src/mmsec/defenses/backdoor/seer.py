@@ -39,6 +39,10 @@ no values for ``lambda1``, ``lambda2``, the optimiser or the threshold; chosen h
   search from a given mask and pattern instead: a check of a suspected trigger, not part of the paper.
 
 Shapes: ``pixels`` (N, 3, H, W) in [0, 1]. The model is put in eval mode and gets no gradients.
+
+Registered as ``seer`` (kind ``model_detectors``): ``SEER()(model, pixels, generator=0)`` returns a
+:class:`SEERResult` whose ``flagged``, ``score`` (the anomaly index), ``threshold`` and ``target`` (the
+top-ranked dictionary word) are the model-detector contract's.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ from torch import nn
 from ...checks import check_budget, check_int, check_pixels, make_generator
 from ...models.base import require_contrastive
 from ...models.zeroshot import embed_images, embed_texts
+from ...registry import register
+from ..base import ModelDetector
 from .invertune_inversion import stamp
 
 SPECIAL_WORDS = ("<pad>", "<sos>", "<eos>", "<unk>")
@@ -76,6 +82,22 @@ class SEERResult:
     params: dict[str, Any] = field(default_factory=dict)
     restart_similarities: list[float] = field(default_factory=list)  # S_IT of each search, the paper's start first
 
+    # the model-detector contract (mmsec.defenses.base.ModelDetector)
+    @property
+    def flagged(self) -> bool:
+        """Whether the model is judged backdoored (``score >= threshold``)."""
+        return self.backdoored
+
+    @property
+    def score(self) -> float:
+        """The anomaly index ``-log(1 - S_IT)``: higher = more suspicious."""
+        return self.anomaly_index
+
+    @property
+    def target(self) -> str | None:
+        """The dictionary entry ranked first as the backdoor's target text."""
+        return self.target_ranking[0][0] if self.target_ranking else None
+
 
 def model_dictionary(model: nn.Module) -> list[str]:
     """The model's own vocabulary as SEER's dictionary D: the zoo tokenizer's words, or a BPE
@@ -95,7 +117,8 @@ def model_dictionary(model: nn.Module) -> list[str]:
     return list(dict.fromkeys(words))
 
 
-class SEER:
+@register("model_detectors", "seer")
+class SEER(ModelDetector):
     """Detect a backdoor by searching an image trigger and a target text jointly.
 
     Args:
@@ -109,6 +132,7 @@ class SEER:
     """
 
     name = "seer"
+    paper = "Zhu, Ning, Li, Xin, Wu, AAAI 2024"
 
     def __init__(self, lambda1: float = 10.0, lambda2: float = 0.1, steps: int = 300, batch_size: int = 64,
                  lr: float = 0.1, threshold: float = 2.5, restarts: int = 1):
@@ -122,11 +146,8 @@ class SEER:
         self.threshold = check_budget("threshold", threshold, 0.0, 1e3, hint=" (anomaly index -log(1 - S_IT))")
         self.restarts = check_int("restarts", restarts, 1)
 
-    def params(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-    def __call__(self, model: nn.Module, pixels: torch.Tensor, dictionary: list[str] | None = None,
-                 generator: torch.Generator | int | None = None,
+    def __call__(self, model: nn.Module, pixels: torch.Tensor, generator: torch.Generator | int | None = None,
+                 dictionary: list[str] | None = None,
                  start: tuple[torch.Tensor, torch.Tensor] | None = None) -> SEERResult:
         """Search ``model`` with clean ``pixels`` (N >= 2); ``dictionary`` defaults to the model's words.
 

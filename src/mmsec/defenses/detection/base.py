@@ -11,15 +11,19 @@ A detector is configured in ``__init__`` and called on embeddings ``(N, D)``:
 
 * neighbourhoods: ``batch_size=1024`` (the paper's setting: the training set is shuffled into
   random batches of 1,024 and each sample's neighbours are the other samples of its batch), or
-  ``batch_size=None``: neighbours from the whole set through a kNN backend (exact torch search for
-  small sets, faiss HNSW for large ones: :mod:`.neighbors`). Euclidean distance on the embeddings
-  as given (the paper's code uses the un-normalised image features).
+  ``batch_size=None``: neighbours from the whole set through a kNN backend named by ``backend``
+  (exact torch search for small sets, faiss HNSW for large ones: :mod:`.neighbors`); a backend
+  with settings of its own is used directly, ``det.decide(det.scores_from_graph(FaissHNSW(m=64).knn(x, det.k)))``.
+  Euclidean distance on the embeddings as given (the paper's code uses the un-normalised image features).
 * score: a subclass's :meth:`scores_from_graph`, higher = more suspicious.
 * decision: ``threshold`` if given, else the ``(1 - flag_fraction)`` quantile of the scores
   (``flag_fraction=0.01``: flag the top 1%, the defender's removal budget; the paper ranks and
   removes a fixed fraction rather than stating a threshold). The result states which.
 
 Inputs are never modified; numpy arrays are accepted and read without a copy.
+
+Each detector is registered (kind ``detectors``: ``kdist``, ``slof``, ``lid``, ``dao``) and built
+from a spec as any method: ``build("detectors", {"name": "dao", "params": {"k": 16}})``.
 """
 
 from __future__ import annotations
@@ -32,10 +36,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .neighbors import ExactKNN, FaissHNSW, KNNGraph, check_k, check_points, resolve_backend
+from ... import registry
+from ...methods import Method
+from .neighbors import ExactKNN, KNNGraph, check_k, check_points, resolve_backend
 
 PAPER_K = 16  # Huang et al.'s detectors (their README example: DAODetector(k=16))
 PAPER_BATCH = 1024  # random batches of 1,024 training samples (their section 4 / appendix)
+BACKENDS = ("auto", "exact", "faiss")
+
+registry.declare_kind("detectors", "detectors of poisoned training samples: detector(embeddings (N, D)) -> "
+                      "OutlierResult(scores, threshold, decisions)", "mmsec.defenses.detection.base:OutlierDetector")
 
 
 @dataclass
@@ -47,7 +57,7 @@ class OutlierResult:
         threshold: the score at or above which a sample is flagged.
         decisions: (N,) bool, ``scores >= threshold``.
         threshold_rule: how the threshold was chosen (``"given"`` or ``"top 1.00%"``).
-        params: the detector's settings (name, k, batch size, backend).
+        params: the detector's registered name (``detector``) and settings (k, batch size, backend, ...).
         seconds: wall time of the neighbour search and scoring.
     """
 
@@ -59,15 +69,15 @@ class OutlierResult:
     seconds: float
 
 
-class OutlierDetector:
+class OutlierDetector(Method):
     """Base class: neighbourhoods, the threshold and input checks; subclasses define the score.
 
     Args:
         k: neighbours per sample (default 16, Huang et al.).
         batch_size: size of the random batches whose members are each other's neighbourhoods
             (default 1024, Huang et al.); None: the whole set.
-        backend: ``"auto"`` (exact up to 50,000 points, faiss HNSW above), ``"exact"``,
-            ``"faiss"`` or an :class:`ExactKNN` / :class:`FaissHNSW` object. Used when
+        backend: ``"auto"`` (exact up to 50,000 points, faiss HNSW above), ``"exact"`` or
+            ``"faiss"`` (:class:`ExactKNN` / :class:`FaissHNSW` with their defaults). Used when
             ``batch_size`` is None (batches of 1,024 are always searched exactly).
         threshold: flag scores ``>= threshold``; None: flag the top ``flag_fraction``.
         flag_fraction: fraction flagged when ``threshold`` is None (default 0.01).
@@ -75,9 +85,11 @@ class OutlierDetector:
     """
 
     name = "outlier"
+    family = None  # works on embeddings, whichever model made them
+    paper = "Huang et al., ICLR 2025"
 
     def __init__(self, k: int = PAPER_K, batch_size: int | None = PAPER_BATCH,
-                 backend: str | ExactKNN | FaissHNSW = "auto", threshold: float | None = None,
+                 backend: str = "auto", threshold: float | None = None,
                  flag_fraction: float = 0.01, seed: int = 0) -> None:
         self.k = check_k(k, None)
         if batch_size is not None:
@@ -86,9 +98,10 @@ class OutlierDetector:
                 raise ValueError(f"batch_size={batch_size} must exceed k={self.k} (a batch holds each sample's "
                                  "k neighbours besides itself)")
         self.batch_size = batch_size
-        if not isinstance(backend, (ExactKNN, FaissHNSW)) and backend not in ("auto", "exact", "faiss"):
-            raise ValueError(f"backend must be 'auto', 'exact', 'faiss' or an ExactKNN / FaissHNSW object, "
-                             f"got {backend!r}")
+        if not isinstance(backend, str) or backend not in BACKENDS:
+            hint = (" (a backend object cannot be stored in a config: pass its name, or search with it directly: "
+                    "det.decide(det.scores_from_graph(backend.knn(x, det.k))))" if not isinstance(backend, str) else "")
+            raise ValueError(f"backend must be 'auto', 'exact' or 'faiss', got {backend!r}{hint}")
         self.backend = backend
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                       or not math.isfinite(threshold)):
@@ -101,14 +114,6 @@ class OutlierDetector:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = seed
-
-    def params(self) -> dict[str, Any]:
-        backend = self.backend if isinstance(self.backend, str) else repr(self.backend)
-        return {"detector": self.name, "k": self.k, "batch_size": self.batch_size, "backend": backend,
-                "threshold": self.threshold, "flag_fraction": self.flag_fraction, "seed": self.seed}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items() if k != 'detector')})"
 
     def scores_from_graph(self, graph: KNNGraph) -> torch.Tensor:
         """(N,) scores from the kNN graph of all N points (``graph.rows`` = 0..N-1)."""
@@ -148,7 +153,7 @@ class OutlierDetector:
                 if scores.numel() <= 16_000_000 else float(np.quantile(scores.numpy(), 1 - self.flag_fraction,
                                                                         method="higher"))
             rule = f"top {100 * self.flag_fraction:.2f}%"
-        return OutlierResult(scores, thr, scores >= thr, rule, self.params(), seconds)
+        return OutlierResult(scores, thr, scores >= thr, rule, {"detector": self.name, **self.params()}, seconds)
 
 
-__all__ = ["PAPER_BATCH", "PAPER_K", "OutlierDetector", "OutlierResult"]
+__all__ = ["BACKENDS", "PAPER_BATCH", "PAPER_K", "OutlierDetector", "OutlierResult"]

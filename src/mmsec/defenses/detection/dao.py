@@ -35,6 +35,7 @@ import math
 
 import torch
 
+from ...registry import register
 from ._floor import floor_distances
 from .base import OutlierDetector
 from .lid import lid_mle
@@ -56,10 +57,12 @@ def log_dao_scores(graph: KNNGraph, k_distances: torch.Tensor | None = None,
     return torch.logsumexp(terms, dim=1) - math.log(graph.k)
 
 
+@register("detectors", "dao")
 class DAODetector(OutlierDetector):
     """DAO, scores in log units. Arguments as :class:`~.base.OutlierDetector`."""
 
     name = "dao"
+    paper = "Anderberg et al., SDM 2024; Huang et al., ICLR 2025"
 
     def scores_from_graph(self, graph: KNNGraph) -> torch.Tensor:
         return log_dao_scores(graph)

@@ -14,7 +14,7 @@ k-th neighbour is most likely a clean sample far away (backdoor embeddings are l
 Defaults: k = 16, batches of 1,024 (Huang et al.); decision at the top 1% (see :mod:`.base`).
 Departures: none in the score; the threshold rule is ours (the paper ranks without one).
 
-Example::
+Registered as ``kdist`` (kind ``detectors``). Example::
 
     emb = embed_images(poisoned_model, data.pixels)            # (N, D)
     res = KDistanceDetector()(emb)                             # OutlierResult
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from ...registry import register
 from .base import OutlierDetector
 from .neighbors import KNNGraph
 
@@ -34,10 +35,12 @@ def k_distance_scores(graph: KNNGraph) -> torch.Tensor:
     return graph.distances[:, -1].double()
 
 
+@register("detectors", "kdist")
 class KDistanceDetector(OutlierDetector):
     """k-dist: ``score = d_k(x)``. Arguments as :class:`~.base.OutlierDetector`."""
 
-    name = "k_distance"
+    name = "kdist"
+    paper = "Huang et al., ICLR 2025 (score: Ramaswamy, Rastogi, Shim, SIGMOD 2000)"
 
     def scores_from_graph(self, graph: KNNGraph) -> torch.Tensor:
         return k_distance_scores(graph)

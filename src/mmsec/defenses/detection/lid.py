@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from ...registry import register
 from ._floor import floor_distances
 from .base import OutlierDetector
 from .neighbors import KNNGraph
@@ -40,10 +41,12 @@ def lid_mle(graph: KNNGraph) -> torch.Tensor:
     return -1.0 / mean_log.clamp_max(-1e-12)
 
 
+@register("detectors", "lid")
 class LIDDetector(OutlierDetector):
     """LID (MLE) as the score. Arguments as :class:`~.base.OutlierDetector`."""
 
     name = "lid"
+    paper = "Amsaleg et al., KDD 2015; Huang et al., ICLR 2025"
 
     def scores_from_graph(self, graph: KNNGraph) -> torch.Tensor:
         return lid_mle(graph)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from ...registry import register
 from ._floor import floor_distances
 from .base import OutlierDetector
 from .neighbors import KNNGraph
@@ -41,10 +42,12 @@ def slof_scores(graph: KNNGraph, k_distances: torch.Tensor | None = None) -> tor
     return (kd_q[:, None] / kd_all[graph.indices]).mean(dim=1)  # (Q,)
 
 
+@register("detectors", "slof")
 class SLOFDetector(OutlierDetector):
     """Simplified LOF. Arguments as :class:`~.base.OutlierDetector`."""
 
     name = "slof"
+    paper = "Schubert, Zimek, Kriegel, DMKD 2014; Huang et al., ICLR 2025"
 
     def scores_from_graph(self, graph: KNNGraph) -> torch.Tensor:
         return slof_scores(graph)

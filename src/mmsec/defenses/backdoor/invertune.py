@@ -55,8 +55,9 @@ Departures and why:
   image tower as the code does.
 * BatchNorm stays in inference mode (the code trains with ``model.train()``): the tuning batch
   holds triggered images, whose statistics would otherwise be written into the running means.
-* Candidate layers: the tower's residual stages (TinyCLIP ResNet: ``visual.blocks.i``, 3 stages) or
-  its transformer blocks (``visual.encoder.layers.i``); other models pass ``layers=[...]`` names.
+* Candidate layers: the tower's residual stages or transformer blocks as the model names them
+  (``vision_blocks()``: TinyCLIP ResNet ``visual.blocks.i``, 3 stages; its ViT ``visual.encoder.layers.i``;
+  HF CLIP and open_clip their own); ``layers=[...]`` names others.
   The code keeps the top 3 of RN50's 4 stages, i.e. all but the least divergent; ``n_layers=None``
   applies that rule to any depth (2 of the tiny ResNet's 3 stages, 3 of the tiny ViT's 4 blocks).
   Measured on a BadEncoder tower (inverted trigger, lr 1e-3, 200 steps): the last stage alone
@@ -104,7 +105,7 @@ from ...attacks.universal.advclip import AdvCLIP
 from ...checks import check_budget, check_int, check_pixels, make_generator
 from ...data.datasets import ImageTextData
 from ...methods import Method, build
-from ...models.base import require_contrastive
+from ...models.base import require_contrastive, vision_block_names
 from ...models.towers import image_tower_parameters, trainable_copy
 from ...models.zeroshot import ZeroShotClassifier, class_text_embeddings
 from ...registry import register
@@ -138,16 +139,9 @@ def critical_neurons(clean_mean: torch.Tensor, trig_mean: torch.Tensor, k: int =
 
 
 def candidate_layers(model: nn.Module) -> list[str]:
-    """Names of the image tower's residual stages / transformer blocks (TinyCLIP, open_clip, HF CLIP)."""
-    modules = dict(model.named_modules())
-    for stack in ("visual.blocks", "visual.encoder.layers", "visual.transformer.resblocks",
-                  "vision_model.encoder.layers"):
-        if stack in modules:
-            return [f"{stack}.{name}" for name, _ in modules[stack].named_children()]
-    stages = [f"visual.layer{i}" for i in range(1, 5) if f"visual.layer{i}" in modules]
-    if stages:
-        return stages
-    raise ValueError(f"cannot find the image tower's layers of {type(model).__name__}; pass layers=[module names]")
+    """Names of the image tower's residual stages / transformer blocks, from the model's own
+    ``vision_blocks()`` (:class:`mmsec.models.base.VisionBlocks`: TinyCLIP, HF CLIP, open_clip, ...)."""
+    return vision_block_names(model)
 
 
 def layer_activations(model: nn.Module, pixels: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:

@@ -7,9 +7,21 @@ on a poisoned stream or with ``epochs`` over fixed pairs; see :mod:`.backdoored`
 ``data`` (shapes-world test scenes). The backdoored model and its control are built once per key and
 shared by the cells of every defense (:mod:`.backdoored`).
 
-A cell's ``defense`` is a clean-up of the backdoored model (kind ``defenses``: ``clean_finetune``,
-``cleanclip``, ``invertune``) or a pre-training defense that replaces the victim's training on the
-same pairs (kind ``pretraining_defenses``: RoCLIP, SafeCLIP).
+A cell's ``defense`` is one of
+- a clean-up of the backdoored model (kind ``defenses``: ``clean_finetune``, ``cleanclip``,
+  ``invertune``), measured after it;
+- a pre-training defense that replaces the victim's training on the same pairs (kind
+  ``pretraining_defenses``: RoCLIP, SafeCLIP);
+- a repair from reported bug inputs (kind ``repairs``: Mudjacking): ``bug_reports`` independent
+  repairs, each from one triggered scene the backdoored model gets wrong (the first scenes of
+  distinct non-target classes in :data:`~mmsec.data.scenes.BUG_REPORTS`), with a clean scene of
+  the bug's class as the reference and 256 clean validation scenes; the backdoor metrics are the
+  mean over the repairs;
+- a detector of the poisoned training samples (kind ``detectors``: k-dist, SLOF, LID, DAO), scored
+  against the poison record on the training set's embeddings by the backdoored model
+  (``detector_*`` metrics; the model itself is left as it is);
+- a detector of backdoored models (kind ``model_detectors``: SEER), run on the backdoored model and
+  on its control with the defender's clean scenes (:data:`~mmsec.data.scenes.DEFENDER_CLEAN`).
 
 Metrics (on the test scenes; ASR over the triggered images whose class is not the target):
 zero-shot ASR and clean accuracy of the backdoored model, the control's clean accuracy and the drop
@@ -28,9 +40,10 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+import torch
 from pydantic import Field, StrictFloat, StrictInt, model_validator
 
-from ...data.scenes import PROBE_TRAIN
+from ...data.scenes import BUG_REPORTS, DEFENDER_CLEAN, PROBE_TRAIN
 from ...metrics import MetricDefinition
 from ...registry import register
 from ..cells import method_params
@@ -74,7 +87,35 @@ _METRICS = [
                                            "model tampering or a fresh-scene stream", higher_is_better=True),
     MetricDefinition("defense_train_seconds", 1, "wall-clock seconds the cell's defense took to train the "
                                                  "hardened model (0 for no defense)", higher_is_better=False),
+    MetricDefinition("detector_auroc", 1, "backdoor: AUROC of the cell's sample detector's scores ranking the "
+                                          "poisoned training pairs above the clean ones (image embeddings by the "
+                                          "backdoored model)", higher_is_better=True),
+    MetricDefinition("detector_tpr_at_1fpr", 1, "backdoor: fraction of the poisoned training pairs the cell's sample "
+                                                "detector flags at the threshold where 1% of clean pairs are flagged",
+                     higher_is_better=True),
+    MetricDefinition("detector_flagged_poisoned", 1, "backdoor: fraction of the poisoned training pairs above the "
+                                                     "detector's own threshold rule", higher_is_better=True),
+    MetricDefinition("detector_flagged_clean", 1, "backdoor: fraction of the clean training pairs above the "
+                                                  "detector's own threshold rule", higher_is_better=False),
+    MetricDefinition("model_detector_score", 1, "backdoor: the cell's model detector's score of the backdoored model "
+                                                "(higher = more suspicious; SEER: the anomaly index)"),
+    MetricDefinition("model_detector_score_control", 1, "backdoor: the same score of the control (clean) model",
+                     higher_is_better=False),
+    MetricDefinition("model_detector_flagged", 1, "backdoor: 1 if the model detector flags the backdoored model"),
+    MetricDefinition("model_detector_flagged_control", 1, "backdoor: 1 if it flags the control (clean) model",
+                     higher_is_better=False),
+    MetricDefinition("model_detector_target_named", 1, "backdoor: 1 if the target the model detector names for the "
+                                                       "backdoored model is the attack's target"),
+    MetricDefinition("repair_bug_fixed", 1, "backdoor: fraction of the repairs after which the reported bug input is "
+                                            "classified as its true class"),
+    MetricDefinition("repair_clean_cost_max", 1, "backdoor: the largest clean zero-shot cost (points) over the "
+                                                 "repairs", higher_is_better=False),
 ]
+SAMPLE_DETECTION = ("detector_auroc", "detector_tpr_at_1fpr", "detector_flagged_poisoned", "detector_flagged_clean")
+MODEL_DETECTION = ("model_detector_score", "model_detector_score_control", "model_detector_flagged",
+                   "model_detector_flagged_control", "model_detector_target_named")
+REPAIR = ("repair_bug_fixed", "repair_clean_cost_max")
+VALIDATION_N = 256  # clean validation scenes a repair keeps the model's behaviour on
 
 
 class TrainingSpec(TaskBlock):
@@ -119,6 +160,7 @@ class TrainingSpec(TaskBlock):
 
 class BackdoorBlock(TaskBlock):
     training: TrainingSpec | None = Field(default=None, description="trains the victim")
+    bug_reports: StrictInt = Field(default=5, gt=0, description="repairs from bug reports")
 
 
 @register("tasks", "backdoor")
@@ -131,7 +173,7 @@ class BackdoorTask(Task):
                        "backdoor_asr_probe", "backdoor_asr_i2t", "backdoor_asr_control", "n_poisoned")
     noise_metric = "backdoor_asr_noise"
     attack_kinds = bd_models.ATTACK_KINDS
-    defense_kinds = ("defenses", "pretraining_defenses")
+    defense_kinds = ("defenses", "pretraining_defenses", "repairs", "detectors", "model_detectors")
     baselines = ("noise",)
     baseline_words = "a noise patch of the trigger's size and place"
     targeted_hint = "; its target is in the attack's parameters (target: ...)"
@@ -159,7 +201,10 @@ class BackdoorTask(Task):
         return block if block.training is not None else BackdoorBlock(training=TrainingSpec())
 
     def cell_fields(self, block: BackdoorBlock, axis_values: dict[str, Any]) -> dict[str, Any]:
-        return {"training": (block.training or TrainingSpec()).config()}
+        fields = {"training": (block.training or TrainingSpec()).config()}
+        if block.bug_reports != BackdoorBlock.model_fields["bug_reports"].default:
+            fields["bug_reports"] = block.bug_reports  # (only when set: other cells keep their hashes)
+        return fields
 
     def check_baseline(self, baseline: str, attack: Any, name: str) -> str | None:
         from ...attacks.backdoor.triggers import OptimizedPatch, PatchTrigger
@@ -173,7 +218,7 @@ class BackdoorTask(Task):
 
     def run(self, cell: dict, ctx: Any) -> CellOutput:
         from ...attacks.backdoor.triggers import OptimizedPatch, PatchTrigger
-        from ...evaluation.backdoor import backdoor_report, zeroshot_asr
+        from ...evaluation.backdoor import backdoor_report
 
         seed, training, defense = int(cell["seed"]), cell["training"], cell.get("defense")
         pretraining = bd_models.is_pretraining(defense)
@@ -181,29 +226,43 @@ class BackdoorTask(Task):
         control = bd_models.control(ctx, cell["model"], bd, training, seed)
         probe_train, test = evaluation_batches(cell["data"], image_size_of(bd.model))
         target, trigger = bd.target_label, bd.trigger
-        model, defense_seconds = bd.model, 0.0
+        models, defense_seconds = [bd.model], 0.0  # after the defense (several: one per repair)
         values: dict[str, float] = {}
+        kind = defense_kind(defense)
         if defense:  # measured before the defense: the backdoored model it cleans, or plain training on the same data
-            undefended = backdoor_report(model, probe_train, test, trigger, target, generator=seed,
+            undefended = backdoor_report(bd.model, probe_train, test, trigger, target, generator=seed,
                                          tasks=("zeroshot",))["zeroshot"]
             values.update(backdoor_asr_undefended=undefended.asr, clean_accuracy_undefended=undefended.clean_accuracy)
             if pretraining:
                 defended = bd_models.backdoored(ctx, cell["model"], cell["attack"], training, seed, defense)
-                model, defense_seconds = defended.model, defended.seconds
-            else:
+                models, defense_seconds = [defended.model], defended.seconds
+            elif kind == "defenses":
                 out = ctx.trained({"cleaned": cell["model"], "attack": cell["attack"], "training": training,
                                    "seed": seed, "defense": defense},
                                   lambda: _clean(ctx, bd.model, defense, seed), base=cell["model"])
-                model, defense_seconds = out.model, float(out.info["seconds"])
-        scores = backdoor_report(model, probe_train, test, trigger, target, generator=seed)
+                models, defense_seconds = [out.model], float(out.info["seconds"])
+            elif kind == "detectors":
+                values.update(sample_detection(bd, defense, seed))
+            elif kind == "model_detectors":
+                values.update(model_detection(ctx, cell, bd, control, defense, seed))
+            elif kind == "repairs":
+                models, defense_seconds, repaired = repairs(ctx, cell, bd, defense, seed, undefended.clean_accuracy)
+                values.update(repaired)
+        size = trigger.size if getattr(trigger, "size", None) is not None else getattr(trigger, "pattern", None)
+        size = int(size.shape[-1]) if hasattr(size, "shape") else size  # an optimised patch: its pixel size
+        noise = None
+        if "backdoor_asr_noise" in cell["metrics"]:
+            if not isinstance(trigger, (PatchTrigger, OptimizedPatch)):
+                raise ValueError(f"baseline 'noise' is a noise patch of the trigger's size and place; trigger "
+                                 f"{trigger.to_dict()['name']!r} is not a patch (set `baseline: null`)")
+            noise = PatchTrigger(pattern="noise", size=size, position=trigger.position, seed=seed + 1)
         control_zs = backdoor_report(control, probe_train, test, trigger, target, generator=seed,
                                      tasks=("zeroshot",))["zeroshot"]
+        measured = [measure(m, probe_train, test, trigger, target, noise, seed) for m in models]
+        values.update({k: sum(m[k] for m in measured) / len(measured) for k in measured[0]})  # (repairs: the mean)
         values.update({
-            "backdoor_asr": scores["zeroshot"].asr, "clean_accuracy": scores["zeroshot"].clean_accuracy,
             "clean_accuracy_control": control_zs.clean_accuracy,
-            "clean_accuracy_drop": 100 * (control_zs.clean_accuracy - scores["zeroshot"].clean_accuracy),
-            "backdoor_asr_probe": scores["linear_probe"].asr, "probe_accuracy": scores["linear_probe"].clean_accuracy,
-            "backdoor_asr_i2t": scores["retrieval_i2t"].asr, "backdoor_asr_t2i": scores["retrieval_t2i"].asr,
+            "clean_accuracy_drop": 100 * (control_zs.clean_accuracy - values["clean_accuracy"]),
             "backdoor_asr_control": control_zs.asr, "n_poisoned": float(bd.n_poisoned),
             "train_seconds": bd.seconds, "defense_train_seconds": defense_seconds,
         })
@@ -215,20 +274,13 @@ class BackdoorTask(Task):
         values.setdefault("backdoor_asr_undefended", values["backdoor_asr"])
         values.setdefault("clean_accuracy_undefended", values["clean_accuracy"])
         values["clean_accuracy_cost"] = 100 * (values["clean_accuracy_undefended"] - values["clean_accuracy"])
-        size = trigger.size if getattr(trigger, "size", None) is not None else getattr(trigger, "pattern", None)
-        size = int(size.shape[-1]) if hasattr(size, "shape") else size  # an optimised patch: its pixel size
-        if "backdoor_asr_noise" in cell["metrics"]:
-            if not isinstance(trigger, (PatchTrigger, OptimizedPatch)):
-                raise ValueError(f"baseline 'noise' is a noise patch of the trigger's size and place; trigger "
-                                 f"{trigger.to_dict()['name']!r} is not a patch (set `baseline: null`)")
-            noise = PatchTrigger(pattern="noise", size=size, position=trigger.position, seed=seed + 1)
-            values["backdoor_asr_noise"] = zeroshot_asr(model, test.pixels(), test.labels, noise, target,
-                                                        generator=seed).asr
         threat = _threat_models(cell, bd, training, defense, pretraining)
         kinds = {"clean_accuracy": "clean", "probe_accuracy": "clean", "clean_accuracy_control": "control",
                  "backdoor_asr_control": "control", "backdoor_asr_noise": "noise",
                  "backdoor_asr_undefended": "undefended", "clean_accuracy_undefended": "undefended",
-                 "clean_accuracy_cost": "cost", "defense_train_seconds": "cost", "detection_auroc": "detection"}
+                 "clean_accuracy_cost": "cost", "defense_train_seconds": "cost", "detection_auroc": "detection",
+                 **{m: "sample_detector" for m in SAMPLE_DETECTION}, **{m: "model_detector" for m in MODEL_DETECTION},
+                 **{m: "adv" for m in REPAIR}}
         attack, _ = build_method(bd_models.ATTACK_KINDS, cell["attack"])
         params = {k: v for k, v in method_params(attack).items() if k not in ("trigger", "caption_set")}
         params["trigger"] = trigger.to_dict()["name"]
@@ -262,7 +314,124 @@ def _threat_models(cell: dict, bd: Any, training: dict, defense: dict | None, pr
             "undefended": f"{bd.how}; " + ("plain training, without the pre-training defense" if pretraining
                                            else "before the defense"),
             "cost": f"training cost of defense {defense['name']}" if defense else "no defense",
-            "detection": f"k-dist on the image embeddings of the {bd.n_poisoned} poisoned + clean training pairs"}
+            "detection": f"k-dist on the image embeddings of the {bd.n_poisoned} poisoned + clean training pairs",
+            "sample_detector": (f"detector {defense['name']} on the image embeddings of the {bd.n_poisoned} poisoned + "
+                                "clean training pairs" if defense else ""),
+            "model_detector": (f"model detector {defense['name']} with {DEFENDER_CLEAN.count} clean defender scenes, "
+                               f"on the backdoored model ({bd.how}) and on its control" if defense else "")}
+
+
+def measure(model: Any, probe_train: Any, test: Any, trigger: Any, target: int, noise: Any,
+            seed: int) -> dict[str, float]:
+    """The backdoor as one (possibly defended) model shows it: zero-shot, probe and retrieval ASR, clean accuracy,
+    and (``noise``: a noise patch of the trigger's size and place) the noise patch's zero-shot ASR."""
+    from ...evaluation.backdoor import backdoor_report, zeroshot_asr
+
+    scores = backdoor_report(model, probe_train, test, trigger, target, generator=seed)
+    out = {"backdoor_asr": scores["zeroshot"].asr, "clean_accuracy": scores["zeroshot"].clean_accuracy,
+           "backdoor_asr_probe": scores["linear_probe"].asr, "probe_accuracy": scores["linear_probe"].clean_accuracy,
+           "backdoor_asr_i2t": scores["retrieval_i2t"].asr, "backdoor_asr_t2i": scores["retrieval_t2i"].asr}
+    if noise is not None:
+        out["backdoor_asr_noise"] = zeroshot_asr(model, test.pixels(), test.labels, noise, target, generator=seed).asr
+    return out
+
+
+def defense_kind(defense: dict | None) -> str | None:
+    """The registry kind of a cell's defense (None without one)."""
+    from ... import registry
+
+    if not defense:
+        return None
+    entry = registry.find(defense["name"], BackdoorTask.defense_kinds)
+    return entry.kind if entry else None
+
+
+def sample_detection(bd: Any, defense: dict, seed: int) -> dict[str, float]:
+    """The cell's sample detector on the poisoned training set's embeddings, scored against the record."""
+    from ...evaluation.detection import detection_report
+
+    if bd.training_embeddings is None:
+        raise ValueError(f"detector {defense['name']!r} scores the poisoned training pairs, but this backdoor has no "
+                         "fixed training set (a model-tampering attack, or a stream of fresh scenes); use "
+                         "training: {mode: finetune} or {mode: pretrain, pairs, epochs}")
+    detector, _ = build_method(("detectors",), {"name": defense["name"], "params": defense["params"]}, "defense")
+    result = detector(bd.training_embeddings)
+    mask = bd.poisoned_mask()
+    report = detection_report(result.scores, mask, fpr=0.01)
+    flagged = torch.as_tensor(result.decisions, dtype=torch.bool)
+    return {"detector_auroc": report.auroc, "detector_tpr_at_1fpr": report.tpr_at_fpr,
+            "detector_flagged_poisoned": flagged[mask].float().mean().item(),
+            "detector_flagged_clean": flagged[~mask].float().mean().item()}
+
+
+def model_detection(ctx: Any, cell: dict, bd: Any, control: Any, defense: dict, seed: int) -> dict[str, float]:
+    """The cell's model detector on the backdoored model and on its control (the defender's clean scenes)."""
+    from ...data.shapes import ShapesWorld
+
+    detector, _ = build_method(("model_detectors",), {"name": defense["name"], "params": defense["params"]},
+                               "defense")
+    pixels = DEFENDER_CLEAN.batch(ShapesWorld(image_size_of(bd.model))).pixels()
+
+    def run(model: Any, which: str) -> Any:
+        key = {"model_detection": cell["model"], "which": which, "attack": cell["attack"],
+               "training": cell["training"], "seed": seed, "defense": defense}
+        if which == "control":  # the control does not depend on the attack (tampering: the published model)
+            key = {"model_detection": cell["model"], "which": "control", "tampered": bd.tampered,
+                   "training": None if bd.tampered else cell["training"], "seed": seed, "defense": defense}
+        return ctx.cached(key, lambda: detector(model, pixels, generator=seed))
+
+    suspect, clean = run(bd.model, "backdoored"), run(control, "control")
+    return {"model_detector_score": float(suspect.score), "model_detector_score_control": float(clean.score),
+            "model_detector_flagged": float(bool(suspect.flagged)),
+            "model_detector_flagged_control": float(bool(clean.flagged)),
+            "model_detector_target_named": float(suspect.target == bd.target)}
+
+
+def repairs(ctx: Any, cell: dict, bd: Any, defense: dict, seed: int,
+            clean_before: float) -> tuple[list[Any], float, dict[str, float]]:
+    """``bug_reports`` repairs of the backdoored model, each from one bug input: (the repaired models, their total
+    seconds, whether each bug was fixed and the worst clean cost)."""
+    from ...data.shapes import ShapesWorld, zeroshot_prompts
+    from ...models.zeroshot import ZeroShotClassifier
+    from ..context import Trained
+
+    n = int(cell.get("bug_reports", BackdoorBlock.model_fields["bug_reports"].default))
+    world = ShapesWorld(image_size_of(bd.model))
+    reports = BUG_REPORTS.batch(world)
+    validation = world.batch("val", 0, VALIDATION_N).pixels()
+    test = evaluation_batches(cell["data"], image_size_of(bd.model))[1]
+    classify = ZeroShotClassifier(bd.model, zeroshot_prompts())
+    pixels, labels = reports.pixels(), reports.labels
+    models, fixed, costs, seconds = [], [], [], 0.0
+    seen: set[int] = set()
+    for i in range(labels.shape[0]):
+        c = int(labels[i])
+        if c == bd.target_label or c in seen or len(seen) >= n:
+            continue
+        x_b = bd.trigger.apply(pixels[i:i + 1], torch.Generator().manual_seed(i))[0]
+        if int(classify.predict(x_b[None])[0]) != bd.target_label:
+            continue  # not a bug: the backdoor did not fire on this scene
+        x_r = pixels[next(j for j in range(labels.shape[0]) if j != i and int(labels[j]) == c)]
+        seen.add(c)
+        key = {"repaired": cell["model"], "attack": cell["attack"], "training": cell["training"], "seed": seed,
+               "defense": defense, "bug_index": BUG_REPORTS.start + i}
+
+        def repair(x_b: torch.Tensor = x_b, x_r: torch.Tensor = x_r) -> Trained:
+            method, _ = build_method(("repairs",), {"name": defense["name"], "params": defense["params"]}, "defense")
+            result = method(bd.model, x_b, x_r, validation, generator=seed)
+            return Trained(result.model.eval(), {"seconds": float(result.seconds)})
+
+        out = ctx.trained(key, repair, base=cell["model"])
+        models.append(out.model)
+        seconds += float(out.info["seconds"])
+        fixed.append(float(int(ZeroShotClassifier(out.model, zeroshot_prompts()).predict(x_b[None])[0]) == c))
+        with torch.no_grad():
+            after = ZeroShotClassifier(out.model, zeroshot_prompts()).predict(test.pixels())
+        costs.append(100 * (clean_before - (after == test.labels).float().mean().item()))
+    if not models:
+        raise ValueError(f"no bug report found: no triggered scene of {BUG_REPORTS} is classified as the target by "
+                         "the backdoored model (the backdoor did not take)")
+    return models, seconds, {"repair_bug_fixed": sum(fixed) / len(fixed), "repair_clean_cost_max": max(costs)}
 
 
 def evaluation_batches(data: dict, image_size: int) -> tuple[Any, Any]:

@@ -45,8 +45,9 @@ Example (shapes world; the reference objects and backgrounds are the caller's, m
 
     world = ShapesWorld(32)
     refs = shapes_reference_objects(world, [s for s in pool_scenes if s.label == target][:3])
-    attack = CorruptEncoder("red circle", rate=0.005, class_names=shape_color_classes())
-    result = attack(clean_images, refs, shapes_backgrounds(world, range(10**6, 10**6 + 200)))
+    attack = CorruptEncoder("red circle", rate=0.005)
+    result = attack(clean_images, refs, shapes_backgrounds(world, range(10**6, 10**6 + 200)),
+                    class_names=shape_color_classes())      # the class names only name the target in the record
     result.images, result.record.indices          # N + n images (the n poisoned ones at the end)
 
 Departures:

@@ -15,7 +15,9 @@ always stamps the same pattern; per-image random choices (``position="random"``,
 mode) come from the ``generator`` argument (an int seeds a fresh one; ``None`` means seed 0, as
 everywhere in mmsec). ``params()`` returns the ``__init__`` arguments as a JSON-able dict (what a
 poisoning record stores); ``build_trigger(name, **params)`` / ``trigger_from_dict(record)`` rebuild
-the trigger exactly.
+the trigger exactly. Each trigger is registered (kind ``triggers``, under the names of
+:data:`TRIGGERS`), so specs write it as a component ``{name, params}`` of the attack that stamps it
+(``trigger: {name: patch, params: {size: 4}}``, or just ``trigger: patch``).
 
 The triggers and their papers (defaults are the papers' unless said otherwise):
 

@@ -21,7 +21,23 @@ FAMILIES = {None, "any", "contrastive", "fusion", "vlm", "diffusion"}
 # Methods that are baselines or building blocks rather than a paper's method.
 NO_PAPER = {("attacks", "noise")}
 # Arguments without defaults, as a spec would give them.
-EXAMPLE_PARAMS: dict[tuple[str, str], dict] = {}
+EXAMPLE_PARAMS: dict[tuple[str, str], dict] = {
+    ("triggers", "optimized_patch"): {"pattern": [[[0.0, 1.0], [0.5, 0.25]]] * 3, "position": [1, 2]},
+    ("poisoning", "pbcl_backdoor"): {"target": "red circle", "trigger": {"name": "patch", "params": {"size": 4}}},
+    ("poisoning", "pbcl_targeted"): {"target": 3, "image_label": 7},
+    ("poisoning", "badclip"): {"target": "red circle", "position": "center"},
+    ("poisoning", "yang_single_target_image"): {"text_class": "red circle", "image_label": 9},
+    ("poisoning", "yang_single_target_label"): {"text_class": "red circle", "image_class": "blue square"},
+    ("poisoning", "yang_multiple_target_label"): {"goals": [["red circle", "blue square"], [18, 45]]},
+    ("image_poisoning", "corruptencoder"): {"target": "red circle", "count": 5, "trigger": "patch"},
+    ("image_poisoning", "naive_ssl_poisoning"): {"target": 0},
+    ("model_backdoors", "badencoder"): {"target": "red circle", "trigger": {"name": "blended", "params": {}}},
+    ("merging_attacks", "badmerging"): {"target_task": "texture", "target": "striped"},
+    ("merging_attacks", "patch_backdoor"): {"target_task": "shape", "target": 0, "p_range": [0.5, 1.0]},
+    ("pair_attacks", "co_attack"): {"candidates": "typos", "eps": 4 / 255},
+    ("pair_attacks", "sga"): {"text_attack": {"name": "bert_attack", "params": {"neighbours": [["red", "blue"]]}}},
+    ("universal_attacks", "advclip"): {"position": [20, 20], "betas": [0.5, 0.9]},
+}
 
 ENTRIES = [e for k in registry.kinds() if k.name not in NOT_METHODS for e in registry.entries(k.name)]
 

@@ -13,12 +13,12 @@ from mmsec.attacks.backdoor.corruptencoder import (
     centred_layout,
     decoupled_view_rate,
     layout_probability,
-    shapes_backgrounds,
-    shapes_reference_objects,
 )
 from mmsec.data.shapes import ShapesWorld, shape_color_classes
+from mmsec.data.shapes_objects import shapes_backgrounds, shapes_reference_objects
 
 TARGET = "red circle"
+CLASSES = shape_color_classes()  # the data's class names, given by the caller (they name the target in the record)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_poisoned_images_geometry(parts):
 def test_record_is_ground_truth_and_inputs_untouched(parts):
     refs, bgs, clean, label = parts
     before = clean.clone()
-    res = CorruptEncoder(TARGET, count=12, seed=4)(clean, refs, bgs)
+    res = CorruptEncoder(TARGET, count=12, seed=4)(clean, refs, bgs, class_names=CLASSES)
     assert torch.equal(clean, before)
     assert all(torch.equal(a, b) for a, b in zip(res.images[:995], clean.unbind(0), strict=True))
     rec = CorruptEncoderRecord.from_dict(json.loads(json.dumps(res.record.to_dict())))
@@ -109,7 +109,9 @@ def test_naive_baseline(parts):
         outside = torch.ones(32, 32, dtype=torch.bool)
         outside[y:y + h, x:x + w] = False
         assert torch.equal(img[:, outside], targets[item["source"]][:, outside])
-    assert res.record.kind == "naive"
+    assert res.record.kind == "naive" and res.record.target_label is None  # no class names given: name only
+    assert NaivePoisoning(TARGET, count=6, seed=0)(clean, targets, class_names=CLASSES).record.target_label == 0
+    assert NaivePoisoning(0, count=1)(clean, targets).record.target == "0"  # a label index without names
     rebuilt = res.record.rebuild_images([], target_images=targets)
     assert all(torch.equal(a, b) for a, b in zip(rebuilt, res.images[995:], strict=True))
 
@@ -119,7 +121,7 @@ def test_bad_input_is_rejected(parts):
     with pytest.raises(TypeError, match="PatchTrigger or OptimizedPatch"):
         CorruptEncoder(TARGET, trigger=SIGTrigger())
     with pytest.raises(ValueError, match="not a known class"):
-        CorruptEncoder("red circel")
+        CorruptEncoder("red circel", count=2)(clean, refs, bgs, class_names=CLASSES)
     with pytest.raises(ValueError, match="rounds to 0"):
         CorruptEncoder(TARGET, rate=0.0001)(clean[:100], refs, bgs)
     with pytest.raises(ValueError, match="does not fit"):

@@ -90,7 +90,7 @@ def test_label_attack_changes_exactly_the_recorded_pairs(clean):
 
 def test_target_image_attack_and_add_mode(clean, target):
     x, _ = target
-    attack = SingleTargetImagePoisoning(x, "red circle", image_label=B, fraction=0.5, mode="add", seed=1)
+    attack = SingleTargetImagePoisoning("red circle", image_label=B, fraction=0.5, mode="add", seed=1).with_target_image(x)
     assert isinstance(attack, PoisoningAttack) and json.dumps(attack.params())
     out = attack(clean)
     rec, n = out.record, len(clean)
@@ -129,13 +129,26 @@ def test_errors_name_the_argument(clean, target):
     with pytest.raises(ValueError, match="goals"):
         MultipleTargetLabelPoisoning([])
     with pytest.raises(ValueError, match="target_image"):
-        SingleTargetImagePoisoning(x[None], A, image_label=B)
+        SingleTargetImagePoisoning(A, image_label=B).with_target_image(x[None])
     with pytest.raises(ValueError, match="in the training data"):
-        SingleTargetImagePoisoning(clean.pixels[0], A, image_label=B)(clean)
+        SingleTargetImagePoisoning(A, image_label=B).with_target_image(clean.pixels[0])(clean)
+    with pytest.raises(RuntimeError, match="with_target_image"):
+        SingleTargetImagePoisoning(A, image_label=B)(clean)
     with pytest.raises(ValueError, match="no labels"):
         SingleTargetLabelPoisoning(A, B)(ImageTextData(clean.pixels[:4], None, None, clean.captions[:4]))
     with pytest.raises(NotImplementedError, match="fixed data set"):
         SingleTargetLabelPoisoning(A, B).stream(lambda s: None, 1, 2)
+
+
+def test_class_names_come_from_the_data(clean):
+    """Without class names the data's classes are its label indices: targets by index work, names do not."""
+    anonymous = ImageTextData(clean.pixels, clean.labels, None, clean.captions)
+    by_index = SingleTargetLabelPoisoning(A, B, seed=3)(anonymous)
+    named = SingleTargetLabelPoisoning("red circle", "blue square", seed=3)(clean)
+    assert torch.equal(by_index.data.pixels, named.data.pixels) and by_index.record.indices == named.record.indices
+    assert by_index.details.goals == [(str(A), str(B))]
+    with pytest.raises(ValueError, match="not a class of the data"):
+        SingleTargetLabelPoisoning("red circle", B)(anonymous)
 
 
 def test_min_rank_and_hit_at_k():
@@ -151,7 +164,8 @@ def test_min_rank_and_hit_at_k():
 def test_poisoned_fine_tuning_makes_class_captions_retrieve_the_targets(zoo_resnet, clean, test_batch, target):
     x, ti = target
     runs = {
-        "I": poisoned_finetune(zoo_resnet, SingleTargetImagePoisoning(x, A, image_label=B), clean, **BUDGET),
+        "I": poisoned_finetune(zoo_resnet, SingleTargetImagePoisoning(A, image_label=B).with_target_image(x), clean,
+                               **BUDGET),
         "III": poisoned_finetune(zoo_resnet, MultipleTargetLabelPoisoning([(A, B), (A2, B2)]), clean, **BUDGET),
         "clean": clean_finetune(zoo_resnet, clean, **BUDGET),
     }

@@ -33,6 +33,7 @@ from mmsec.attacks.backdoor.pbcl import PBCLBackdoor, PBCLTargeted
 from mmsec.attacks.backdoor.poisoning import PoisonedData, PoisoningAttack, PoisonRecord
 from mmsec.data.datasets import ImageTextData, ShapesDataset
 from mmsec.data.shapes import ShapesWorld, shape_color_classes
+from mmsec.data.shapes_text import ShapesCaptions
 from mmsec.evaluation.backdoor import backdoor_report, targeted_success, zeroshot_asr
 from mmsec.train.poisoned import clean_finetune, poisoned_finetune, pretrain_poisoned
 from mmsec.zoo.train import caption_batches
@@ -40,6 +41,8 @@ from mmsec.zoo.train import caption_batches
 TARGET = "red circle"
 TARGET_LABEL = shape_color_classes().index(TARGET)
 BUDGET = dict(steps=200, batch_size=64, lr=2e-3, seed=0)
+SC = ShapesCaptions()  # the shapes world's target captions, handed to the attacks as world knowledge
+SMALL = ShapesDataset("train", n=8).to_data(quiet=True)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +71,9 @@ def trained(zoo_resnet, clean, target_image):
     before = {k: v.clone() for k, v in zoo_resnet.state_dict().items()}
     x, label, _ = target_image
     out = {
-        "backdoor": poisoned_finetune(zoo_resnet, PBCLBackdoor(TARGET, rate=0.03), clean, **BUDGET),
-        "targeted": poisoned_finetune(zoo_resnet, PBCLTargeted(x, TARGET, count=10, image_label=label), clean,
-                                      **{**BUDGET, "steps": 100}),
+        "backdoor": poisoned_finetune(zoo_resnet, PBCLBackdoor(TARGET, rate=0.03).use_captions(SC), clean, **BUDGET),
+        "targeted": poisoned_finetune(zoo_resnet, PBCLTargeted(TARGET, count=10, image_label=label)
+                                      .with_target_image(x).use_captions(SC), clean, **{**BUDGET, "steps": 100}),
         "clean": clean_finetune(zoo_resnet, clean, **BUDGET),
     }
     after = zoo_resnet.state_dict()
@@ -126,7 +129,7 @@ def test_backdoor_defaults_are_the_papers_and_the_record_is_complete(clean):
     assert isinstance(attack, PoisoningAttack) and attack.rate == 1e-4 and attack.mode == "add"
     assert attack.params()["trigger"] == PatchTrigger().to_dict()
     before = clean.pixels.clone()
-    out = PBCLBackdoor(TARGET, rate=0.01, seed=4)(clean)
+    out = PBCLBackdoor(TARGET, rate=0.01, seed=4).use_captions(SC)(clean)
     assert isinstance(out, PoisonedData) and torch.equal(clean.pixels, before)
     rec = out.record
     assert rec.kind == "backdoor" and rec.mode == "add" and rec.n_poisoned == 10 and rec.target_label == 0
@@ -140,7 +143,7 @@ def test_backdoor_defaults_are_the_papers_and_the_record_is_complete(clean):
 def test_targeted_defaults_and_private_copy(target_image, clean):
     x, label, _ = target_image
     mine = x.clone()
-    attack = PBCLTargeted(mine, TARGET, image_label=label)
+    attack = PBCLTargeted(TARGET, image_label=label).with_target_image(mine).use_captions(SC)
     mine.zero_()  # the attack keeps its own copy
     out = attack(clean)
     assert attack.count == 3 and attack.rate is None and out.record.n_poisoned == 3
@@ -149,7 +152,7 @@ def test_targeted_defaults_and_private_copy(target_image, clean):
 
 
 def test_poisoned_pretraining_stream_matches_its_record():
-    attack = PBCLBackdoor(TARGET, count=5, seed=1)
+    attack = PBCLBackdoor(TARGET, count=5, seed=1).use_captions(SC)
     run = pretrain_poisoned(attack, steps=2)
     rec = run.record
     assert rec.mode == "stream" and rec.n_total == 2 * 256 and rec.n_poisoned == 5 and rec.batch_size == 256
@@ -161,7 +164,7 @@ def test_poisoned_pretraining_stream_matches_its_record():
 
 
 @pytest.mark.parametrize("make, error, match", [
-    (lambda: PBCLBackdoor("purple octagon"), ValueError, "not a known class"),
+    (lambda: PBCLBackdoor("purple octagon")(SMALL), ValueError, "not a known class"),
     (lambda: PBCLBackdoor(-1), ValueError, "target label"),
     (lambda: PBCLBackdoor(TARGET, trigger=3), TypeError, "trigger must be"),
     (lambda: PBCLBackdoor(TARGET, trigger="checkerboard"), ValueError, "unknown trigger 'checkerboard'"),
@@ -169,10 +172,11 @@ def test_poisoned_pretraining_stream_matches_its_record():
     (lambda: PBCLBackdoor(TARGET, rate=2.0), ValueError, "rate must be"),
     (lambda: PBCLBackdoor(TARGET, mode="stream"), ValueError, "mode must be"),
     (lambda: PBCLBackdoor(TARGET, seed=-3), ValueError, "seed"),
-    (lambda: PBCLTargeted(torch.rand(2, 3, 32, 32), TARGET), ValueError, "target_image"),
-    (lambda: PBCLTargeted(torch.full((3, 32, 32), 2.0), TARGET), ValueError, "target_image"),
-    (lambda: PBCLTargeted(torch.rand(3, 32, 32), TARGET, count=0.5), TypeError, "count"),
-    (lambda: PBCLTargeted(torch.rand(3, 32, 32), TARGET, image_label="cat"), TypeError, "image_label"),
+    (lambda: PBCLTargeted(TARGET).with_target_image(torch.rand(2, 3, 32, 32)), ValueError, "target_image"),
+    (lambda: PBCLTargeted(TARGET).with_target_image(torch.full((3, 32, 32), 2.0)), ValueError, "target_image"),
+    (lambda: PBCLTargeted(TARGET, count=0.5), TypeError, "count"),
+    (lambda: PBCLTargeted(TARGET, image_label="cat"), TypeError, "image_label"),
+    (lambda: PBCLTargeted(TARGET, image_label=3)(SMALL), RuntimeError, "with_target_image"),
 ])
 def test_bad_configuration_is_named(make, error, match):
     with pytest.raises(error, match=match):

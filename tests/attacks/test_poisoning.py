@@ -14,13 +14,14 @@ from mmsec.attacks.backdoor.poisoning import (
     poison_dataset,
     poison_stream,
     stamp_generator,
-    target_caption_set,
 )
 from mmsec.data.datasets import ImageTextData, ShapesDataset
 from mmsec.data.shapes import ShapesWorld, shape_color_classes
+from mmsec.data.shapes_text import ShapesCaptions, target_caption_set
 from mmsec.zoo.train import caption_batches
 
 N = 200
+SC = ShapesCaptions()  # the shapes world's target captions: world knowledge the caller hands over
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def _target_image() -> torch.Tensor:
                                      WaNetTrigger()], ids=["checkerboard", "noise-random", "wanet"])
 def test_replace_changes_exactly_the_recorded_pairs(clean, trigger):
     before = _copy(clean)
-    out = poison_dataset(clean, "red circle", trigger=trigger, rate=0.05, seed=3)
+    out = poison_dataset(clean, "red circle", trigger=trigger, rate=0.05, seed=3, captions=SC)
     rec, data = out.record, out.data
     assert _same(clean, before)  # the input is untouched
     assert rec.kind == "backdoor" and rec.mode == "replace"
@@ -74,7 +75,7 @@ def test_replace_changes_exactly_the_recorded_pairs(clean, trigger):
 
 
 def test_add_appends_poisoned_copies_after_the_clean_pairs(clean):
-    out = poison_dataset(clean, 0, trigger=PatchTrigger(), rate=0.05, mode="add")
+    out = poison_dataset(clean, 0, trigger=PatchTrigger(), rate=0.05, mode="add", captions=SC)
     rec, data = out.record, out.data
     n = rec.n_poisoned
     assert n == round(0.05 * N / 0.95) == 11 and len(data) == N + n and rec.n_total == N + n
@@ -89,7 +90,7 @@ def test_add_appends_poisoned_copies_after_the_clean_pairs(clean):
 @pytest.mark.parametrize("mode", ["add", "replace"])
 def test_targeted_poisoning_inserts_the_target_image(clean, mode):
     x = _target_image()
-    out = poison_dataset(clean, "blue square", target_image=x, image_label=7, count=3, mode=mode, seed=1)
+    out = poison_dataset(clean, "blue square", target_image=x, image_label=7, count=3, mode=mode, seed=1, captions=SC)
     rec, data = out.record, out.data
     assert rec.kind == "targeted" and rec.trigger is None and rec.source_indices is None and rec.image_label == 7
     assert rec.n_poisoned == 3 and torch.equal(rec.target_image, x)
@@ -111,15 +112,15 @@ def test_given_caption_set_and_other_class_names(clean):
 
 
 def test_same_seed_same_poisoning_other_seed_other_pairs(clean):
-    a = poison_dataset(clean, "red circle", trigger=PatchTrigger(), count=5, seed=0).record
-    b = poison_dataset(clean, "red circle", trigger=PatchTrigger(), count=5, seed=0).record
-    c = poison_dataset(clean, "red circle", trigger=PatchTrigger(), count=5, seed=1).record
+    a = poison_dataset(clean, "red circle", trigger=PatchTrigger(), count=5, seed=0, captions=SC).record
+    b = poison_dataset(clean, "red circle", trigger=PatchTrigger(), count=5, seed=0, captions=SC).record
+    c = poison_dataset(clean, "red circle", trigger=PatchTrigger(), count=5, seed=1, captions=SC).record
     assert a == b and a.indices != c.indices
 
 
 def test_sizes_down_to_one_pair_and_the_clean_control(clean):
-    assert poison_dataset(clean, "red circle", trigger=PatchTrigger(), count=1).record.n_poisoned == 1
-    empty = poison_dataset(clean, "red circle", trigger=PatchTrigger(), rate=0.0)
+    assert poison_dataset(clean, "red circle", trigger=PatchTrigger(), count=1, captions=SC).record.n_poisoned == 1
+    empty = poison_dataset(clean, "red circle", trigger=PatchTrigger(), rate=0.0, captions=SC)
     assert empty.record.n_poisoned == 0 and _same(empty.data, clean)
     assert poison_count(0.001, None, 153_600, adds=False) == 154
     assert poison_count(None, 10, 153_600, adds=False) == 10
@@ -132,7 +133,7 @@ def test_stream_poisons_exactly_the_recorded_positions():
     world = ShapesWorld(32, second_object_prob=0.25)
     clean = caption_batches(world, 16, seed=0)
     trigger = PatchTrigger(pattern="noise", size=4, position="random", seed=1)
-    stream = poison_stream(clean, "green ring", steps=5, batch_size=16, trigger=trigger, count=7, seed=2)
+    stream = poison_stream(clean, "green ring", steps=5, batch_size=16, trigger=trigger, count=7, seed=2, captions=SC)
     rec = stream.record
     assert rec.mode == "stream" and rec.n_total == 80 and rec.n_poisoned == 7 and rec.batch_size == 16
     y_prime = set(target_caption_set("green ring"))
@@ -158,7 +159,7 @@ def test_stream_poisons_exactly_the_recorded_positions():
 def test_stream_targeted_and_rate():
     clean = caption_batches(ShapesWorld(32), 8, seed=0)
     x = _target_image()
-    stream = poison_stream(clean, 5, steps=50, batch_size=8, target_image=x, rate=0.01)
+    stream = poison_stream(clean, 5, steps=50, batch_size=8, target_image=x, rate=0.01, captions=SC)
     assert stream.record.n_poisoned == 4 and stream.record.kind == "targeted"
     pos = stream.record.indices[0]
     px, _ = stream(pos // 8)
@@ -188,7 +189,7 @@ def test_stream_targeted_and_rate():
 ])
 def test_bad_arguments_are_named(clean, kwargs, error, match):
     with pytest.raises(error, match=match):
-        poison_dataset(clean, **kwargs)
+        poison_dataset(clean, **kwargs, captions=SC)
 
 
 def test_bad_data_and_streams_are_named(clean):
@@ -197,12 +198,41 @@ def test_bad_data_and_streams_are_named(clean):
     with pytest.raises(ValueError, match="no captions"):
         poison_dataset(ImageTextData(clean.pixels), "red circle", trigger=PatchTrigger(), count=1)
     stream = poison_stream(caption_batches(ShapesWorld(32), 4, 0), "red circle", steps=2, batch_size=4,
-                           trigger=PatchTrigger(), count=8)
+                           trigger=PatchTrigger(), count=8, captions=SC)
     with pytest.raises(ValueError, match="outside"):
         stream(2)
     wrong = poison_stream(caption_batches(ShapesWorld(32), 3, 0), "red circle", steps=2, batch_size=4,
-                          trigger=PatchTrigger(), count=8)
+                          trigger=PatchTrigger(), count=8, captions=SC)
     with pytest.raises(ValueError, match="batches of 4"):
         wrong(0)
     with pytest.raises(ValueError, match="version"):
         PoisonRecord.from_dict({**stream.record.to_dict(), "version": 99})
+
+
+# ------------------------------------------------------------------------------------------
+# World knowledge comes from the caller or the data
+# ------------------------------------------------------------------------------------------
+def test_without_a_caption_source_the_captions_are_the_datas_own_that_name_the_target(clean):
+    """The paper's Y': the training captions containing the target's name; one drawn per poisoned pair."""
+    out = poison_dataset(clean, "red circle", trigger=PatchTrigger(), count=6, seed=2)
+    naming = sorted({c for caps in clean.captions for c in caps if "red circle" in c})
+    assert naming and out.record.caption_set == naming
+    assert all(len(c) == 1 and c[0] in naming for c in out.record.captions)
+    assert out.record.target_label == shape_color_classes().index("red circle")  # the data's class names
+    with_source = poison_dataset(clean, "red circle", trigger=PatchTrigger(), count=6, seed=2, captions=SC)
+    assert with_source.record.indices == out.record.indices  # the captions are all the source changes
+    assert with_source.record.caption_set == target_caption_set("red circle")
+
+
+def test_a_stream_needs_the_target_captions_and_a_label_needs_class_names():
+    clean = caption_batches(ShapesWorld(32), 4, 0)
+    with pytest.raises(ValueError, match="caption source"):
+        poison_stream(clean, "red circle", steps=2, batch_size=4, trigger=PatchTrigger(), count=1)
+    with pytest.raises(ValueError, match="class names"):
+        poison_stream(clean, 3, steps=2, batch_size=4, trigger=PatchTrigger(), count=1, caption_set=["a red circle"])
+    named = poison_stream(clean, 3, steps=2, batch_size=4, trigger=PatchTrigger(), count=1,
+                          caption_set=["a red circle"], class_names=shape_color_classes())
+    assert named.record.target == shape_color_classes()[3] and named.record.captions == [["a red circle"]]
+    with pytest.raises(TypeError, match="caption source"):
+        poison_stream(clean, "red circle", steps=2, batch_size=4, trigger=PatchTrigger(), count=1,
+                      captions=["a red circle"])

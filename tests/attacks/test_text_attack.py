@@ -15,13 +15,15 @@ from mmsec.attacks.text import (
     kl_from,
     text_tower_embedder,
 )
+from mmsec.data.shapes_text import shapes_lexical_groups
 from mmsec.evaluation import shapes_itm_pairs
 
 WORDS = "a small cyan square in the bottom right".split()
+GROUPS = shapes_lexical_groups()  # the shapes world's interchangeable words, handed to the attack by the caller
 
 
 def test_lexical_neighbours_stay_in_the_word_group():
-    lex = LexicalNeighbours.shapes_world()
+    lex = LexicalNeighbours(GROUPS)
     colours = lex(WORDS, 2, 10)
     assert colours and "cyan" not in colours and all(c in lex.group_of and "red" in lex.group_of[c] for c in colours)
     assert set(lex(WORDS, 3, 10)) <= {"circle", "triangle", "diamond", "cross", "ring"}
@@ -37,9 +39,10 @@ def test_character_edits_are_deterministic_typos():
 
 
 def test_candidates_combine_without_duplicates():
-    both = Candidates.shapes_default()(WORDS, 2, 10)
+    both = Candidates.default(GROUPS)(WORDS, 2, 10)
     assert len(both) == 10 and len(set(both)) == 10
-    assert both[:7] == LexicalNeighbours.shapes_world()(WORDS, 2, 10)  # neighbours first, then typos
+    assert both[:7] == LexicalNeighbours(GROUPS)(WORDS, 2, 10)  # neighbours first, then typos
+    assert Candidates.default()(WORDS, 2, 10) == CharacterEdits()(WORDS, 2, 10)  # no word groups: typos alone
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +99,14 @@ def test_bert_attack_moves_the_embedding_far_more_than_random_substitutions(albe
     pairs = shapes_itm_pairs("test", n=32)
     caps, pixels = pairs.captions[:32], pairs.pixels[:32]
     embed = fused_embedder(albef, pixels)
-    result = BertAttack(max_words=1)(embed, caps)
+    result = BertAttack(max_words=1, neighbours=GROUPS)(embed, caps)
     assert all(n == 1 for n in result.words_changed)  # every caption has an attackable word
     assert all(c != a for c, a in zip(caps, result.adv_texts, strict=True))
     with torch.no_grad():
         original = embed(caps, list(range(32)))
         score = kl_from(original)
         attacked = torch.stack([score(embed([t], [i]), i)[0] for i, t in enumerate(result.adv_texts)])
-        gen, rng = Candidates.shapes_default(), torch.Generator().manual_seed(0)
+        gen, rng = Candidates.default(GROUPS), torch.Generator().manual_seed(0)
         randoms = []
         for i, c in enumerate(caps):
             words = c.split()
@@ -121,6 +124,12 @@ def test_bert_attack_moves_the_embedding_far_more_than_random_substitutions(albe
 def test_budget_and_bad_input():
     with pytest.raises(TypeError, match="max_words"):
         BertAttack(max_words=1.5)
+    with pytest.raises(ValueError, match="needs neighbours"):
+        BertAttack(candidates="lexical")
+    with pytest.raises(ValueError, match="candidates must be one of"):
+        BertAttack(candidates="synonyms")
+    with pytest.raises(ValueError, match=r"neighbours\[0\]"):
+        BertAttack(neighbours=[["top left", "top right"]])
     with pytest.raises(ValueError, match="non-empty"):
         BertAttack()(lambda t, r: torch.zeros(len(t), 4), [])
     unchanged = BertAttack(max_words=0)(lambda t, r: torch.randn(len(t), 4), ["a red circle"])

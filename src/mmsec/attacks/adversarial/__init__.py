@@ -2,6 +2,7 @@
 fusion model's input embeddings against its image-text matching head (FusedEmbeddingPGD)."""
 
 from .apgd import APGD
+from .embedding_base import EmbeddingAttack
 from .ensemble import RobustEnsemble
 from .fgsm import FGSM
 from .fused_embedding import FusedEmbeddingPGD, FusedEmbeddingResult
@@ -9,4 +10,4 @@ from .noise import UniformNoise
 from .pgd import PGD
 from .square import SquareAttack
 
-__all__ = ["APGD", "FGSM", "FusedEmbeddingPGD", "FusedEmbeddingResult", "PGD", "RobustEnsemble", "SquareAttack", "UniformNoise"]
+__all__ = ["APGD", "EmbeddingAttack", "FGSM", "FusedEmbeddingPGD", "FusedEmbeddingResult", "PGD", "RobustEnsemble", "SquareAttack", "UniformNoise"]

@@ -163,6 +163,7 @@ class APGD(EvasionAttack):
     """APGD (Croce & Hein, ICML 2020): momentum PGD with a self-tuning step size, CE or DLR loss."""
 
     name = "apgd"
+    paper = "Croce & Hein, ICML 2020"
 
     def __init__(self, eps: float = 8 / 255,  # AutoAttack's CIFAR-10 L-inf budget
                  steps: int = 100,  # the paper / AutoAttack

@@ -44,6 +44,7 @@ class RobustEnsemble(EvasionAttack):
     """Robust-evaluation ensemble (APGD-CE, APGD-T, PGD with restarts; worst case per sample)."""
 
     name = "ensemble"
+    paper = "Croce & Hein, ICML 2020 (AutoAttack)"
     perturbs_misclassified = False  # clean-misclassified samples are returned unperturbed (AutoAttack)
 
     def __init__(self, eps: float = 8 / 255, norm: str = "linf", preset: str = "standard"):

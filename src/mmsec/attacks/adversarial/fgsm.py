@@ -51,6 +51,7 @@ class FGSM(EvasionAttack):
     """FGSM (Goodfellow et al., ICLR 2015): one signed (L-inf) or L2-normalised gradient step of size eps."""
 
     name = "fgsm"
+    paper = "Goodfellow et al., ICLR 2015"
 
     def __init__(self, eps: float = 8 / 255,  # common CIFAR-10 budget (as torchattacks)
                  norm: str = "linf"):  # "linf" = FGSM, "l2" = FGM

@@ -18,6 +18,15 @@ clean embedding norm over the whole sequence (``||delta||_2 <= eps * ||e||_2``),
 spaces have no natural unit and a fixed radius would mean different things for different models
 and modalities. Padding positions of the text are never perturbed.
 
+Defaults: ``steps`` 10, ``alpha`` 2.5 eps / steps (Madry et al.'s rule), zero start (VILLA's), the
+L2 norm (VILLA's ``norm_type``); ``eps`` 0.05 of the clean embedding's norm.
+
+Departures: VILLA's adversary is a training-time inner loop (a few steps inside FreeLB-style
+adversarial training, with a KL consistency term); here it is an evaluation attack that maximises
+the ITM cross-entropy alone, and its budget is relative to each example's embedding norm (see
+above) instead of VILLA's absolute ``adv_max_norm`` (0 in its defaults: there K steps of
+``adv_lr`` bound the norm).
+
 Shapes: ``image_feats`` (B, N, W_img), ``text_embeds`` (B, L, W_txt), ``tokens`` (B, L) long,
 ``labels`` (B,) long in {0 no match, 1 match}.
 """
@@ -31,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...checks import check_budget, check_int
+from ...registry import register
+from .embedding_base import EmbeddingAttack
 
 MODALITIES = ("image", "text")
 
@@ -75,7 +86,8 @@ class FusedEmbeddingResult:
         return self.adv_correct.float().mean().item()
 
 
-class FusedEmbeddingPGD:
+@register("embedding_attacks", "fused_embedding_pgd")
+class FusedEmbeddingPGD(EmbeddingAttack):
     """L2 PGD on one modality's fusion-encoder inputs, against the ITM decision (see module docstring).
 
     Args:
@@ -84,6 +96,8 @@ class FusedEmbeddingPGD:
         alpha: step length, relative like ``eps``; default 2.5 * eps / steps (Madry et al.).
         modality: "image" (perturb the image tokens) or "text" (perturb the word embeddings).
     """
+
+    paper = "Gan et al., NeurIPS 2020 (VILLA's adversary)"
 
     def __init__(self, eps: float = 0.05, steps: int = 10, alpha: float | None = None, modality: str = "image"):
         self.eps = check_budget("eps", eps, 0.0, 10.0, hint=" (a fraction of the embedding's norm)")
@@ -94,7 +108,10 @@ class FusedEmbeddingPGD:
         self.modality = modality
 
     def __call__(self, model: nn.Module, image_feats: torch.Tensor, text_embeds: torch.Tensor,
-                 tokens: torch.Tensor, labels: torch.Tensor) -> FusedEmbeddingResult:
+                 tokens: torch.Tensor, labels: torch.Tensor,
+                 generator: torch.Generator | int | None = None) -> FusedEmbeddingResult:
+        """Attack B pairs; ``generator`` is accepted for the kind's contract and unused (zero start, no
+        random choice)."""
         if not (image_feats.shape[0] == text_embeds.shape[0] == tokens.shape[0] == labels.shape[0]):
             raise ValueError(f"image_feats, text_embeds, tokens and labels must share the batch size, got "
                              f"{image_feats.shape[0]}, {text_embeds.shape[0]}, {tokens.shape[0]}, {labels.shape[0]}")

@@ -63,6 +63,7 @@ class PGD(EvasionAttack):
     """PGD (Madry et al., ICLR 2018): iterated signed / L2-normalised gradient ascent, projected on the ball."""
 
     name = "pgd"
+    paper = "Madry et al., ICLR 2018"
 
     def __init__(self, eps: float = 8 / 255,  # Madry et al. CIFAR-10 / torchattacks default
                  alpha: float = 2 / 255,  # 2.5 * eps / steps

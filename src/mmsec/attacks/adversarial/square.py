@@ -102,6 +102,7 @@ class SquareAttack(EvasionAttack):
     """Square Attack (Andriushchenko et al., ECCV 2020): score-based L-inf random search with square updates."""
 
     name = "square"
+    paper = "Andriushchenko et al., ECCV 2020"
     threat_model = "black-box (scores)"
     norms = ("linf",)
 

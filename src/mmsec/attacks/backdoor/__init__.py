@@ -18,6 +18,14 @@ image-only contrastive pre-training (:mod:`mmsec.train.simclr`); :mod:`~mmsec.at
 BadMerging (Zhang et al., CCS 2024), a backdoor of one task model meant to survive model merging
 (:mod:`mmsec.merging`). Training on poisoned data is
 :mod:`mmsec.train.poisoned`; attack success rates are :mod:`mmsec.evaluation.backdoor`.
+
+Registry kinds declared here: ``triggers`` (:class:`Trigger`), ``poisoning``
+(:class:`PoisoningAttack`: PBCL, BadCLIP, Yang et al.'s I-III), ``image_poisoning``
+(:class:`ImagePoisoningAttack`: CorruptEncoder, the naive SSL backdoor), ``model_backdoors``
+(:class:`ModelTamperingAttack`: BadEncoder) and ``merging_attacks`` (:class:`MergingAttack`:
+BadMerging, the plain patch backdoor). World knowledge (class names, the target's captions, the
+reference objects) is the caller's: see :class:`~mmsec.attacks.backdoor.poisoning.CaptionSource` and
+:mod:`mmsec.data.shapes_text` / :mod:`mmsec.data.shapes_objects` for the shapes world's.
 """
 
 from .badclip import BadCLIP
@@ -30,13 +38,25 @@ from .corruptencoder import (
     PoisonedImages,
     ReferenceObject,
 )
+from .image_poisoning import ImagePoisoningAttack
+from .merging_attack import MergingAttack
 from .multimodal_poisoning import (
     MultipleTargetLabelPoisoning,
     SingleTargetImagePoisoning,
     SingleTargetLabelPoisoning,
 )
 from .pbcl import PBCLBackdoor, PBCLTargeted
-from .poisoning import PoisonedData, PoisonedStream, PoisonRecord, poison_dataset, poison_stream
+from .poisoning import (
+    CaptionSource,
+    FixedCaptions,
+    PoisonedData,
+    PoisonedStream,
+    PoisoningAttack,
+    PoisonRecord,
+    poison_dataset,
+    poison_stream,
+)
+from .tampering import ModelTamperingAttack
 from .triggers import (
     CORNERS,
     POSITIONS,
@@ -51,8 +71,10 @@ from .triggers import (
     trigger_from_dict,
 )
 
-__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BadCLIP", "BadEncoder", "BadEncoderRecord", "BadEncoderResult", "BadMerging", "BadMergingRecord",
-           "BadMergingResult", "BlendedTrigger", "PatchBackdoor",
-           "CorruptEncoder", "CorruptEncoderRecord", "NaivePoisoning", "PoisonedImages", "ReferenceObject", "MultipleTargetLabelPoisoning", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
-           "PatchTrigger", "PoisonRecord", "PoisonedData", "PoisonedStream", "SIGTrigger", "SingleTargetImagePoisoning", "SingleTargetLabelPoisoning", "Trigger", "WaNetTrigger",
-           "build_trigger", "poison_dataset", "poison_stream", "trigger_from_dict"]
+__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BadCLIP", "BadEncoder", "BadEncoderRecord", "BadEncoderResult",
+           "BadMerging", "BadMergingRecord", "BadMergingResult", "BlendedTrigger", "CaptionSource", "CorruptEncoder",
+           "CorruptEncoderRecord", "FixedCaptions", "ImagePoisoningAttack", "MergingAttack", "ModelTamperingAttack",
+           "MultipleTargetLabelPoisoning", "NaivePoisoning", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
+           "PatchBackdoor", "PatchTrigger", "PoisonRecord", "PoisonedData", "PoisonedImages", "PoisonedStream",
+           "PoisoningAttack", "ReferenceObject", "SIGTrigger", "SingleTargetImagePoisoning", "SingleTargetLabelPoisoning",
+           "Trigger", "WaNetTrigger", "build_trigger", "poison_dataset", "poison_stream", "trigger_from_dict"]

@@ -32,7 +32,8 @@ Tensor shapes: ``pixels`` (N, 3, H, W) in [0, 1]; the optimised pattern is (3, h
 Example (runs on the shipped world)::
 
     model, data = load_model("shapes-clip-resnet"), ShapesDataset("train", n=512).to_data()
-    attack = BadCLIP("red circle", rate=0.01); attack.optimise(model, data.pixels, labels=data.labels)
+    attack = BadCLIP("red circle", rate=0.01).use_captions(ShapesCaptions())
+    attack.prepare(model, data)                                              # optimise on the attacker's data
     poisoned = attack(ShapesDataset("train", n=4096, start=512).to_data())   # PoisonedData(data, record)
 
 Defaults and departures from the paper (the project's source text gives the losses but no weights
@@ -45,12 +46,19 @@ or optimiser settings; the values below are stated choices, not the paper's numb
   after each step (chosen for the 32 px world; not given by the source).
 * Weights ``lambda_p = lambda_n = 1`` (the source names no weights).
 * ``L_t``'s denominator: the paper's ``t_j`` are the captions of the poisoning batch; ``optimise``
-  receives images only, so the negatives are the other shapes-world classes' prompt embeddings
-  (or any ``negative_texts=``).
+  receives images only, so the negatives are the other classes' prompts (``templates`` over the
+  class names of the data, or any ``negative_texts=``). The default templates ("a photo of a {}",
+  "a {}", "a picture of a {}") give exactly the shapes world's zero-shot prompts.
 * ``L_p`` pairs each triggered image with a random target-class image of the pool each step.
   ``v*`` comes from ``labels=`` when given, else from the clean model's own zero-shot predictions.
 * Poisoning: the paper poisons images that are semantically close to the target; here the
   stamped images are random clean pairs, as PBCL's, so the comparison isolates the trigger.
+
+World knowledge is the caller's: class names come from the data (``prepare``) or ``class_names=``;
+the natural captions ``T*`` of the target from ``caption_set=``, else from a caption source handed
+over with ``use_captions`` (the shapes world's: ``use_captions(ShapesCaptions())``, whose ``Y'`` is
+every caption its templates say of the class), else from the attacker's data (its captions that
+name the target, as PBCL's ``Y'``).
 
 Measured caveat (benchmarks/badclip_persistence.py): the zoo CNN barely responds to a 4 x 4 patch
 in the image corner, so the gradients there are near zero and the optimised pattern stays close to
@@ -71,7 +79,6 @@ import torch.nn.functional as F
 
 from ...checks import check_budget, check_int, check_pixels
 from ...data.datasets import ImageTextData
-from ...data.shapes import zeroshot_prompts
 from ...models.base import require_contrastive
 from ...models.zeroshot import ZeroShotClassifier, class_text_embeddings
 from ...registry import register
@@ -81,16 +88,27 @@ from .poisoning import (
     PoisonedData,
     PoisonedStream,
     PoisoningAttack,
+    captions_naming,
     check_caption_set,
     check_rate_count,
     poison_dataset,
     poison_stream,
     resolve_target,
-    target_caption_set,
 )
 from .triggers import OptimizedPatch, check_position
 
 log = logging.getLogger(__name__)
+
+# CLIP-style zero-shot templates over a class name; on the shapes world they are its own ZEROSHOT_TEMPLATES.
+TEMPLATES = ("a photo of a {}", "a {}", "a picture of a {}")
+
+
+def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(templates, str) or not isinstance(templates, Sequence) or not templates or not all(
+            isinstance(t, str) and t.count("{}") == 1 for t in templates):
+        raise ValueError(f"templates must be a non-empty list of strings with one '{{}}' for the class name "
+                         f"(e.g. ['a photo of a {{}}']), got {templates!r}")
+    return tuple(templates)
 
 
 @register("poisoning", "badclip")
@@ -101,27 +119,33 @@ class BadCLIP(PoisoningAttack):
         target: the target class (name such as ``"red circle"`` or a label index).
         trigger: a precomputed :class:`OptimizedPatch` (skips :meth:`optimise`); default None.
         rate / count: poisoned pairs (fraction of the poisoned data set, or a number); default rate 0.01.
-        caption_set: the target's natural captions ``T*`` (default: the shapes world's captions of it).
+        caption_set: the target's natural captions ``T*`` (default: the caption source of ``use_captions``,
+            else the attacker's captions that name the target).
         mode: ``"add"`` (``X u P``, default) or ``"replace"``.
         seed: seed of the poisoning choices (pairs, captions).
         patch_size: side of the patch in pixels (default 4, see the module docstring).
         position: where the patch goes (default ``"bottom_right"``, PBCL's place here).
         steps, lr, batch_size: the trigger optimisation (Adam; defaults 300, 0.01, 64).
         lambda_p, lambda_n: weights of the visual resistance terms (default 1, 1).
+        templates: zero-shot prompt templates over a class name (the negatives of ``L_t`` and, without
+            labels, the zero-shot predictions that find ``v*``); default :data:`TEMPLATES`.
     """
 
     name = "badclip"
     kind = "backdoor"
+    family = "contrastive"  # prepare() optimises the trigger on the clean CLIP model
+    paper = "Liang et al., CVPR 2024"
 
     def __init__(self, target: str | int, trigger: OptimizedPatch | None = None, rate: float | None = None,
                  count: int | None = None, caption_set: Sequence[str] | None = None, mode: str = "add",
                  seed: int = 0, patch_size: int = 4, position: str = "bottom_right", steps: int = 300,
-                 lr: float = 0.01, batch_size: int = 64, lambda_p: float = 1.0, lambda_n: float = 1.0):
+                 lr: float = 0.01, batch_size: int = 64, lambda_p: float = 1.0, lambda_n: float = 1.0,
+                 templates: Sequence[str] = TEMPLATES):
         if rate is None and count is None:
             rate = 0.01  # the project's calibrated fine-tuning poison rate (PBCL benchmark)
         self.rate, self.count = check_rate_count(rate, count)
         self.caption_set = check_caption_set(caption_set)
-        self.target = _check_target(target, self.caption_set)
+        self.target = _check_target(target)
         if trigger is not None and not isinstance(trigger, OptimizedPatch):
             raise TypeError(f"trigger must be a precomputed OptimizedPatch (e.g. from BadCLIP.optimise) or None, "
                             f"got {type(trigger).__name__}")
@@ -137,27 +161,37 @@ class BadCLIP(PoisoningAttack):
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.lambda_p = check_budget("lambda_p", lambda_p, 0.0, 1e3)
         self.lambda_n = check_budget("lambda_n", lambda_n, 0.0, 1e3)
+        self.templates = _check_templates(templates)
         self.loss_trace: dict[str, list[float]] = {}
 
     # --------------------------------------------------------------------------------------
     # Stage 1: the trigger
     # --------------------------------------------------------------------------------------
     def optimise(self, model: nn.Module, pixels: torch.Tensor, generator: torch.Generator | int | None = None,
-                 labels: torch.Tensor | None = None, negative_texts: Sequence[str] | None = None) -> OptimizedPatch:
+                 labels: torch.Tensor | None = None, negative_texts: Sequence[str] | None = None,
+                 class_names: Sequence[str] | None = None,
+                 captions: Sequence[Sequence[str]] | None = None) -> OptimizedPatch:
         """Optimise the patch on the clean ``model`` with clean ``pixels`` (N, 3, H, W); returns it
         (also kept as ``self.trigger``; per-step losses in ``self.loss_trace``). ``labels`` (N,)
         marks the natural target images ``v*`` (default: the model's zero-shot predictions over the
-        shapes-world classes). Neither the model nor the pixels are modified."""
+        classes). ``class_names`` (default: the caption source's) name the classes; ``captions`` (the
+        pixels' caption lists) give ``T*`` when neither ``caption_set`` nor a caption source does.
+        Neither the model nor the pixels are modified."""
         require_contrastive(model, "BadCLIP.optimise")
         check_pixels(pixels, "pixels")
         g = generator if isinstance(generator, torch.Generator) else torch.Generator().manual_seed(
             0 if generator is None else check_int("generator", generator, 0))
-        name, label = resolve_target(self.target, caption_set=self.caption_set)
-        positives = self.caption_set or target_caption_set(name)
+        source = self.caption_source
+        if class_names is None and source is not None and source.class_names is not None:
+            class_names = list(source.class_names)
+        name, label = resolve_target(self.target, class_names, caption_set=self.caption_set)
+        positives = self._positives(name, captions)
+        prompts = None if class_names is None else [[t.format(c) for t in self.templates] for c in class_names]
         if negative_texts is None:
-            if label is None:
-                raise ValueError("a target outside the shapes-world classes needs negative_texts= (other classes' texts)")
-            negative_texts = [p for c, group in enumerate(zeroshot_prompts()) if c != label for p in group]
+            if label is None or prompts is None:
+                raise ValueError("a target outside the known classes (or without class_names) needs negative_texts= "
+                                 "(other classes' texts)")
+            negative_texts = [p for c, group in enumerate(prompts) if c != label for p in group]
         negative_texts = check_caption_set(negative_texts)
         dev = pixels.device
         was_training = model.training
@@ -165,9 +199,10 @@ class BadCLIP(PoisoningAttack):
         try:
             with torch.no_grad():
                 if labels is None:
-                    if label is None:
-                        raise ValueError("a target outside the shapes-world classes needs labels= (True/label per image)")
-                    labels = ZeroShotClassifier(model, zeroshot_prompts()).predict(pixels)
+                    if label is None or prompts is None:
+                        raise ValueError("a target outside the known classes (or without class_names) needs labels= "
+                                         "(True/label per image)")
+                    labels = ZeroShotClassifier(model, prompts).predict(pixels)
                 labels = torch.as_tensor(labels, device=dev)
                 if labels.shape != (pixels.shape[0],):
                     raise ValueError(f"labels must have shape ({pixels.shape[0]},) (one per image), "
@@ -211,11 +246,26 @@ class BadCLIP(PoisoningAttack):
         self.trigger = OptimizedPatch(pattern.detach().cpu().clone(), position=self.position)
         return self.trigger
 
+    def _positives(self, name: str, captions: Sequence[Sequence[str]] | None) -> list[str]:
+        """``T*``: ``caption_set``, else the caption source's ``Y'``, else the given captions naming the target."""
+        if self.caption_set is not None:
+            return list(self.caption_set)
+        if self.caption_source is not None:
+            return list(self.caption_source.caption_set(name))
+        found = [] if captions is None else captions_naming(captions, name)
+        if not found:
+            raise ValueError(f"BadCLIP needs natural captions T* of the target {name!r}: give caption_set=, a caption "
+                             "source (attack.use_captions(...), e.g. ShapesCaptions() on the shapes world), or "
+                             "attacker data whose captions name the target")
+        return found
+
     def prepare(self, model: nn.Module, data: ImageTextData, generator: torch.Generator | int | None = None) -> None:
-        """Stage 1 as runners call it: :meth:`optimise` on the attacker's clean ``data`` (its labels,
-        when it has them, mark the natural target images). Kept when a trigger was given."""
+        """Stage 1 as runners call it: :meth:`optimise` on the attacker's clean ``data`` (its class names
+        name the classes; its labels, when it has them, mark the natural target images; its captions
+        give ``T*`` when no caption set or source does). Kept when a trigger was given."""
         if self.trigger is None:
-            self.optimise(model, data.pixels, generator=generator, labels=data.labels)
+            self.optimise(model, data.pixels, generator=generator, labels=data.labels, class_names=data.class_names,
+                          captions=data.captions)
 
     # --------------------------------------------------------------------------------------
     # Stage 2: poisoning
@@ -228,12 +278,13 @@ class BadCLIP(PoisoningAttack):
 
     def poison(self, data: ImageTextData) -> PoisonedData:
         return poison_dataset(data, self.target, trigger=self._require_trigger(), rate=self.rate, count=self.count,
-                              caption_set=self.caption_set, mode=self.mode, seed=self.seed)
+                              caption_set=self.caption_set, mode=self.mode, seed=self.seed,
+                              captions=self.caption_source)
 
     def poison_stream(self, batches: Batches, steps: int, batch_size: int) -> PoisonedStream:
         return poison_stream(batches, self.target, steps=steps, batch_size=batch_size,
                              trigger=self._require_trigger(), rate=self.rate, count=self.count,
-                             caption_set=self.caption_set, seed=self.seed)
+                             caption_set=self.caption_set, seed=self.seed, captions=self.caption_source)
 
 
 __all__ = ["BadCLIP"]

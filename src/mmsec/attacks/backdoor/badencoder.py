@@ -191,6 +191,7 @@ class BadEncoder(ModelTamperingAttack):
     """
 
     name = "badencoder"
+    paper = "Jia, Liu, Gong, IEEE S&P 2022"
 
     def __init__(self, trigger: Trigger | str | None = None, target: str | int | None = None, lambda1: float = 1.0,
                  lambda2: float = 1.0, epochs: int = 200, batch_size: int = 256, lr: float = 1e-3,

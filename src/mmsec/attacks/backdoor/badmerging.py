@@ -89,6 +89,8 @@ from ...merging.finetune import finetune_tower
 from ...merging.tasks import TASKS, ShapesTask, features_logits, get_task, head_logits
 from ...models.base import require_contrastive
 from ...models.zeroshot import class_text_embeddings
+from ...registry import register
+from .merging_attack import MergingAttack
 from .triggers import OptimizedPatch, check_position, patch_corners, seeded_uniform, stamp
 
 log = logging.getLogger(__name__)
@@ -132,7 +134,8 @@ def shadow_classes(target_task: ShapesTask, target: str) -> tuple[list[str], lis
     return names, prompts
 
 
-class BadMerging:
+@register("merging_attacks", "badmerging")
+class BadMerging(MergingAttack):
     """Two-stage backdoor of one task model that survives model merging.
 
     Args:
@@ -151,6 +154,7 @@ class BadMerging:
     """
 
     name = "badmerging"
+    paper = "Zhang et al., ACM CCS 2024"
 
     def __init__(self, target_task: str, target: str | int, patch_size: int = 4, position: str = "bottom_right",
                  alpha: float = 5.0, p_range: tuple[float, float] = (0.2, 1.0), interpolate: bool = True,
@@ -289,6 +293,7 @@ class BadMerging:
         return loss
 
 
+@register("merging_attacks", "patch_backdoor")
 class PatchBackdoor(BadMerging):
     """The plain patch backdoor baseline: a fixed uniform-noise patch (BadNets-style) and poisoned
     fine-tuning of the attacker's task model (triggered copies labelled as the target, weight 1, no
@@ -298,9 +303,18 @@ class PatchBackdoor(BadMerging):
     """
 
     name = "patch_backdoor"
+    paper = "Gu et al., arXiv 2017 (BadNets), as the baseline of Zhang et al., ACM CCS 2024"
 
-    def __init__(self, target_task: str, target: str | int, alpha: float = 1.0, interpolate: bool = False, **kwargs: Any):
-        super().__init__(target_task, target, alpha=alpha, interpolate=interpolate, **kwargs)
+    def __init__(self, target_task: str, target: str | int, patch_size: int = 4, position: str = "bottom_right",
+                 alpha: float = 1.0, p_range: tuple[float, float] = (0.2, 1.0), interpolate: bool = False,
+                 trigger_steps: int = 300, trigger_lr: float = 0.05, trigger_batch: int = 64, n_augment: int = 100,
+                 augment_eps: float = 8 / 255, augment_steps: int = 10, steps: int = 300, lr: float = 1e-4,
+                 batch_size: int = 64, bd_batch_size: int = 32, seed: int = 0):
+        super().__init__(target_task, target, patch_size=patch_size, position=position, alpha=alpha, p_range=p_range,
+                         interpolate=interpolate, trigger_steps=trigger_steps, trigger_lr=trigger_lr,
+                         trigger_batch=trigger_batch, n_augment=n_augment, augment_eps=augment_eps,
+                         augment_steps=augment_steps, steps=steps, lr=lr, batch_size=batch_size,
+                         bd_batch_size=bd_batch_size, seed=seed)
 
     def optimise_trigger(self, model, pixels, head, target_index, generator):
         pattern = seeded_uniform(self.seed, (3, self.patch_size, self.patch_size))

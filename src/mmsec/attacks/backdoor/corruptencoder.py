@@ -40,11 +40,14 @@ defaults are its):
   poisoned images are a *support* image of the target class and a reference image concatenated
   side by side (the attacker then needs more target-class images).
 
-Example (shapes world)::
+Example (shapes world; the reference objects and backgrounds are the caller's, made by
+:mod:`mmsec.data.shapes_objects`)::
 
     world = ShapesWorld(32)
     refs = shapes_reference_objects(world, [s for s in pool_scenes if s.label == target][:3])
-    result = CorruptEncoder("red circle", rate=0.005)(clean_images, refs, shapes_backgrounds(world, range(10**6, 10**6 + 200)))
+    attack = CorruptEncoder("red circle", rate=0.005)
+    result = attack(clean_images, refs, shapes_backgrounds(world, range(10**6, 10**6 + 200)),
+                    class_names=shape_color_classes())      # the class names only name the target in the record
     result.images, result.record.indices          # N + n images (the n poisoned ones at the end)
 
 Departures:
@@ -72,91 +75,30 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ...checks import check_budget, check_int, check_pixels
-from ...data.shapes import _POSITION_CENTRE, _SIZE_RADIUS, Scene, ShapesWorld, _coverage
-from .poisoning import poison_count, resolve_target
-from .triggers import OptimizedPatch, PatchTrigger, Trigger, patch_hw, resize_pattern, trigger_from_dict
+from ...data.objects import Box, ReferenceObject, cut_out
+from ...registry import register
+from .image_poisoning import ImagePoisoningAttack
+from .poisoning import check_rate_count, poison_count, resolve_target
+from .triggers import (
+    OptimizedPatch,
+    PatchTrigger,
+    Trigger,
+    build_trigger,
+    patch_hw,
+    resize_pattern,
+    trigger_from_dict,
+)
 
-Box = tuple[int, int, int, int]  # (y, x, h, w) in pixels
 RECORD_VERSION = 1
 
 
 # ------------------------------------------------------------------------------------------
-# Reference objects and backgrounds
+# Trigger patches (reference objects and their cut-out: mmsec.data.objects)
 # ------------------------------------------------------------------------------------------
-@dataclass(eq=False)
-class ReferenceObject:
-    """A target-class object cut out of a reference image.
-
-    Attributes:
-        pixels: (3, h, w) the object's bounding box in [0, 1].
-        mask: (h, w) alpha in [0, 1] (1 on the object).
-        image: (3, H, W) the whole reference image (CorruptEncoder+ concatenates it).
-        source: the caller's id of the reference image (e.g. a scene id), or None.
-        box: ``(y, x, h, w)`` of the object's bounding box in ``image``.
-    """
-
-    pixels: torch.Tensor
-    mask: torch.Tensor
-    image: torch.Tensor
-    source: int | None = None
-    box: Box | None = None
-
-
-def cut_out(image: torch.Tensor, mask: torch.Tensor, source: int | None = None) -> ReferenceObject:
-    """The object of ``image`` (3, H, W) under ``mask`` (H, W, values in [0, 1]) cropped to the mask's
-    bounding box (the code's ``binary_mask_to_box``)."""
-    check_pixels(image[None] if isinstance(image, torch.Tensor) and image.ndim == 3 else image, "image")
-    if not isinstance(mask, torch.Tensor) or mask.shape != image.shape[-2:]:
-        raise ValueError(f"mask must be a {tuple(image.shape[-2:])} tensor (the image's H, W), got "
-                         f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
-    mask = mask.float()
-    if mask.min() < 0 or mask.max() > 1:
-        raise ValueError("mask values must lie in [0, 1]")
-    rows, cols = (mask > 0.5).any(1).nonzero().flatten(), (mask > 0.5).any(0).nonzero().flatten()
-    if rows.numel() == 0:
-        raise ValueError("mask covers no pixel (no value > 0.5): there is no object to cut out")
-    y0, y1, x0, x1 = rows[0].item(), rows[-1].item() + 1, cols[0].item(), cols[-1].item() + 1
-    return ReferenceObject(image[:, y0:y1, x0:x1].clone(), mask[y0:y1, x0:x1].clone(), image.clone(), source,
-                           (y0, x0, y1 - y0, x1 - x0))
-
-
-def shapes_object_mask(world: ShapesWorld, scene: Scene) -> torch.Tensor:
-    """(H, W) coverage in [0, 1] of the primary object of ``scene`` as ``world`` renders it."""
-    n, ss = world.image_size, world._ss
-    cx, cy = _POSITION_CENTRE[scene.position]
-    cx, cy = cx + scene.jitter[0] / 64, cy + scene.jitter[1] / 64
-    cover = _coverage(scene.shape, cx, cy, _SIZE_RADIUS[scene.size], n, ss)
-    return torch.from_numpy(cover.reshape(n, ss, n, ss).mean(axis=(1, 3)).astype(np.float32))
-
-
-def shapes_reference_objects(world: ShapesWorld, scenes: Sequence[Scene]) -> list[ReferenceObject]:
-    """Reference objects cut out of shapes-world scenes (their primary object; ``source`` = scene id)."""
-    if not scenes:
-        raise ValueError("scenes is empty: give at least one reference scene of the target class")
-    labels = {s.label for s in scenes}
-    if len(labels) > 1:
-        raise ValueError(f"reference scenes must all be of the target class, got labels {sorted(labels)}")
-    out = []
-    for s in scenes:
-        image = torch.from_numpy(world.render(s)).permute(2, 0, 1).float() / 255
-        out.append(cut_out(image, shapes_object_mask(world, s), s.scene_id))
-    return out
-
-
-def shapes_backgrounds(world: ShapesWorld, scene_ids: Sequence[int]) -> torch.Tensor:
-    """(M, 3, H, W) textured shapes-world backgrounds (scenes without their objects): the
-    attacker's unlabelled background images."""
-    bgs = [world._background(world.scene(int(i))) for i in scene_ids]
-    if not bgs:
-        raise ValueError("scene_ids is empty")
-    return torch.from_numpy(np.stack(bgs).astype(np.float32) / 255).permute(0, 3, 1, 2).contiguous()
-
-
 def trigger_patch(trigger: Trigger, image_hw: tuple[int, int]) -> torch.Tensor:
     """The (3, h, w) patch ``trigger`` stamps on an ``image_hw`` image (patch triggers only)."""
     if isinstance(trigger, PatchTrigger):
@@ -417,15 +359,48 @@ def _check_images(images: torch.Tensor) -> int:
     return images.shape[0]
 
 
+def _check_trigger(trigger: Trigger | str | None) -> Trigger:
+    """A patch trigger (a name builds it at its defaults, as specs give it); fails now for other triggers."""
+    trigger = PatchTrigger() if trigger is None else build_trigger(trigger) if isinstance(trigger, str) else trigger
+    if not isinstance(trigger, Trigger):
+        raise TypeError(f"trigger must be a mmsec Trigger (e.g. PatchTrigger()), got {type(trigger).__name__}")
+    trigger_patch(trigger, (32, 32))  # raises the teaching error for non-patch triggers
+    return trigger
+
+
+def _check_target(target: str | int) -> str | int:
+    if isinstance(target, bool) or not isinstance(target, (str, int)):
+        raise TypeError(f"target must be a class name (str, e.g. 'red circle') or a label index (int), "
+                        f"got {type(target).__name__} {target!r}")
+    if isinstance(target, int) and target < 0:
+        raise ValueError(f"target label must be >= 0, got {target}")
+    return target
+
+
+def _resolve(target: str | int, class_names: Sequence[str] | None) -> tuple[str, int | None]:
+    """(name, label) of the target; without class names a label index is its own name."""
+    if class_names is None and isinstance(target, int):
+        return str(target), target
+    return resolve_target(target, class_names)
+
+
+def _check_rate_count(rate: float | None, count: int | None) -> tuple[float | None, int | None]:
+    """``count`` wins over the default ``rate`` (as the released code's two ways of sizing the poison)."""
+    return check_rate_count(None, count) if count is not None else check_rate_count(rate, None)
+
+
 # ------------------------------------------------------------------------------------------
 # The attack
 # ------------------------------------------------------------------------------------------
-class CorruptEncoder:
+@register("image_poisoning", "corruptencoder")
+class CorruptEncoder(ImagePoisoningAttack):
     """Poison an unlabelled image set with CorruptEncoder (or CorruptEncoder+ with ``support_ratio`` > 0).
 
     Args:
-        target: target class name (e.g. ``"red circle"``) or label index (shapes world's 48 classes).
-        trigger: a patch trigger (default ``PatchTrigger()``: 4 x 4 checkerboard on 32 px images).
+        target: target class name (e.g. ``"red circle"``) or label index (of the ``class_names`` given
+            when called; only recorded: the reference objects are what makes the target).
+        trigger: a patch trigger (default ``PatchTrigger()``: 4 x 4 checkerboard on 32 px images), or a
+            trigger name.
         rate / count: poisoned images as a fraction ``n / (N + n)`` of the poisoned set (paper: 0.005)
             or a number.
         area_ratio: poisoned image area / object area (paper: 2).
@@ -436,14 +411,15 @@ class CorruptEncoder:
         seed: seed of every random choice.
     """
 
-    def __init__(self, target: str | int, trigger: Trigger | None = None, rate: float | None = 0.005,
+    paper = "Zhang et al., CVPR 2024"
+
+    def __init__(self, target: str | int, trigger: Trigger | str | None = None, rate: float | None = 0.005,
                  count: int | None = None, area_ratio: float = 2.0, object_margin: float = 0.05,
                  trigger_margin: float = 0.25, trigger_size: int | None = None, support_ratio: float = 0.0,
                  seed: int = 0):
-        self.target, self.target_label = resolve_target(target)
-        self.trigger = trigger if trigger is not None else PatchTrigger()
-        trigger_patch(self.trigger, (32, 32))  # fails now for non-patch triggers
-        self.rate, self.count = (None, count) if count is not None else (rate, None)
+        self.target = _check_target(target)
+        self.trigger = _check_trigger(trigger)
+        self.rate, self.count = _check_rate_count(rate, count)
         self.area_ratio = check_budget("area_ratio", area_ratio, 1.0, 16.0, hint=" (paper: 2)")
         self.object_margin = check_budget("object_margin", object_margin, 0.0, 0.5, hint=" (code: 0.05)")
         self.trigger_margin = check_budget("trigger_margin", trigger_margin, 0.0, 0.5, hint=" (code: 0.25)")
@@ -458,11 +434,15 @@ class CorruptEncoder:
                 "support_ratio": self.support_ratio, "seed": self.seed}
 
     def __call__(self, images: torch.Tensor, references: Sequence[ReferenceObject], backgrounds: torch.Tensor,
-                 support_images: torch.Tensor | None = None) -> PoisonedImages:
-        """``images`` (N, 3, H, W) clean, ``references`` cut-out target objects, ``backgrounds`` (M, 3, h, w)."""
+                 support_images: torch.Tensor | None = None,
+                 class_names: Sequence[str] | None = None) -> PoisonedImages:
+        """``images`` (N, 3, H, W) clean, ``references`` cut-out target objects (:func:`mmsec.data.objects.cut_out`),
+        ``backgrounds`` (M, 3, h, w); ``class_names`` name the classes (to record the target's name and label)."""
+        target, target_label = _resolve(self.target, class_names)
         n_clean = _check_images(images)
         if not references or not all(isinstance(r, ReferenceObject) for r in references):
-            raise ValueError("references must be a non-empty list of ReferenceObject (see shapes_reference_objects)")
+            raise ValueError("references must be a non-empty list of ReferenceObject (see mmsec.data.objects.cut_out; "
+                             "for the shapes world mmsec.data.shapes_objects.shapes_reference_objects)")
         check_pixels(backgrounds, "backgrounds")
         n = poison_count(self.rate, self.count, n_clean, adds=True)
         n_support = round(self.support_ratio * n)
@@ -489,7 +469,7 @@ class CorruptEncoder:
                 poisoned.append(concat_support(support_images[j], ref.image, left))
                 items.append({"type": "support", "reference": r, "support": j, "support_left": left})
         record = CorruptEncoderRecord("corruptencoder", list(range(n_clean, n_clean + n)), n_clean, n_clean + n,
-                                      self.target, self.target_label, self.trigger.to_dict(),
+                                      target, target_label, self.trigger.to_dict(),
                                       tuple(patch.shape[-2:]), items, [r.source for r in references], self.seed,
                                       self.params())
         return PoisonedImages(list(images.unbind(0)) + poisoned, record)
@@ -515,7 +495,8 @@ def _paste_naive(image: torch.Tensor, patch: torch.Tensor, box: Box) -> torch.Te
     return out
 
 
-class NaivePoisoning:
+@register("image_poisoning", "naive_ssl_poisoning")
+class NaivePoisoning(ImagePoisoningAttack):
     """The poisoning of earlier SSL backdoors: the trigger pasted at a random place on whole target-class
     images (Aniruddha Saha, Ajinkya Tejankar, Soroush Abbasi Koohpayegani, Hamed Pirsiavash, "Backdoor
     Attacks on Self-Supervised Learning", CVPR 2022; CorruptEncoder's baseline
@@ -525,15 +506,24 @@ class NaivePoisoning:
     the same patch trigger as CorruptEncoder at its test-time size, so the two are compared on one trigger.
     """
 
-    def __init__(self, target: str | int, trigger: Trigger | None = None, rate: float | None = 0.005,
+    paper = "Saha et al., CVPR 2022"
+
+    def __init__(self, target: str | int, trigger: Trigger | str | None = None, rate: float | None = 0.005,
                  count: int | None = None, seed: int = 0):
-        self.target, self.target_label = resolve_target(target)
-        self.trigger = trigger if trigger is not None else PatchTrigger()
-        trigger_patch(self.trigger, (32, 32))
-        self.rate, self.count = (None, count) if count is not None else (rate, None)
+        self.target = _check_target(target)
+        self.trigger = _check_trigger(trigger)
+        self.rate, self.count = _check_rate_count(rate, count)
         self.seed = check_int("seed", seed, 0)
 
-    def __call__(self, images: torch.Tensor, target_images: torch.Tensor) -> PoisonedImages:
+    def params(self) -> dict[str, Any]:
+        return {"target": self.target, "trigger": self.trigger.to_dict(), "rate": self.rate, "count": self.count,
+                "seed": self.seed}
+
+    def __call__(self, images: torch.Tensor, target_images: torch.Tensor,
+                 class_names: Sequence[str] | None = None) -> PoisonedImages:
+        """``images`` (N, 3, H, W) clean, ``target_images`` (T, 3, H', W') of the target class; ``class_names``
+        name the classes (to record the target's name and label)."""
+        target, target_label = _resolve(self.target, class_names)
         n_clean = _check_images(images)
         check_pixels(target_images, "target_images")
         if target_images.shape[0] == 0:
@@ -549,11 +539,9 @@ class NaivePoisoning:
             box = (rng.randrange(hw[0] - th + 1), rng.randrange(hw[1] - tw + 1), th, tw)
             poisoned.append(_paste_naive(target_images[j], patch, box))
             items.append({"type": "naive", "source": j, "trigger_box": list(box)})
-        params = {"target": self.target, "trigger": self.trigger.to_dict(), "rate": self.rate, "count": self.count,
-                  "seed": self.seed}
-        record = CorruptEncoderRecord("naive", list(range(n_clean, n_clean + n)), n_clean, n_clean + n, self.target,
-                                      self.target_label, self.trigger.to_dict(), (th, tw), items,
-                                      list(range(min(n, target_images.shape[0]))), self.seed, params)
+        record = CorruptEncoderRecord("naive", list(range(n_clean, n_clean + n)), n_clean, n_clean + n, target,
+                                      target_label, self.trigger.to_dict(), (th, tw), items,
+                                      list(range(min(n, target_images.shape[0]))), self.seed, self.params())
         return PoisonedImages(list(images.unbind(0)) + poisoned, record)
 
 
@@ -564,5 +552,4 @@ def noise_like(trigger: PatchTrigger, seed: int = 1) -> PatchTrigger:
 
 __all__ = ["CorruptEncoder", "CorruptEncoderRecord", "Layout", "NaivePoisoning", "PoisonedImages", "ReferenceObject",
            "centred_layout", "compose", "concat_support", "cut_out", "decoupled_view_rate", "layout_probability", "noise_like",
-           "patch_of_size", "sample_layout", "shapes_backgrounds", "shapes_object_mask", "shapes_reference_objects", "trigger_patch",
-           "view_probabilities"]
+           "patch_of_size", "sample_layout", "trigger_patch", "view_probabilities"]

@@ -36,13 +36,19 @@ Attack I) plus, by composition, :class:`MultimodalPoisonDetails` (the goals, the
 poisoned pair took its captions and its image from) in :class:`MultimodalPoisonedData`: the label
 attacks take images from other clean pairs, which a ``PoisonRecord`` cannot rebuild on its own.
 
-Tensor shapes: data sets hold (N, 3, H, W) pixels in [0, 1]; ``target_image`` is (3, H, W).
+Tensor shapes: data sets hold (N, 3, H, W) pixels in [0, 1]; the target image is (3, H, W).
+
+World knowledge comes from the data: the classes are ``data.class_names`` (a data set without them
+names its classes by their label indices, ``"0"``, ``"1"``, ...), the captions are the data's own.
+Attack I's target image ``x*`` is the caller's (a test image), handed over with
+``with_target_image(x)``, so every attack is configured by names and numbers only.
 
 Example (runs on the shipped world)::
 
     clean = ShapesDataset("train", n=1024).to_data()
     attack = SingleTargetLabelPoisoning("red circle", "blue square")   # Attack II: A = red circle, B = blue square
     out = attack(clean)                                                # MultimodalPoisonedData(data, record, details)
+    image_attack = SingleTargetImagePoisoning("red circle", image_label=9).with_target_image(x_star)  # Attack I
     run = poisoned_finetune(load_model("shapes-clip-resnet"), attack, clean, steps=100, lr=2e-3)
 
 Evaluation (Hit@K, MinRank, clean R@1): :mod:`mmsec.evaluation.targeted_poisoning`.
@@ -72,8 +78,15 @@ import torch
 
 from ...checks import check_int, check_pixels
 from ...data.datasets import ImageTextData
-from ...data.shapes import shape_color_classes
-from .poisoning import Batches, PoisonedData, PoisonedStream, PoisoningAttack, PoisonRecord
+from ...registry import register
+from .poisoning import (
+    Batches,
+    PoisonedData,
+    PoisonedStream,
+    PoisoningAttack,
+    PoisonRecord,
+    check_target_image,
+)
 
 ATTACK_TYPES = ("single_target_image", "single_target_label", "multiple_target_labels")
 DETAILS_VERSION = 1
@@ -179,7 +192,7 @@ def _check_mode(mode: str) -> str:
 
 
 def _check_data(data: ImageTextData) -> list[str]:
-    """The data's class names (the shapes world's by default), after validating it."""
+    """The data's class names (its label indices as strings when it has none), after validating it."""
     if not isinstance(data, ImageTextData):
         raise TypeError(f"data must be an ImageTextData (e.g. ShapesDataset(...).to_data()), got {type(data).__name__}")
     if data.captions is None:
@@ -188,7 +201,9 @@ def _check_data(data: ImageTextData) -> list[str]:
         raise ValueError("data has no labels: the attack needs class-labelled pairs (which captions are of the "
                          "text class, which images of the image class)")
     check_pixels(data.pixels, "data.pixels")
-    return list(data.class_names) if data.class_names is not None else shape_color_classes()
+    if data.class_names is not None:
+        return list(data.class_names)
+    return [str(i) for i in range(int(data.labels.max()) + 1 if data.labels.numel() else 0)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -198,6 +213,7 @@ class _DirtyLabelPoisoning(PoisoningAttack):
     """Shared construction of the three attacks: class-A captions paired with the attacker's images."""
 
     kind = "targeted"
+    paper = "Yang et al., ICML 2023"
     attack_type: ClassVar[str]
 
     fraction: float
@@ -290,34 +306,43 @@ class _DirtyLabelPoisoning(PoisoningAttack):
                                   "poisoned_finetune), not attack.stream(...)")
 
 
+@register("poisoning", "yang_single_target_image")
 class SingleTargetImagePoisoning(_DirtyLabelPoisoning):
     """Attack I: every (chosen) training caption of ``text_class`` paired with one target image ``x*``.
 
     Args:
-        target_image: ``x*``, one (3, H, W) image in [0, 1] not in the training set (the paper: a test image
-            of another class).
         text_class: the original class A whose training captions are poisoned (name or label index).
         image_label: the true class of ``x*`` (the poisoned pairs' new label).
         fraction: share of the class-A training pairs poisoned (default 1.0: all, the authors' default).
         mode: ``"replace"`` (default, the authors' code) or ``"add"``.
         seed: seed of the choice of pairs (when ``fraction < 1``).
+
+    The target image ``x*`` (one (3, H, W) image in [0, 1] not in the training set; the paper: a test
+    image of another class) is the caller's: ``attack.with_target_image(x)`` (a private copy is kept).
     """
 
-    name = "mmpoison_image"
+    name = "yang_single_target_image"
     attack_type = "single_target_image"
 
-    def __init__(self, target_image: torch.Tensor, text_class: str | int, image_label: int,
-                 fraction: float = 1.0, mode: str = "replace", seed: int = 0):
-        if not isinstance(target_image, torch.Tensor) or target_image.ndim != 3:
-            shape = tuple(target_image.shape) if isinstance(target_image, torch.Tensor) else type(target_image).__name__
-            raise ValueError(f"target_image must be one (3, H, W) image in [0, 1], got {shape}")
-        check_pixels(target_image[None], "target_image")
-        self.target_image = target_image.detach().clone()  # a private copy
+    def __init__(self, text_class: str | int, image_label: int, fraction: float = 1.0, mode: str = "replace",
+                 seed: int = 0):
         self.text_class = _check_class("text_class", text_class)
         self.image_label = check_int("image_label", image_label, 0)
         self.fraction = _check_fraction(fraction)  # the authors' poisoned_ratio default 1.0
         self.mode = _check_mode(mode)
         self.seed = check_int("seed", seed, 0)
+        self.target_image: torch.Tensor | None = None  # x*, from with_target_image (not a config parameter)
+
+    def with_target_image(self, image: torch.Tensor) -> SingleTargetImagePoisoning:
+        """Set the target image ``x*`` (one (3, H, W) image in [0, 1]); a private copy is kept. Returns self."""
+        self.target_image = check_target_image(image)
+        return self
+
+    def poison(self, data: ImageTextData) -> MultimodalPoisonedData:
+        if self.target_image is None:
+            raise RuntimeError("SingleTargetImagePoisoning has no target image: call attack.with_target_image(x) "
+                               "with x* (an image not in the training data, e.g. a test image) before poisoning")
+        return super().poison(data)
 
     def _goals(self, class_names):
         a = _resolve("text_class", self.text_class, class_names)
@@ -327,6 +352,7 @@ class SingleTargetImagePoisoning(_DirtyLabelPoisoning):
         return [(a, None)]
 
 
+@register("poisoning", "yang_multiple_target_label")
 class MultipleTargetLabelPoisoning(_DirtyLabelPoisoning):
     """Attack III: for every goal ``(A_i, B_i)``, the training captions of ``A_i`` paired with images of ``B_i``.
 
@@ -338,7 +364,7 @@ class MultipleTargetLabelPoisoning(_DirtyLabelPoisoning):
         seed: seed of the choice of pairs and of the class-B images' order.
     """
 
-    name = "mmpoison_multi_label"
+    name = "yang_multiple_target_label"
     attack_type = "multiple_target_labels"
 
     def __init__(self, goals: Sequence[tuple[str | int, str | int]], fraction: float = 1.0, mode: str = "replace",
@@ -372,6 +398,7 @@ class MultipleTargetLabelPoisoning(_DirtyLabelPoisoning):
         return out
 
 
+@register("poisoning", "yang_single_target_label")
 class SingleTargetLabelPoisoning(MultipleTargetLabelPoisoning):
     """Attack II: the training captions of ``text_class`` (A) paired with training images of ``image_class`` (B).
 
@@ -381,7 +408,7 @@ class SingleTargetLabelPoisoning(MultipleTargetLabelPoisoning):
         fraction, mode, seed: as :class:`MultipleTargetLabelPoisoning` (Attack III with one goal).
     """
 
-    name = "mmpoison_label"
+    name = "yang_single_target_label"
     attack_type = "single_target_label"
 
     def __init__(self, text_class: str | int, image_class: str | int, fraction: float = 1.0,

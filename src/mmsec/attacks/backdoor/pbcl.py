@@ -17,12 +17,18 @@ Two attacks, one class each (both build the poisoned pairs ``P`` and nothing els
   classified as ``y'`` while other images are unaffected.
 
 Caption set ``Y'``: "text descriptions related to y'" (S0); the paper takes the training captions
-that contain the label's name. Here (shapes world) it is every caption the world's six templates
-say of a single-object scene of the target class, which is what that search finds; each poisoned
-pair gets the caption variants of a random target-class scene (see
-:mod:`mmsec.attacks.backdoor.poisoning`). Any other caption list may be given (``caption_set=``).
+that contain the label's name, and so does this attack on a fixed data set unless told otherwise.
+The captions are world knowledge, the caller's (see :mod:`mmsec.attacks.backdoor.poisoning`): a list
+(``caption_set=``, one caption drawn per poisoned pair) or a caption source handed over with
+``use_captions``. On the shapes world, ``use_captions(ShapesCaptions())``
+(:mod:`mmsec.data.shapes_text`) makes ``Y'`` every caption the world's six templates say of a
+single-object scene of the target class, which is what the paper's search finds, and gives each
+poisoned pair the caption variants of a random target-class scene. A stream of fresh pairs has no
+captions to search, so it needs one of the two.
 
-Tensor shapes: data sets hold (N, 3, H, W) pixels in [0, 1]; ``target_image`` is (3, H, W).
+Tensor shapes: data sets hold (N, 3, H, W) pixels in [0, 1]; the target image is (3, H, W). The
+target image ``x'`` of :class:`PBCLTargeted` is the caller's (a test image), handed over with
+``with_target_image(x)``, so the attack itself is configured by numbers and names only.
 
 Defaults and where they come from:
 
@@ -36,7 +42,8 @@ Defaults and where they come from:
 Example (runs on the shipped world)::
 
     clean = ShapesDataset("train", n=2000).to_data()
-    result = PBCLBackdoor(target="red circle", rate=0.02)(clean)   # PoisonedData(data, record)
+    attack = PBCLBackdoor(target="red circle", rate=0.02).use_captions(ShapesCaptions())
+    result = attack(clean)                                        # PoisonedData(data, record)
     result.record.indices, result.record.trigger                  # ground truth for detectors
 
 Departures from the paper:
@@ -62,7 +69,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ...checks import check_int, check_pixels
+from ...checks import check_int
 from ...data.datasets import ImageTextData
 from ...registry import register
 from .poisoning import (
@@ -72,11 +79,13 @@ from .poisoning import (
     PoisoningAttack,
     check_caption_set,
     check_rate_count,
+    check_target_image,
     poison_dataset,
     poison_stream,
-    resolve_target,
 )
 from .triggers import PatchTrigger, Trigger, build_trigger
+
+PAPER = "Carlini & Terzis, ICLR 2022"
 
 
 def _check_mode(mode: str) -> str:
@@ -85,15 +94,15 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def _check_target(target: str | int, caption_set: list[str] | None) -> str | int:
-    """Validate the target at construction: a shapes-world class (name or label) unless a caption set is given."""
+def _check_target(target: str | int) -> str | int:
+    """A class name or a label index >= 0 (read against the data's class names when poisoning)."""
     if isinstance(target, bool) or not isinstance(target, (str, int)):
         raise TypeError(f"target must be a class name (str, e.g. 'red circle') or a label index (int), "
                         f"got {type(target).__name__} {target!r}")
     if isinstance(target, int) and target < 0:
         raise ValueError(f"target label must be >= 0, got {target}")
-    if caption_set is None:
-        resolve_target(target)  # the default captions are the shapes world's: the target must be one of its classes
+    if isinstance(target, str) and not target.strip():
+        raise ValueError("target must be a non-empty class name")
     return target
 
 
@@ -107,13 +116,15 @@ class PBCLBackdoor(PoisoningAttack):
             trigger name (``"patch"``, ``"blended"``, ...: that trigger at its defaults, as specs give it).
         rate: fraction of the poisoned data set (default 1e-4, the paper's 0.01%). Exclusive with ``count``.
         count: an absolute number of poisoned pairs (down to 1).
-        caption_set: ``Y'`` (default: the shapes world's captions of the target class).
+        caption_set: ``Y'`` (default: the caption source of ``use_captions``, else the data's captions
+            that name the target).
         mode: ``"add"`` (``X u P``, default) or ``"replace"`` (fixed data sets only).
         seed: seed of the choice of images, captions and per-image trigger randomness.
     """
 
     name = "pbcl_backdoor"
     kind = "backdoor"
+    paper = PAPER
 
     def __init__(self, target: str | int, trigger: Trigger | str | None = None, rate: float | None = None,
                  count: int | None = None, caption_set: Sequence[str] | None = None, mode: str = "add",
@@ -122,7 +133,7 @@ class PBCLBackdoor(PoisoningAttack):
             rate = 1e-4  # the paper's headline backdoor rate (0.01% of CC3M)
         self.rate, self.count = check_rate_count(rate, count)
         self.caption_set = check_caption_set(caption_set)
-        self.target = _check_target(target, self.caption_set)
+        self.target = _check_target(target)
         if trigger is None:
             trigger = PatchTrigger()  # project calibration (DESIGN.md 1); the paper's 16/224 patch is 2 px here
         elif isinstance(trigger, str):
@@ -135,38 +146,40 @@ class PBCLBackdoor(PoisoningAttack):
 
     def poison(self, data: ImageTextData) -> PoisonedData:
         return poison_dataset(data, self.target, trigger=self.trigger, rate=self.rate, count=self.count,
-                              caption_set=self.caption_set, mode=self.mode, seed=self.seed)
+                              caption_set=self.caption_set, mode=self.mode, seed=self.seed,
+                              captions=self.caption_source)
 
     def poison_stream(self, batches: Batches, steps: int, batch_size: int) -> PoisonedStream:
         return poison_stream(batches, self.target, steps=steps, batch_size=batch_size, trigger=self.trigger,
-                             rate=self.rate, count=self.count, caption_set=self.caption_set, seed=self.seed)
+                             rate=self.rate, count=self.count, caption_set=self.caption_set, seed=self.seed,
+                             captions=self.caption_source)
 
 
+@register("poisoning", "pbcl_targeted")
 class PBCLTargeted(PoisoningAttack):
     """Carlini & Terzis' targeted poisoning: the target image itself, repeated with captions of ``y'``.
 
     Args:
-        target_image: ``x'``, one (3, H, W) image in [0, 1] that is not in the training set.
         target: the adversarial label ``y'`` (class name or label index).
         count: number of poisoned pairs ``(x', c)`` (default 3, the paper's "three out of 3 million").
         rate: alternatively, a fraction of the poisoned data set.
         image_label: the true class of ``x'`` (needed when the data set has labels; recorded).
-        caption_set: ``Y'`` (default: the shapes world's captions of the target class).
+        caption_set: ``Y'`` (default: the caption source of ``use_captions``, else the data's captions
+            that name the target).
         mode: ``"add"`` (``X u P``, default) or ``"replace"``.
         seed: seed of the captions (and of the replaced pairs with ``mode="replace"``).
+
+    The target image ``x'`` (one (3, H, W) image in [0, 1] that is not in the training set, e.g. a test
+    image) is the caller's: ``PBCLTargeted("red circle").with_target_image(x)`` (a private copy is kept).
     """
 
     name = "pbcl_targeted"
     kind = "targeted"
+    paper = PAPER
 
-    def __init__(self, target_image: torch.Tensor, target: str | int, count: int | None = None,
-                 rate: float | None = None, image_label: int | None = None,
-                 caption_set: Sequence[str] | None = None, mode: str = "add", seed: int = 0):
-        if not isinstance(target_image, torch.Tensor) or target_image.ndim != 3:
-            shape = tuple(target_image.shape) if isinstance(target_image, torch.Tensor) else type(target_image).__name__
-            raise ValueError(f"target_image must be one (3, H, W) image in [0, 1], got {shape}")
-        check_pixels(target_image[None], "target_image")
-        self.target_image = target_image.detach().clone()  # a private copy: the attack never changes
+    def __init__(self, target: str | int, count: int | None = None, rate: float | None = None,
+                 image_label: int | None = None, caption_set: Sequence[str] | None = None, mode: str = "add",
+                 seed: int = 0):
         if rate is None and count is None:
             count = 3  # the paper's 0.0001% of CC3M
         self.count, self.rate = check_rate_count(rate, count)[::-1]
@@ -174,19 +187,32 @@ class PBCLTargeted(PoisoningAttack):
             image_label = check_int("image_label", image_label, 0)
         self.image_label = image_label
         self.caption_set = check_caption_set(caption_set)
-        self.target = _check_target(target, self.caption_set)
+        self.target = _check_target(target)
         self.mode = _check_mode(mode)
         self.seed = check_int("seed", seed, 0)
+        self.target_image: torch.Tensor | None = None  # x', from with_target_image (not a config parameter)
+
+    def with_target_image(self, image: torch.Tensor) -> PBCLTargeted:
+        """Set the target image ``x'`` (one (3, H, W) image in [0, 1]); a private copy is kept. Returns self."""
+        self.target_image = check_target_image(image)
+        return self
+
+    def _image(self) -> torch.Tensor:
+        if self.target_image is None:
+            raise RuntimeError("PBCLTargeted has no target image: call attack.with_target_image(x) with the image "
+                               "x' to be misclassified (e.g. a test image) before poisoning")
+        return self.target_image
 
     def poison(self, data: ImageTextData) -> PoisonedData:
-        return poison_dataset(data, self.target, target_image=self.target_image, image_label=self.image_label,
+        return poison_dataset(data, self.target, target_image=self._image(), image_label=self.image_label,
                               rate=self.rate, count=self.count, caption_set=self.caption_set, mode=self.mode,
-                              seed=self.seed)
+                              seed=self.seed, captions=self.caption_source)
 
     def poison_stream(self, batches: Batches, steps: int, batch_size: int) -> PoisonedStream:
         return poison_stream(batches, self.target, steps=steps, batch_size=batch_size,
-                             target_image=self.target_image, image_label=self.image_label, rate=self.rate,
-                             count=self.count, caption_set=self.caption_set, seed=self.seed)
+                             target_image=self._image(), image_label=self.image_label, rate=self.rate,
+                             count=self.count, caption_set=self.caption_set, seed=self.seed,
+                             captions=self.caption_source)
 
 
 __all__ = ["PBCLBackdoor", "PBCLTargeted"]

@@ -21,12 +21,22 @@ Sizes: ``count`` (an absolute number of pairs, down to one) or ``rate`` (a fract
 poisoned data set: ``count = round(rate * total)``, where for ``mode="add"`` ``total`` includes the
 added pairs; a rate that rounds to 0 pairs is an error, except ``rate = 0``, the clean control).
 
-Captions. The target's caption set ``Y'`` is either given (``caption_set=``: each poisoned pair
-gets one caption drawn from it) or, for the shapes world (the default), made from the world's own
-six caption templates: each poisoned pair gets the six captions of a random single-object scene
-of the target class (random size, position and background texture), so a poisoned pair looks like
-any clean pair of that class, with as many caption variants. On a stream, one of them is drawn,
-as the zoo's ``caption_batches`` draws one caption per scene.
+Captions (world knowledge, from the caller). The target's caption set ``Y'`` and the captions each
+poisoned pair gets come, in this order of precedence, from
+
+1. ``caption_set=`` (a list): each poisoned pair gets one caption drawn from it;
+2. a *caption source* (:class:`CaptionSource`: ``caption_set(target)``, ``sample(target, rng)`` and
+   its ``class_names``) from whoever knows the data, e.g. the shapes world's
+   :class:`mmsec.data.shapes_text.ShapesCaptions`, whose ``sample`` gives each poisoned pair the six
+   captions of a random single-object scene of the target class (random size, position and
+   background texture), so a poisoned pair looks like any clean pair of that class. Attacks take it
+   through :meth:`PoisoningAttack.use_captions`; on a stream, one of the pair's captions is drawn,
+   as the zoo's ``caption_batches`` draws one caption per scene;
+3. otherwise, on a fixed data set, the paper's construction (Carlini & Terzis, S0): ``Y'`` is the
+   data's own captions that contain the target's name (:func:`captions_naming`), one drawn per pair.
+
+Class names (to read a target given as a label index, and to record the target's label) come from
+the data (``data.class_names``), else from the caption source, else a target must be a name.
 
 Randomness: the choice of poisoned pairs and their captions come from ``seed``; the ``k``-th
 poisoned image (in ``indices`` order) is stamped with ``torch.Generator().manual_seed(seed *
@@ -37,19 +47,18 @@ so a record rebuilds its images exactly, one by one, in any order.
 from __future__ import annotations
 
 import inspect
-import itertools
 import math
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from ... import registry
 from ...checks import check_int, check_pixels
 from ...data.datasets import ImageTextData
-from ...data.shapes import COLORS, POSITIONS, SHAPES, SIZES, TEXTURES, Scene, shape_color_classes
 from ...methods import Method
 from .triggers import Trigger, trigger_from_dict
 
@@ -66,17 +75,73 @@ Batches = Callable[[int], tuple[torch.Tensor, list[str]]]
 # ------------------------------------------------------------------------------------------
 # Targets and their caption sets
 # ------------------------------------------------------------------------------------------
+@runtime_checkable
+class CaptionSource(Protocol):
+    """What a caption-poisoning attack is told about its target's captions by whoever knows the data.
+
+    Attributes / methods:
+        class_names: the class names in label order (to read a target given as a label index), or None.
+        caption_set(target): the target's caption set ``Y'`` (recorded with the poisoning).
+        sample(target, rng): the caption variants one poisoned pair gets, drawn from ``rng``.
+    """
+
+    class_names: list[str] | None
+
+    def caption_set(self, target: str) -> list[str]: ...
+
+    def sample(self, target: str, rng: random.Random) -> list[str]: ...
+
+
+class FixedCaptions:
+    """A caption source from a given list ``Y'``: each poisoned pair gets one caption drawn from it."""
+
+    def __init__(self, captions: Sequence[str], class_names: Sequence[str] | None = None):
+        self.captions = check_caption_set(captions)
+        self.class_names = None if class_names is None else list(class_names)
+
+    def caption_set(self, target: str) -> list[str]:
+        return list(self.captions)
+
+    def sample(self, target: str, rng: random.Random) -> list[str]:
+        return [rng.choice(self.captions)]
+
+    def __repr__(self) -> str:
+        return f"FixedCaptions({len(self.captions)} captions)"
+
+
+def check_caption_source(source: object) -> CaptionSource:
+    """A :class:`CaptionSource` (duck-typed: ``caption_set``, ``sample`` and ``class_names``), with a teaching error."""
+    if not (callable(getattr(source, "caption_set", None)) and callable(getattr(source, "sample", None))
+            and hasattr(source, "class_names")):
+        raise TypeError(f"a caption source must have class_names, caption_set(target) and sample(target, rng) "
+                        f"(e.g. mmsec.data.shapes_text.ShapesCaptions() or FixedCaptions([...])), got "
+                        f"{type(source).__name__}")
+    return source  # type: ignore[return-value]
+
+
+def captions_naming(captions: Sequence[Sequence[str]], target: str) -> list[str]:
+    """The paper's ``Y'``: the distinct captions (of per-pair caption lists) that contain the target's
+    name as whole words, case-insensitively; sorted."""
+    pattern = re.compile(rf"(?<!\w){re.escape(target.lower())}(?!\w)")
+    return sorted({c for caps in captions for c in caps if pattern.search(c.lower())})
+
+
 def resolve_target(target: str | int, class_names: Sequence[str] | None = None,
                    caption_set: Sequence[str] | None = None) -> tuple[str, int | None]:
-    """(class name, label index or None) of ``target``: a class name or a label index.
+    """(class name, label index or None) of ``target``: a class name or a label index of ``class_names``.
 
-    ``class_names`` defaults to the shapes world's 48 ``"<colour> <shape>"`` classes. A name outside
-    them is accepted only with an explicit ``caption_set`` (other data sets; label None).
+    Without ``class_names`` a target must be a name (its label is unknown: None). With them, a name
+    outside them is accepted only when its captions are given (``caption_set``; label None).
     """
-    names = list(class_names) if class_names is not None else shape_color_classes()
     if isinstance(target, bool) or not isinstance(target, (str, int)):
         raise TypeError(f"target must be a class name (str, e.g. 'red circle') or a label index (int), "
                         f"got {type(target).__name__} {target!r}")
+    if class_names is None:
+        if isinstance(target, int):
+            raise ValueError(f"target label {target} needs the class names to read it: the data has none and no "
+                             "caption source gives them; give the target by name")
+        return target, None
+    names = list(class_names)
     if isinstance(target, int):
         if not 0 <= target < len(names):
             raise ValueError(f"target label {target} is out of range: there are {len(names)} classes "
@@ -90,38 +155,6 @@ def resolve_target(target: str | int, class_names: Sequence[str] | None = None,
         raise ValueError(f"target {target!r} is not a known class{close_names(target, names)}; known classes "
                          f"start {names[:4]}; for other data give caption_set= (the target's captions)")
     return target, None
-
-
-def _shapes_parts(target: str) -> tuple[str, str] | None:
-    """(colour, shape) of a shapes-world class name, or None."""
-    parts = target.split(" ")
-    if len(parts) == 2 and parts[0] in COLORS and parts[1] in SHAPES:
-        return parts[0], parts[1]
-    return None
-
-
-def shapes_target_captions(target: str, rng: random.Random) -> list[str]:
-    """The six caption variants of a random single-object shapes-world scene of class ``target``."""
-    parts = _shapes_parts(target)
-    if parts is None:
-        raise ValueError(f"target {target!r} is not a shapes-world class ('<colour> <shape>')")
-    color, shape = parts
-    scene = Scene(-1, shape, color, rng.choice(SIZES), rng.choice(POSITIONS), rng.choice(TEXTURES),
-                  background=(0, 0, 0), jitter=(0, 0))
-    return scene.captions()
-
-
-def target_caption_set(target: str) -> list[str]:
-    """``Y'`` of a shapes-world class: every distinct caption the world's templates say of a
-    single-object scene of that class (what searching the training captions for the class name
-    finds, without the second-object suffixes), sorted."""
-    parts = _shapes_parts(target)
-    if parts is None:
-        raise ValueError(f"target {target!r} is not a shapes-world class ('<colour> <shape>')")
-    color, shape = parts
-    caps = {c for size, pos, tex in itertools.product(SIZES, POSITIONS, TEXTURES)
-            for c in Scene(-1, shape, color, size, pos, tex, (0, 0, 0), (0, 0)).captions()}
-    return sorted(caps)
 
 
 def check_caption_set(caption_set: Sequence[str] | None) -> list[str] | None:
@@ -346,30 +379,50 @@ def _poison_images(record: PoisonRecord, trigger: Trigger | None, sources: torch
     return torch.cat([trigger(sources[i:i + 1], stamp_generator(record.seed, k)) for i, k in enumerate(ks)])
 
 
-def _caption_maker(target: str, caption_set: list[str] | None) -> tuple[Callable[[random.Random], list[str]],
-                                                                        list[str]]:
+def _caption_maker(target: str, caption_set: list[str] | None, source: CaptionSource | None,
+                   data_captions: Sequence[Sequence[str]] | None) -> tuple[Callable[[random.Random], list[str]],
+                                                                          list[str]]:
+    """How each poisoned pair's captions are made, and ``Y'`` (see the module docstring's precedence)."""
     if caption_set is not None:
-        return (lambda rng: [rng.choice(caption_set)]), caption_set
-    return (lambda rng: shapes_target_captions(target, rng)), target_caption_set(target)
+        source = FixedCaptions(caption_set)
+    elif source is None:
+        if data_captions is None:
+            raise ValueError(f"the captions of target {target!r} are unknown: a stream has no captions to search, so "
+                             "give caption_set= (the target's captions) or a caption source (attack.use_captions("
+                             "...), e.g. mmsec.data.shapes_text.ShapesCaptions() for the shapes world)")
+        found = captions_naming(data_captions, target)
+        if not found:
+            raise ValueError(f"no caption of the data names the target {target!r}, so its caption set Y' is empty; "
+                             "give caption_set= (the target's captions) or a caption source (attack.use_captions(...))")
+        source = FixedCaptions(found)
+    return (lambda rng: source.sample(target, rng)), list(source.caption_set(target))
+
+
+def _class_names(names: Sequence[str] | None, source: CaptionSource | None) -> list[str] | None:
+    if names is not None:
+        return list(names)
+    return None if source is None or source.class_names is None else list(source.class_names)
 
 
 def poison_dataset(data: ImageTextData, target: str | int, *, trigger: Trigger | None = None,
                    target_image: torch.Tensor | None = None, image_label: int | None = None,
                    rate: float | None = None, count: int | None = None, caption_set: Sequence[str] | None = None,
-                   mode: str = "replace", seed: int = 0) -> PoisonedData:
+                   mode: str = "replace", seed: int = 0, captions: CaptionSource | None = None) -> PoisonedData:
     """Poison a fixed set of image-caption pairs; ``data`` is not modified.
 
     Args:
         data: the clean pairs (with captions; labels optional).
         target: the target class (name, e.g. ``"red circle"``, or label index of ``data.class_names``,
-            by default the shapes world's classes).
+            else of the caption source's ``class_names``).
         trigger: a backdoor: stamped on the images of the chosen pairs. Exclusive with ``target_image``.
         target_image: targeted poisoning: this (3, H, W) image replaces (or is added as) the
             chosen pairs' image. ``image_label`` is its true class (needed when ``data`` has labels).
         rate / count: how many pairs (exactly one; see the module docstring).
-        caption_set: the target's captions ``Y'`` (default: the shapes world's templates).
+        caption_set: the target's captions ``Y'``, one drawn per poisoned pair.
         mode: ``"replace"`` or ``"add"`` (see the module docstring).
         seed: seed of the choice of pairs, captions and per-image trigger randomness.
+        captions: a :class:`CaptionSource` (e.g. the shapes world's ``ShapesCaptions()``) used when
+            ``caption_set`` is None; without either, ``Y'`` is the data's captions naming the target.
     """
     if not isinstance(data, ImageTextData):
         raise TypeError(f"data must be an ImageTextData (e.g. ShapesDataset(...).to_data()), got {type(data).__name__}")
@@ -381,8 +434,9 @@ def poison_dataset(data: ImageTextData, target: str | int, *, trigger: Trigger |
     seed = check_int("seed", seed, 0)
     kind = _check_attack(trigger, target_image)
     caption_set = check_caption_set(caption_set)
-    name, label = resolve_target(target, data.class_names, caption_set)
-    make_captions, y_prime = _caption_maker(name, caption_set)
+    source = None if captions is None else check_caption_source(captions)
+    name, label = resolve_target(target, _class_names(data.class_names, source), caption_set)
+    make_captions, y_prime = _caption_maker(name, caption_set, source, data.captions)
     if kind == "targeted" and data.labels is not None:
         if isinstance(image_label, bool) or not isinstance(image_label, int):
             raise ValueError("data has labels, so targeted poisoning needs image_label= (the true class of "
@@ -444,14 +498,15 @@ def poison_stream(batches: Batches, target: str | int, *, steps: int, batch_size
                   trigger: Trigger | None = None, target_image: torch.Tensor | None = None,
                   image_label: int | None = None, rate: float | None = None, count: int | None = None,
                   caption_set: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
-                  seed: int = 0) -> PoisonedStream:
+                  seed: int = 0, captions: CaptionSource | None = None) -> PoisonedStream:
     """Poison a training stream ``batches(step) -> (pixels (B, 3, H, W), B captions)``.
 
     ``count`` (or ``round(rate * steps * batch_size)``) of the ``steps * batch_size`` stream
     positions, chosen uniformly without replacement from ``seed``, are replaced by poisoned pairs
     (the stream's own image stamped with ``trigger``, or ``target_image``) with one caption of the
-    target class each. The clean stream is called as usual; nothing is precomputed but the
-    positions and captions.
+    target class each (from ``caption_set``, else the caption source ``captions``: a stream has no
+    captions of its own to search). ``class_names`` (default: the source's) read a label-index target.
+    The clean stream is called as usual; nothing is precomputed but the positions and captions.
     """
     if not callable(batches):
         raise TypeError(f"batches must be a callable batches(step) -> (pixels, captions), got {type(batches).__name__}")
@@ -459,8 +514,9 @@ def poison_stream(batches: Batches, target: str | int, *, steps: int, batch_size
     seed = check_int("seed", seed, 0)
     kind = _check_attack(trigger, target_image)
     caption_set = check_caption_set(caption_set)
-    name, label = resolve_target(target, class_names, caption_set)
-    make_captions, y_prime = _caption_maker(name, caption_set)
+    source = None if captions is None else check_caption_source(captions)
+    name, label = resolve_target(target, _class_names(class_names, source), caption_set)
+    make_captions, y_prime = _caption_maker(name, caption_set, source, None)
     total = steps * batch_size
     n = poison_count(rate, count, total, adds=False)
     if n > total:
@@ -489,6 +545,11 @@ class PoisoningAttack(Method):
     Subclasses implement :meth:`poison` and :meth:`poison_stream`; an attack that needs the clean
     model first (an optimised trigger) also implements :meth:`prepare`, which runners call before
     poisoning.
+
+    World knowledge is the caller's: class names come from the data, and an attack that writes
+    captions of its target takes them from ``caption_set=`` or from a caption source handed over by
+    :meth:`use_captions` (e.g. ``attack.use_captions(ShapesCaptions())`` on the shapes world); it is
+    not part of the attack's config (the poisoning record keeps ``Y'`` and every caption written).
     """
 
     name: ClassVar[str]
@@ -496,6 +557,14 @@ class PoisoningAttack(Method):
     family: ClassVar[str | None] = None  # it poisons data; an attack that prepares on a model says which
     components: ClassVar[dict[str, str]] = {"trigger": "triggers"}
     threat_model: ClassVar[str] = "data poisoning (control of a few training pairs, none of the training)"
+    caption_source: CaptionSource | None = None  # set by use_captions(); None: caption_set or the data's captions
+
+    def use_captions(self, source: CaptionSource | None) -> PoisoningAttack:
+        """Hand the attack the captions of its target (a :class:`CaptionSource`: ``class_names``,
+        ``caption_set(target)``, ``sample(target, rng)``), e.g. ``ShapesCaptions()`` for the shapes
+        world; None removes it. Returns the attack itself, so it chains after the constructor."""
+        self.caption_source = None if source is None else check_caption_source(source)
+        return self
 
     def params(self) -> dict[str, Any]:
         """The ``__init__`` arguments as configured (triggers as their records, images as shapes)."""
@@ -525,6 +594,16 @@ class PoisoningAttack(Method):
         raise NotImplementedError
 
 
-__all__ = ["POISON_KINDS", "POISON_MODES", "PoisonRecord", "PoisonedData", "PoisonedStream", "PoisoningAttack",
-           "check_caption_set", "check_rate_count", "poison_count", "poison_dataset", "poison_stream", "resolve_target",
-           "shapes_target_captions", "stamp_generator", "target_caption_set"]
+def check_target_image(image: object) -> torch.Tensor:
+    """A private copy of one (3, H, W) image in [0, 1] (the inserted image of targeted poisoning)."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"target_image must be one (3, H, W) image in [0, 1], got {shape}")
+    check_pixels(image[None], "target_image")
+    return image.detach().clone()
+
+
+__all__ = ["POISON_KINDS", "POISON_MODES", "CaptionSource", "FixedCaptions", "PoisonRecord", "PoisonedData",
+           "PoisonedStream", "PoisoningAttack", "captions_naming", "check_caption_set", "check_caption_source",
+           "check_rate_count", "check_target_image", "poison_count", "poison_dataset", "poison_stream",
+           "resolve_target", "stamp_generator"]

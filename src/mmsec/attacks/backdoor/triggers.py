@@ -15,7 +15,9 @@ always stamps the same pattern; per-image random choices (``position="random"``,
 mode) come from the ``generator`` argument (an int seeds a fresh one; ``None`` means seed 0, as
 everywhere in mmsec). ``params()`` returns the ``__init__`` arguments as a JSON-able dict (what a
 poisoning record stores); ``build_trigger(name, **params)`` / ``trigger_from_dict(record)`` rebuild
-the trigger exactly.
+the trigger exactly. Each trigger is registered (kind ``triggers``, under the names of
+:data:`TRIGGERS`), so specs write it as a component ``{name, params}`` of the attack that stamps it
+(``trigger: {name: patch, params: {size: 4}}``, or just ``trigger: patch``).
 
 The triggers and their papers (defaults are the papers' unless said otherwise):
 
@@ -82,8 +84,13 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ... import registry
 from ...checks import check_budget, check_int, check_pixels, make_generator
+from ...methods import Method
 from ..universal.advclip import patch_side
+
+registry.declare_kind("triggers", "backdoor triggers: trigger.apply(pixels, generator) -> pixels; to_dict() / "
+                      "trigger_from_dict(record) rebuild it exactly", "mmsec.attacks.backdoor.triggers:Trigger")
 
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
 POSITIONS = (*CORNERS, "random")
@@ -232,14 +239,18 @@ def _jsonable(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------
 # The contract
 # ------------------------------------------------------------------------------------------
-class Trigger:
+class Trigger(Method):
     """Base of all triggers: ``apply(pixels, generator) -> pixels``, ``params()``, ``to_dict()``.
 
-    Subclasses set ``name``, validate their ``__init__`` arguments into attributes of the same
-    names, and implement :meth:`_apply` (validated input, a ``torch.Generator``; no clamping).
+    Subclasses set ``name`` (their registered name), validate their ``__init__`` arguments into
+    attributes of the same names, and implement :meth:`_apply` (validated input, a
+    ``torch.Generator``; no clamping). A trigger needs no model (``family`` None); its config
+    (:meth:`config`) holds a given pattern as nested lists, as its record does, so a trigger of any
+    kind can be written in a spec as ``{name, params}``.
     """
 
     name: ClassVar[str]
+    family: ClassVar[str | None] = None
 
     def apply(self, pixels: torch.Tensor, generator: torch.Generator | int | None = None) -> torch.Tensor:
         """Stamp the trigger on ``pixels`` (B, 3, H, W) in [0, 1]; returns a new (B, 3, H, W) tensor in [0, 1]."""
@@ -260,6 +271,13 @@ class Trigger:
         """A JSON-able record from which :func:`trigger_from_dict` rebuilds this trigger exactly."""
         return {"name": self.name, "version": TRIGGER_RECORD_VERSION, "params": self.params()}
 
+    def config(self) -> dict[str, Any]:
+        """``{"name", "params"}`` as a spec writes it (given patterns as nested lists of floats)."""
+        entry = registry.entry_of(self)
+        if entry is None or entry.name != self.name:
+            raise TypeError(f"{type(self).__name__} is not registered as trigger {self.name!r}, so it has no config name")
+        return {"name": self.name, "params": self.params()}
+
     def __repr__(self) -> str:
         def short(v: Any) -> str:
             return f"<tensor {tuple(v.shape)}>" if isinstance(v, torch.Tensor) else repr(v)
@@ -269,10 +287,12 @@ class Trigger:
         return f"{type(self).__name__}({args})"
 
 
+@registry.register("triggers", "patch")
 class PatchTrigger(Trigger):
     """BadNets-style opaque square (checkerboard or seeded noise), any size and position."""
 
     name = "patch"
+    paper = "Gu et al., arXiv 2017 (BadNets); Carlini & Terzis, ICLR 2022"
 
     def __init__(self, pattern: str = "checkerboard", size: Size = 0.125, position: Position = "bottom_right",
                  seed: int = 0):
@@ -298,10 +318,12 @@ class PatchTrigger(Trigger):
         return stamp(pixels, self.make_patch(*hw).to(pixels.device), ys, xs)
 
 
+@registry.register("triggers", "blended")
 class BlendedTrigger(Trigger):
     """Chen et al.'s blended injection: ``(1 - alpha) x + alpha pattern`` over the whole image."""
 
     name = "blended"
+    paper = "Chen et al., arXiv 2017"
 
     def __init__(self, alpha: float = 0.2, pattern: str | torch.Tensor = "noise", seed: int = 0):
         self.alpha = check_budget("alpha", alpha, 0.0, 1.0, hint=" (blend ratio; the paper trains with 0.2)")
@@ -325,10 +347,12 @@ class BlendedTrigger(Trigger):
         return (1 - self.alpha) * pixels + self.alpha * key
 
 
+@registry.register("triggers", "sig")
 class SIGTrigger(Trigger):
     """Barni et al.'s SIG: a horizontal sinusoid ``delta * sin(2 pi j f / m)`` added to the image."""
 
     name = "sig"
+    paper = "Barni et al., ICIP 2019"
 
     def __init__(self, delta: float = 20 / 255, frequency: float = 6.0):
         self.delta = check_budget("delta", delta, 0.0, 1.0, hint=" (amplitude in pixel units; the paper's 20/255)")
@@ -346,10 +370,12 @@ class SIGTrigger(Trigger):
         return pixels + v
 
 
+@registry.register("triggers", "wanet")
 class WaNetTrigger(Trigger):
     """Nguyen & Tran's WaNet: a smooth, seeded warping field (k x k control grid, strength s)."""
 
     name = "wanet"
+    paper = "Nguyen & Tran, ICLR 2021"
 
     def __init__(self, k: int = 4, strength: float = 0.5, grid_rescale: float = 1.0, seed: int = 0):
         self.k = check_int("k", k, 2)  # control-grid side; the paper's 4
@@ -392,10 +418,12 @@ class WaNetTrigger(Trigger):
         return self._warp(pixels, grid).clamp(0, 1)
 
 
+@registry.register("triggers", "optimized_patch")
 class OptimizedPatch(Trigger):
     """A patch whose pattern is a given (3, h, w) tensor (e.g. BadCLIP's); differentiable in it."""
 
     name = "optimized_patch"
+    paper = "Liang et al., CVPR 2024 (BadCLIP)"
 
     def __init__(self, pattern: torch.Tensor, size: Size | None = None, position: Position = "bottom_right"):
         # Held by reference (not copied), so that an optimiser's in-place updates are what ``apply`` stamps.

@@ -31,12 +31,15 @@ tower's own embedding), ``"text"`` (the text attack alone) and ``"both"`` (the t
 independently and are combined: the code's "Attack Both (vanilla)").
 
 Defaults (the code's retrieval evaluation): eps 2/255, steps 10, step 1.25 eps / steps, random start
-uniform in [0, eps] (the code draws only non-negative starts), weight 3, text: 1 word of 10 candidates
-(``max_words``, ``k``; ``candidates`` names the generator: "default", "lexical", "typos" or
-"mlm:/path", see :func:`mmsec.attacks.text.candidate_generator`).
-Departures: the candidate words come from the shapes world's lexical neighbours and typos unless
-a masked LM is passed (see :mod:`mmsec.attacks.text`); images are not input-diversified (the
-code's default attacker is plain PGD too).
+uniform in [0, eps] (the code draws only non-negative starts), weight 3, text: 1 word of 10 candidates.
+The text attack is a component (``text_attack``, default ``BertAttack()``; in a spec
+``{name: bert_attack, params: {...}}``); the shortcuts ``max_words``, ``k``, ``candidates`` (the
+generator: "default", "lexical", "typos" or "mlm:/path", see
+:func:`mmsec.attacks.text.candidate_generator`) and ``neighbours`` (the caller's word groups, e.g.
+the shapes world's ``shapes_lexical_groups()``) configure the default one instead.
+Departures: the candidate words are lexical neighbours (when the caller gives word groups) and
+typos unless a masked LM is passed (see :mod:`mmsec.attacks.text`); images are not
+input-diversified (the code's default attacker is plain PGD too).
 
 Shapes: ``pixels`` (B, 3, H, W) in [0, 1]; ``captions`` B strings, row-aligned with the images.
 """
@@ -53,9 +56,9 @@ from ...checks import check_budget, check_int, check_pixels, make_generator
 from ...registry import register
 from ..embedding_losses import softmax_kl
 from ..projection import project
-from ..text.bert_attack import BertAttack, TextAttackResult, fused_embedder, text_tower_embedder
-from ..text.candidates import candidate_generator
-from .base import PairAttack
+from ..text.base import TextAttack
+from ..text.bert_attack import TextAttackResult, fused_embedder, text_tower_embedder
+from .base import PairAttack, text_attack_from, text_params
 
 MODES = ("co", "image", "text", "both")
 EMBEDDINGS = ("auto", "fused", "unimodal")
@@ -82,15 +85,28 @@ class MultimodalAttackResult:
 
 @register("pair_attacks", "co_attack")
 class CoAttack(PairAttack):
-    """Co-Attack (Zhang, Yi, Sang, ACM MM 2022) and its ablations (mode image / text / both / co)."""
+    """Co-Attack (Zhang, Yi, Sang, ACM MM 2022) and its ablations (mode image / text / both / co).
+
+    Args:
+        eps, steps, step_size: the image's L-inf budget and PGD (2/255, 10, 1.25 eps / steps).
+        weight: weight of the second KL term (the code's alpha, 3).
+        mode: "co", "image", "text" or "both" (see the module docstring).
+        embedding: "auto" (fused for a fusion model, else unimodal), "fused" or "unimodal".
+        text_attack: the text attack (default ``BertAttack()``, built from the shortcuts below).
+        candidates, max_words, k, neighbours: shortcuts for the default text attack's settings (None:
+            BertAttack's defaults); folded into ``text_attack`` (then stored as None).
+        random_start: start PGD uniformly in [0, eps] (the code's).
+        batch_size: images per PGD batch.
+    """
 
     name = "co_attack"
+    paper = "Zhang, Yi, Sang, ACM MM 2022"
     threat_model = "white-box"
 
     def __init__(self, eps: float = 2 / 255, steps: int = 10, step_size: float | None = None, weight: float = 3.0,
-                 mode: str = "co", embedding: str = "auto", text_attack: BertAttack | None = None,
-                 candidates: str = "default", max_words: int = 1, k: int = 10,
-                 random_start: bool = True, batch_size: int = 128):
+                 mode: str = "co", embedding: str = "auto", text_attack: TextAttack | str | dict | None = None,
+                 candidates: str | None = None, max_words: int | None = None, k: int | None = None,
+                 neighbours: list[list[str]] | None = None, random_start: bool = True, batch_size: int = 128):
         self.eps = check_budget("eps", eps)
         self.steps = check_int("steps", steps, 1)
         self.step_size = 1.25 * self.eps / self.steps if step_size is None else check_budget("step_size", step_size)
@@ -100,16 +116,15 @@ class CoAttack(PairAttack):
         if embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
         self.mode, self.embedding = mode, embedding
-        # The text attack: given, or built from the spec-friendly candidates / max_words / k.
-        self.text_attack = text_attack if text_attack is not None else BertAttack(
-            max_words=max_words, k=k, candidates=candidate_generator(candidates))
+        # The text attack: given, or built from the spec-friendly shortcuts (then folded into it).
+        self.text_attack = text_attack_from(text_attack, candidates, max_words, k, neighbours)
+        self.candidates = self.max_words = self.k = self.neighbours = None
         self.random_start = bool(random_start)
         self.batch_size = check_int("batch_size", batch_size, 1)
 
     def params(self) -> dict:
         return {"eps": self.eps, "steps": self.steps, "step_size": self.step_size, "weight": self.weight,
-                "mode": self.mode, "embedding": self.embedding, "norm": "linf", **{
-                    f"text_{k}": v for k, v in self.text_attack.params().items()}}
+                "mode": self.mode, "embedding": self.embedding, "norm": "linf", **text_params(self.text_attack)}
 
     def _kind(self, model: nn.Module) -> str:
         if self.embedding != "auto":

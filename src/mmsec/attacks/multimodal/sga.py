@@ -61,10 +61,12 @@ Departures:
   the pair's caption alone (the paper's M = 1 ablation).
 * The code also re-attacks every caption of the set in step 3 (all of them are in its retrieval
   gallery); here only the pairs' captions are returned, so only they are attacked.
-* Candidate words: the shapes world's lexical neighbours and typos unless a masked LM is passed
-  (``candidates``; see :mod:`mmsec.attacks.text`), as for :class:`~mmsec.attacks.multimodal.CoAttack`.
-  Note that the default lexical neighbours rewrite a colour into another colour, which "breaks"
-  retrieval by changing the caption's meaning; measure with ``candidates="typos"``.
+* Candidate words: lexical neighbours (from the caller's word groups, ``neighbours=``, e.g. the
+  shapes world's ``shapes_lexical_groups()``) and typos unless a masked LM is passed
+  (``candidates``; see :mod:`mmsec.attacks.text`); the text attack is a component
+  (``text_attack``), as for :class:`~mmsec.attacks.multimodal.CoAttack`. Note that lexical
+  neighbours of the shapes world rewrite a colour into another colour, which "breaks" retrieval
+  by changing the caption's meaning; measure with ``candidates="typos"``.
 * The resizes are ``torch.nn.functional.interpolate(mode="bicubic")`` without anti-aliasing (what
   torchvision 0.15's ``Resize`` did on tensors); the random draws come from ``generator``.
 
@@ -85,9 +87,9 @@ from ...checks import check_budget, check_int, check_pixels, make_generator
 from ...registry import register
 from ..embedding_losses import softmax_kl
 from ..projection import project
-from ..text.bert_attack import BertAttack, Score, text_tower_embedder
-from ..text.candidates import candidate_generator
-from .base import PairAttack
+from ..text.base import TextAttack
+from ..text.bert_attack import Score, text_tower_embedder
+from .base import PairAttack, text_attack_from, text_params
 from .co_attack import MultimodalAttackResult
 
 SCALES = (0.5, 0.75, 1.25, 1.5)
@@ -147,15 +149,29 @@ IMPORTANCE = ("kl", "guided")
 
 @register("pair_attacks", "sga")
 class SGA(PairAttack):
-    """Set-level Guidance Attack (Lu et al., ICCV 2023): transferable adversarial image-text pairs."""
+    """Set-level Guidance Attack (Lu et al., ICCV 2023): transferable adversarial image-text pairs.
+
+    Args:
+        eps, steps, step_size: the image's L-inf budget and PGD (2/255, 10, eps / 4).
+        scales, noise_std: the scale-invariant image set (0.5, 0.75, 1.25, 1.5; noise std 0.05).
+        max_captions: captions per image's set (5).
+        text_attack: the text attack (default ``BertAttack()``, built from the shortcuts below).
+        candidates, max_words, k, neighbours: shortcuts for the default text attack's settings (None:
+            BertAttack's defaults); folded into ``text_attack`` (then stored as None).
+        importance: how words are ranked: "kl" (the code's) or "guided" (see the module docstring).
+        random_start: start PGD uniformly in [-eps, eps] (the code's).
+        batch_size: images per PGD batch.
+    """
 
     name = "sga"
+    paper = "Lu et al., ICCV 2023"
     threat_model = "transfer (white-box on the source model)"
 
     def __init__(self, eps: float = 2 / 255, steps: int = 10, step_size: float | None = None,
                  scales: Sequence[float] | str | None = SCALES, noise_std: float = 0.05,
-                 max_captions: int = 5, text_attack: BertAttack | None = None, candidates: str = "default",
-                 max_words: int = 1, k: int = 10, importance: str = "kl", random_start: bool = True,
+                 max_captions: int = 5, text_attack: TextAttack | str | dict | None = None,
+                 candidates: str | None = None, max_words: int | None = None, k: int | None = None,
+                 neighbours: list[list[str]] | None = None, importance: str = "kl", random_start: bool = True,
                  batch_size: int = 128):
         self.eps = check_budget("eps", eps)
         self.steps = check_int("steps", steps, 1)
@@ -164,8 +180,8 @@ class SGA(PairAttack):
         self.noise_std = check_budget("noise_std", noise_std, 0.0, 1.0, hint=" (std of the Gaussian noise "
                                       "added to the rescaled copies, pixel units; the code's 0.05)")
         self.max_captions = check_int("max_captions", max_captions, 1)
-        self.text_attack = text_attack if text_attack is not None else BertAttack(
-            max_words=max_words, k=k, candidates=candidate_generator(candidates))
+        self.text_attack = text_attack_from(text_attack, candidates, max_words, k, neighbours)
+        self.candidates = self.max_words = self.k = self.neighbours = None  # folded into text_attack
         if importance not in IMPORTANCE:
             raise ValueError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
         self.importance = importance
@@ -173,7 +189,7 @@ class SGA(PairAttack):
         self.batch_size = check_int("batch_size", batch_size, 1)
 
     def params(self) -> dict:
-        text = {f"text_{k}": v for k, v in self.text_attack.params().items()}
+        text = text_params(self.text_attack)
         return {"eps": self.eps, "steps": self.steps, "step_size": self.step_size, "scales": list(self.scales),
                 "noise_std": self.noise_std, "max_captions": self.max_captions, "importance": self.importance,
                 "norm": "linf", "embedding": "unimodal", **text}

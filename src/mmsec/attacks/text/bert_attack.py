@@ -25,9 +25,12 @@ between the original embedding and the candidate's (each embedding treated as lo
 
 Defaults (Co-Attack's call): ``max_words`` 1 (``num_perturbation=1``), ``k`` 10 candidates.
 The candidate generator is pluggable (:mod:`mmsec.attacks.text.candidates`): BERT-Attack's is a
-masked language model (:class:`~mmsec.attacks.text.candidates.MaskedLMCandidates`, from a local
-transformers directory); the default here, for the shapes world, is lexical neighbours then
-typos (:meth:`Candidates.shapes_default`), since no language model of the field ships on PyPI.
+masked language model (``candidates="mlm:/path"``,
+:class:`~mmsec.attacks.text.candidates.MaskedLMCandidates`, from a local transformers directory);
+the default here is lexical neighbours then typos (``candidates="default"``), since no language
+model of the field ships on PyPI. The lexical neighbours are groups of interchangeable words the
+caller gives (``neighbours=``; for the shapes world
+:func:`mmsec.data.shapes_text.shapes_lexical_groups`); without them the default is typos alone.
 Departures: BERT-Attack's handling of words split into several sub-word pieces (a perplexity
 search over piece combinations) is not done: such words only get lexical / typo candidates.
 
@@ -44,8 +47,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ...checks import check_int
+from ...registry import register
 from ..embedding_losses import softmax_kl
-from .candidates import STOP_WORDS, CandidateGenerator, Candidates
+from .base import TextAttack
+from .candidates import STOP_WORDS, CandidateGenerator, candidate_generator, check_neighbours
 
 TextEmbedder = Callable[[list[str], list[int]], torch.Tensor]
 Score = Callable[[torch.Tensor, int], torch.Tensor]  # (n, D) candidate embeddings, sample row -> (n,)
@@ -98,26 +103,50 @@ class TextAttackResult:
         return [len(c) for c in self.changes]
 
 
-class BertAttack:
-    """Word-level substitution attack (see module docstring)."""
+@register("text_attacks", "bert_attack")
+class BertAttack(TextAttack):
+    """Word-level substitution attack (see module docstring).
+
+    Args:
+        max_words: words changed per caption at most (Co-Attack: 1).
+        k: candidate substitutes tried per word (Co-Attack: 10).
+        candidates: the candidate generator: a name (``"default"``: lexical neighbours, then typos;
+            ``"lexical"``; ``"typos"``; ``"mlm:/path/to/local/masked-lm"``) or a generator object
+            ``generator(words, position, k) -> list[str]`` (then the attack has no config).
+        neighbours: groups of interchangeable words for the lexical neighbours (e.g. the shapes world's
+            ``shapes_lexical_groups()``); None: no lexical candidates.
+        mask_token: the token that replaces a word to score its importance (Co-Attack: "[UNK]").
+        stop_words: words never attacked (default: :data:`~mmsec.attacks.text.candidates.STOP_WORDS`).
+        batch_size: texts embedded per call of ``embed``.
+    """
 
     name = "bert_attack"
+    paper = "Li et al., EMNLP 2020"
     threat_model = "white-box"
 
-    def __init__(self, max_words: int = 1, k: int = 10, candidates: CandidateGenerator | None = None,
-                 mask_token: str = "[UNK]", stop_words: Sequence[str] = tuple(sorted(STOP_WORDS)),
-                 batch_size: int = 64):
+    def __init__(self, max_words: int = 1, k: int = 10, candidates: str | CandidateGenerator = "default",
+                 neighbours: Sequence[Sequence[str]] | None = None, mask_token: str = "[UNK]",
+                 stop_words: Sequence[str] | None = None, batch_size: int = 64):
         self.max_words = check_int("max_words", max_words, 0)
         self.k = check_int("k", k, 1)
-        self.candidates = candidates if candidates is not None else Candidates.shapes_default()
-        if not callable(self.candidates):
-            raise TypeError(f"candidates must be callable as candidates(words, position, k), got {candidates!r}")
+        if not (isinstance(candidates, str) or callable(candidates)):
+            raise TypeError(f"candidates must be a generator name ('default', 'lexical', 'typos', 'mlm:/path') or "
+                            f"callable as candidates(words, position, k), got {candidates!r}")
+        self.neighbours = check_neighbours(neighbours)
+        self.candidates = candidates
+        self.candidate_fn = candidate_generator(candidates, self.neighbours)  # the resolved generator
+        if not isinstance(mask_token, str) or not mask_token:
+            raise ValueError(f"mask_token must be a non-empty string, got {mask_token!r}")
         self.mask_token = mask_token
-        self.stop_words = frozenset(stop_words)
+        if stop_words is not None and (isinstance(stop_words, str) or not all(isinstance(w, str) for w in stop_words)):
+            raise TypeError(f"stop_words must be a list of words or None (the default list), got {stop_words!r}")
+        self.stop_words = None if stop_words is None else list(stop_words)
+        self._stop = STOP_WORDS if stop_words is None else frozenset(stop_words)
         self.batch_size = check_int("batch_size", batch_size, 1)
 
     def params(self) -> dict:
-        return {"max_words": self.max_words, "k": self.k, "candidates": type(self.candidates).__name__,
+        """What pair attacks record of their text attack (the generator by its type)."""
+        return {"max_words": self.max_words, "k": self.k, "candidates": type(self.candidate_fn).__name__,
                 "mask_token": self.mask_token}
 
     @torch.no_grad()
@@ -152,9 +181,9 @@ class BertAttack:
                 for pos in word_scores.argsort(descending=True).tolist():
                     if len(changed) >= self.max_words:
                         break
-                    if words[pos] in self.stop_words:
+                    if words[pos] in self._stop:
                         continue
-                    subs = [s for s in self.candidates(words, pos, self.k) if s and " " not in s]
+                    subs = [s for s in self.candidate_fn(words, pos, self.k) if s and " " not in s]
                     if not subs:
                         continue
                     options = [final[pos], *subs]

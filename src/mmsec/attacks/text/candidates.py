@@ -3,10 +3,11 @@
 A generator is called as ``generator(words, position, k) -> list[str]``: up to ``k`` words that
 could replace ``words[position]`` in the sentence ``words``, best first, never the word itself.
 
-* :class:`LexicalNeighbours` -- words of the same kind from fixed groups (for the shapes world:
-  another colour for a colour, another shape for a shape, ...). The closest analogue of the
-  synonym / counter-fitted neighbours of TextFooler and of what a masked language model proposes
-  for a short caption, and deterministic.
+* :class:`LexicalNeighbours` -- words of the same kind from fixed groups, given by the caller (for
+  the shapes world, :func:`mmsec.data.shapes_text.shapes_lexical_groups`: another colour for a
+  colour, another shape for a shape, ...). The closest analogue of the synonym / counter-fitted
+  neighbours of TextFooler and of what a masked language model proposes for a short caption, and
+  deterministic.
 * :class:`CharacterEdits` -- typos (swap two adjacent letters, delete one, duplicate one,
   substitute one), TextBugger's character-level "bugs" (Li et al., NDSS 2019). For a
   word-level tokenizer a typo usually becomes the unknown token, which is what a real
@@ -16,7 +17,8 @@ could replace ``words[position]`` in the sentence ``words``, best first, never t
   predictions at the word's position are the candidates (single-sub-word words; sub-word pieces
   "##..." and stop words dropped; predictions with a logit below ``min_score`` dropped, Co-Attack's
   ``threshold_pred_score`` 0.3).
-* :class:`Candidates` -- several generators in turn (the default: lexical neighbours, then typos).
+* :class:`Candidates` -- several generators in turn (the default: lexical neighbours, when a word
+  table is given, then typos).
 """
 
 from __future__ import annotations
@@ -40,21 +42,31 @@ class CandidateGenerator(Protocol):
     def __call__(self, words: Sequence[str], position: int, k: int) -> list[str]: ...
 
 
+def check_neighbours(neighbours: object) -> list[list[str]] | None:
+    """None, or groups of interchangeable words: a list of lists of words (a copy)."""
+    if neighbours is None:
+        return None
+    if isinstance(neighbours, (str, bytes)) or not isinstance(neighbours, Iterable):
+        raise TypeError(f"neighbours must be a list of word groups (lists of interchangeable words, e.g. "
+                        f"[['red', 'green'], ['circle', 'square']]), got {type(neighbours).__name__}")
+    groups = []
+    for i, group in enumerate(neighbours):
+        if isinstance(group, (str, bytes)) or not isinstance(group, Iterable):
+            raise TypeError(f"neighbours[{i}] must be a list of words, got {group!r}")
+        words = list(group)
+        if not all(isinstance(w, str) and w and " " not in w for w in words):
+            raise ValueError(f"neighbours[{i}] must hold single non-empty words, got {words!r}")
+        groups.append(words)
+    return groups
+
+
 class LexicalNeighbours:
-    """Words from the same group as the target word (groups of interchangeable words)."""
+    """Words from the same group as the target word (groups of interchangeable words, e.g. the shapes
+    world's :func:`mmsec.data.shapes_text.shapes_lexical_groups`)."""
 
     def __init__(self, groups: Iterable[Iterable[str]]):
         self.groups = [tuple(dict.fromkeys(g)) for g in groups]
         self.group_of = {w: g for g in self.groups for w in g}
-
-    @classmethod
-    def shapes_world(cls) -> LexicalNeighbours:
-        """Colours, shapes, sizes, textures and position words of the shapes world."""
-        from ...data.shapes import COLORS, POSITIONS, SHAPES, SIZES, TEXTURES
-
-        vertical = {p.split()[0] for p in POSITIONS}
-        horizontal = {p.split()[1] for p in POSITIONS}
-        return cls([tuple(COLORS), SHAPES, SIZES, TEXTURES, sorted(vertical), sorted(horizontal)])
 
     def __call__(self, words: Sequence[str], position: int, k: int) -> list[str]:
         word = words[position]
@@ -152,8 +164,11 @@ class Candidates:
         self.generators = generators
 
     @classmethod
-    def shapes_default(cls, seed: int = 0) -> Candidates:
-        return cls(LexicalNeighbours.shapes_world(), CharacterEdits(seed))
+    def default(cls, neighbours: Iterable[Iterable[str]] | None = None, seed: int = 0) -> Candidates:
+        """Lexical neighbours from the word groups ``neighbours`` (when given), then typos."""
+        if neighbours is None:
+            return cls(CharacterEdits(seed))
+        return cls(LexicalNeighbours(neighbours), CharacterEdits(seed))
 
     def __call__(self, words: Sequence[str], position: int, k: int) -> list[str]:
         out: list[str] = []
@@ -164,20 +179,31 @@ class Candidates:
         return out[:k]
 
 
-def candidate_generator(name: str | CandidateGenerator) -> CandidateGenerator:
-    """A generator from a spec-friendly name: ``"default"`` (lexical neighbours, then typos),
-    ``"lexical"``, ``"typos"``, or ``"mlm:/path/to/local/masked-lm"``; a generator is returned as is."""
+CANDIDATE_NAMES = ("default", "lexical", "typos")
+
+
+def candidate_generator(name: str | CandidateGenerator,
+                        neighbours: Iterable[Iterable[str]] | None = None) -> CandidateGenerator:
+    """A generator from a spec-friendly name: ``"default"`` (lexical neighbours from the word groups
+    ``neighbours`` when given, then typos), ``"lexical"`` (the neighbours alone: needs ``neighbours``),
+    ``"typos"``, or ``"mlm:/path/to/local/masked-lm"``; a generator is returned as is."""
     if callable(name):
         return name
     if not isinstance(name, str):
         raise TypeError(f"candidates must be a name or a generator, got {type(name).__name__}")
     if name.startswith("mlm:"):
         return MaskedLMCandidates(name[4:])
-    named = {"default": Candidates.shapes_default, "lexical": LexicalNeighbours.shapes_world, "typos": CharacterEdits}
-    if name not in named:
-        raise ValueError(f"candidates must be one of {sorted(named)} or 'mlm:/path/to/dir', got {name!r}")
-    return named[name]()
+    if name not in CANDIDATE_NAMES:
+        raise ValueError(f"candidates must be one of {list(CANDIDATE_NAMES)} or 'mlm:/path/to/dir', got {name!r}")
+    if name == "typos":
+        return CharacterEdits()
+    if name == "lexical":
+        if neighbours is None:
+            raise ValueError("candidates='lexical' needs neighbours= (groups of interchangeable words, e.g. the "
+                             "shapes world's mmsec.data.shapes_text.shapes_lexical_groups())")
+        return LexicalNeighbours(neighbours)
+    return Candidates.default(neighbours)
 
 
-__all__ = ["STOP_WORDS", "candidate_generator", "CandidateGenerator", "Candidates", "CharacterEdits", "LexicalNeighbours",
-           "MaskedLMCandidates"]
+__all__ = ["CANDIDATE_NAMES", "STOP_WORDS", "candidate_generator", "CandidateGenerator", "Candidates", "CharacterEdits",
+           "LexicalNeighbours", "MaskedLMCandidates", "check_neighbours"]

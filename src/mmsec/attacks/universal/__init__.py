@@ -19,8 +19,9 @@ from .advclip import (
     topology_deviation,
     topology_divergence,
 )
+from .base import UniversalAttack
 from .uap_patch import UAPPatch, UAPPatchResult
 
-__all__ = ["DEFAULT_FRACTION", "AdvCLIP", "AdvCLIPResult", "PatchResult", "UAPPatch", "UAPPatchResult",
+__all__ = ["DEFAULT_FRACTION", "AdvCLIP", "AdvCLIPResult", "PatchResult", "UAPPatch", "UAPPatchResult", "UniversalAttack",
            "apply_patch", "embedding_deviation", "info_nce", "patch_side", "random_patch", "topology_deviation",
            "topology_divergence"]

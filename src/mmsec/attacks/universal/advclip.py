@@ -83,6 +83,8 @@ from torch import nn
 
 from ...checks import check_budget, check_int, check_pixels, make_generator
 from ...models.base import require_contrastive
+from ...registry import register
+from .base import UniversalAttack
 
 POSITIONS = ("fixed", "random")
 DEFAULT_FRACTION = math.sqrt(0.03)  # the code's noise_percentage 0.03 of the image area
@@ -96,14 +98,15 @@ def patch_side(fraction: float, image_side: int) -> int:
     return max(1, min(image_side, round(fraction * image_side)))
 
 
-def _check_position(position: object) -> None:
+def _check_position(position: object) -> str | tuple[int, int]:
+    """A placement: one of :data:`POSITIONS` or a ``(y, x)`` pair of ints (a list, as a config holds it, too)."""
     if isinstance(position, str):
         if position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS} or a (y, x) pair of ints, got {position!r}")
-        return
-    if (isinstance(position, tuple) and len(position) == 2
+        return position
+    if (isinstance(position, (tuple, list)) and len(position) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) for v in position)):
-        return
+        return tuple(position)
     raise TypeError(f"position must be one of {POSITIONS} or a (y, x) pair of ints (top-left corner in pixels), "
                     f"got {position!r}")
 
@@ -424,7 +427,8 @@ class AdvCLIPResult(PatchResult):
 # ------------------------------------------------------------------------------------------
 # The attack
 # ------------------------------------------------------------------------------------------
-class AdvCLIP:
+@register("universal_attacks", "advclip")
+class AdvCLIP(UniversalAttack):
     """AdvCLIP (Zhou et al., ACM MM 2023): a GAN-generated universal patch with embedding and topology deviation.
 
     Args:
@@ -444,6 +448,7 @@ class AdvCLIP:
     """
 
     name = "advclip"
+    paper = "Zhou et al., ACM MM 2023"
     threat_model = "white-box encoder, downstream-agnostic, universal patch"
 
     def __init__(self, fraction: float = DEFAULT_FRACTION, position: str | tuple[int, int] = "fixed",
@@ -453,14 +458,14 @@ class AdvCLIP:
                  noise_dim: int = 100, n_noise: int | None = None, width: int = 32, d_clip: float | None = 0.01,
                  max_steps: int | None = None):
         self.fraction = check_budget("fraction", fraction, 1e-6, 1.0, hint=" (patch side / image side)")
-        _check_position(position)
-        self.position = position
+        self.position = _check_position(position)
         self.epochs = check_int("epochs", epochs, 1)
         self.batch_size = check_int("batch_size", batch_size, 2)
         self.lr = check_budget("lr", lr, 0.0, math.inf, hint="")
-        if not (isinstance(betas, tuple) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
             raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
-        self.betas = betas
+        self.betas = tuple(betas)
         for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma), ("delta", delta),
                             ("gan_weight", gan_weight), ("quality_weight", quality_weight)):
             setattr(self, name, check_budget(name, value, 0.0, math.inf, hint=" (a loss weight)"))
@@ -478,9 +483,6 @@ class AdvCLIP:
                 "quality_weight": self.quality_weight, "temperature": self.temperature,
                 "noise_dim": self.noise_dim, "n_noise": self.n_noise, "width": self.width, "d_clip": self.d_clip,
                 "max_steps": self.max_steps}
-
-    def __repr__(self) -> str:
-        return f"AdvCLIP({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
 
     def __call__(self, model: nn.Module, data: object,
                  generator: torch.Generator | int | None = None) -> AdvCLIPResult:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ...checks import check_bool, check_budget, check_int, make_generator
+from ...registry import register
 from .advclip import (
     DEFAULT_FRACTION,
     PatchResult,
@@ -39,6 +40,7 @@ from .advclip import (
     embedding_deviation,
     topology_deviation,
 )
+from .base import UniversalAttack
 
 
 @dataclass
@@ -48,7 +50,8 @@ class UAPPatchResult(PatchResult):
     loss: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
-class UAPPatch:
+@register("universal_attacks", "uap_patch")
+class UAPPatch(UniversalAttack):
     """A universal patch optimised by mini-batch gradient ascent on AdvCLIP's embedding deviation.
 
     Args:
@@ -59,6 +62,7 @@ class UAPPatch:
     """
 
     name = "uap_patch"
+    paper = "Shafahi et al., AAAI 2020 (universal perturbations); Brown et al., arXiv 2017 (patches)"
     threat_model = "white-box encoder, downstream-agnostic, universal patch"
 
     def __init__(self, fraction: float = DEFAULT_FRACTION, position: str | tuple[int, int] = "fixed",
@@ -66,8 +70,7 @@ class UAPPatch:
                  topology: bool = False, gamma: float = 5.0, delta: float = 1.0, temperature: float = 0.1,
                  max_steps: int | None = None):
         self.fraction = check_budget("fraction", fraction, 1e-6, 1.0, hint=" (patch side / image side)")
-        _check_position(position)
-        self.position = position
+        self.position = _check_position(position)
         self.epochs = check_int("epochs", epochs, 1)
         self.batch_size = check_int("batch_size", batch_size, 2)
         self.lr = check_budget("lr", lr, 0.0, math.inf, hint="")
@@ -83,9 +86,6 @@ class UAPPatch:
                 "batch_size": self.batch_size, "lr": self.lr, "beta": self.beta, "topology": self.topology,
                 "gamma": self.gamma, "delta": self.delta, "temperature": self.temperature,
                 "max_steps": self.max_steps}
-
-    def __repr__(self) -> str:
-        return f"UAPPatch({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
 
     def __call__(self, model: nn.Module, data: object,
                  generator: torch.Generator | int | None = None) -> UAPPatchResult:

@@ -10,6 +10,10 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+from mmsec import builtins  # noqa: E402
+
+builtins.load()  # every registration (methods, loaders, tasks), as the CLI and the runner have them
+
 
 @pytest.fixture(scope="session")
 def zoo_resnet():

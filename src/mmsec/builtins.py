@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 
 # Packages whose import registers the built-ins, bottom layer first.
-PACKAGES = ("mmsec.data", "mmsec.models", "mmsec.attacks", "mmsec.defenses", "mmsec.merging", "mmsec.runs.tasks")
+PACKAGES = ("mmsec.data", "mmsec.models", "mmsec.zoo.loader", "mmsec.attacks", "mmsec.defenses", "mmsec.merging",
+            "mmsec.runs.tasks")
 
 _loaded = False
 

@@ -40,6 +40,7 @@ from mmsec.models.open_clip_adapter import OpenCLIP
 from mmsec.models.tiny_albef import TinyALBEF
 from mmsec.models.tiny_clip import TinyCLIP, TinyCLIPConfig
 from mmsec.models.towers import image_tower_parameters
+from mmsec.zoo import loader as zoo_loader
 from mmsec.zoo.train import shapes_vocabulary
 
 # -- tiny fakes of the new families ------------------------------------------------------------------
@@ -244,13 +245,13 @@ def scratch_loaders(monkeypatch):
 
 def test_builtin_schemes_and_their_forms():
     forms = schemes()
-    assert list(forms)[:4] == ["zoo", "hf", "hf-blip", "open_clip"]
+    assert list(forms)[:4] == ["hf", "hf-blip", "open_clip", "zoo"]  # registration order: the zoo registers from above
     assert all(form.startswith(f"{s}:") for s, form in forms.items())
     fams = {s: ld.family for s, ld in loaders.loaders().items()}
     assert fams == {"zoo": None, "hf": "contrastive", "hf-blip": "fusion", "open_clip": "contrastive"}
     entries = {e.name: e for e in registry.entries("models")}
     assert entries["hf-blip:<dir>"].family == "fusion" and entries["hf:<dir>"].family == "contrastive"
-    assert entries["zoo:<path>.safetensors"].factory is loaders.load_zoo
+    assert entries["zoo:<path>.safetensors"].factory is zoo_loader.load_zoo
 
 
 def test_zoo_checkpoints_declare_their_family_in_metadata_and_registry():
@@ -274,7 +275,7 @@ def test_family_mismatch_of_a_zoo_model_is_one_type_error():
 def test_family_mismatch_of_a_scheme_is_raised_before_loading(tmp_path):
     missing = tmp_path / "no-such-folder"  # loading it would raise FileNotFoundError
     with pytest.raises(TypeError, match=r"scheme 'hf:' loads 'contrastive' models, not a FusionModel .*"
-                                        r"Schemes that can load a 'fusion' model: \['zoo', 'hf-blip'\]"):
+                                        r"Schemes that can load a 'fusion' model: \['hf-blip', 'zoo'\]"):
         load_model(f"hf:{missing}", family="fusion")
     with pytest.raises(FileNotFoundError):
         load_model(f"hf-blip:{missing}", family="contrastive")  # fusion satisfies contrastive: it tries to load

@@ -49,7 +49,7 @@ def test_unknown_zoo_model_names_the_model():
 
 
 @pytest.mark.parametrize("spec, match", [
-    ("timm:resnet50", r"unknown model prefix 'timm'.*zoo:NAME.*hf:/path.*open_clip:ARCH:/path"),
+    ("timm:resnet50", r"unknown model prefix 'timm'.*hf:/path.*open_clip:ARCH:/path.*zoo:NAME"),
     ("open-clip:ViT-B-32:/w.safetensors", r"unknown model prefix 'open-clip'.*Did you mean 'open_clip'"),
     ("HF:/models/clip", r"unknown model prefix 'HF'.*Did you mean 'hf'"),
     ("shapes-clip-resnt", r"unknown model 'shapes-clip-resnt'.*Did you mean 'shapes-clip-resnet'.*Accepted forms"),

@@ -3,21 +3,18 @@ image-text matching accuracy of fusion models (clean and under embedding-space a
 retrieval and attack success rate, and downstream-agnostic evaluation (post-hoc linear probes,
 zero-shot, retrieval) of universal attacks."""
 
+from ..attacks.adversarial.autoattack import (
+           PRESETS,
+           EnsembleMember,
+           RobustAccuracy,
+           ensemble,
+           robust_accuracy,
+)
 from .downstream import DownstreamSuite, LinearProbe, fit_linear_probe, fooling_rate, linear_probe_accuracy
 from .encoder_backdoor import encoder_probe_scores
 from .itm import ITMPairs, itm_accuracy, itm_embedding_robustness, shapes_itm_pairs
 from .pair_retrieval import attack_success, pair_retrieval
-from .robustness import (
-    CHECKS,
-    PRESETS,
-    EnsembleMember,
-    GradientMaskingReport,
-    MaskingCheck,
-    RobustAccuracy,
-    ensemble,
-    gradient_masking_checks,
-    robust_accuracy,
-)
+from .robustness import CHECKS, GradientMaskingReport, MaskingCheck, gradient_masking_checks
 
 __all__ = ["CHECKS", "PRESETS", "DownstreamSuite", "EnsembleMember", "GradientMaskingReport", "ITMPairs",
            "LinearProbe", "MaskingCheck", "RobustAccuracy", "attack_success", "encoder_probe_scores", "ensemble", "fit_linear_probe",

@@ -35,16 +35,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..registry import close_names, declare_kind, register
 from .base import FAMILIES, ContrastiveModel, FusionModel, get_family, implies, require_family
-from .checkpoint import DEFAULT_CHECKPOINT_FAMILY, checkpoint_families
 
 declare_kind("models", "model names for specs and the CLI: zoo:NAME, hf:DIR, ... -> a model of one family",
              "mmsec.models.loaders:load_model")
@@ -69,6 +64,8 @@ class Loader:
     family: str | None
     form: str
     summary: str
+    names: Callable[[], list[str]] | None = None  # the bare names (no "SCHEME:") this loader answers to
+    family_of: Callable[[str], str | None] | None = None  # a spec's family without loading, when it varies
 
 
 _LOADERS: dict[str, Loader] = {}
@@ -76,7 +73,8 @@ _SCHEME = re.compile(r"^[a-z][a-z0-9_-]+$")  # two characters or more: 'C:\...' 
 
 
 def register_loader(scheme: str, loader: Callable[[str], Any], *, family: str | None, form: str, summary: str,
-                    name: str | None = None) -> Loader:
+                    name: str | None = None, names: Callable[[], list[str]] | None = None,
+                    family_of: Callable[[str], str | None] | None = None) -> Loader:
     """Register ``loader`` for specs ``SCHEME:...`` and record it in the registry kind ``models``.
 
     Args:
@@ -87,6 +85,8 @@ def register_loader(scheme: str, loader: Callable[[str], Any], *, family: str | 
         form: how such a spec is written, starting with ``SCHEME:`` (``hf:/path/to/hf_clip_folder``).
         summary: one line describing what it loads, for ``mmsec list``.
         name: the registry entry's name (default: ``form``).
+        names: the bare names (written without ``SCHEME:``) this loader answers to, e.g. the zoo's.
+        family_of: the family of ``SCHEME:rest`` without loading it, when the loader's family is None.
     """
     if not isinstance(scheme, str) or not _SCHEME.match(scheme):
         raise ValueError(f"register_loader: scheme must be lower-case letters, digits, '-' or '_', at least two "
@@ -102,7 +102,7 @@ def register_loader(scheme: str, loader: Callable[[str], Any], *, family: str | 
                          f"'{scheme}:', got {form!r}")
     if not isinstance(summary, str) or not summary.strip():
         raise ValueError(f"register_loader({scheme!r}): summary must be a non-empty line, got {summary!r}")
-    entry = Loader(scheme, loader, family, form, summary)
+    entry = Loader(scheme, loader, family, form, summary, names, family_of)
     register("models", name or form, summary, family=family)(loader)
     _LOADERS[scheme] = entry
     return entry
@@ -131,15 +131,23 @@ def _resolve(spec: Any) -> tuple[Loader, str]:
     if sep and len(prefix) == 1 and rest.startswith(("\\", "/")):
         prefix, sep = "", ""  # a bare Windows path such as C:\models, not a scheme
     if not sep:
-        names = zoo_names()
-        if spec in names:
-            return _LOADERS["zoo"], spec
+        names: list[str] = []
+        for loader in _LOADERS.values():
+            known = loader.names() if loader.names is not None else []
+            if spec in known:
+                return loader, spec
+            names += known
         hint = (f" {spec!r} looks like a path: write 'hf:{spec}' for a Hugging Face CLIP folder or "
                 f"'open_clip:ARCH:{spec}' for open_clip weights." if ("/" in spec or "\\" in spec) else "")
-        raise ValueError(f"unknown model {spec!r}; zoo models are {names}.{close_names(spec, names)}{hint} {_forms()}")
+        where = (f"named models are {names}" if names else
+                 "no loader of bare names is registered (the zoo's registers when mmsec.zoo is imported, or call "
+                 "mmsec.builtins.load())")
+        raise ValueError(f"unknown model {spec!r}; {where}.{close_names(spec, names)}{hint} {_forms()}")
     if prefix not in _LOADERS:
         known = list(_LOADERS)
-        raise ValueError(f"unknown model prefix {prefix!r} in {spec!r}.{close_names(prefix.lower(), known)} "
+        later = (" (zoo models are registered by mmsec.zoo: import it, or call mmsec.builtins.load())"
+                 if prefix == "zoo" else "")
+        raise ValueError(f"unknown model prefix {prefix!r} in {spec!r}{later}.{close_names(prefix.lower(), known)} "
                          f"{_forms()}")
     return _LOADERS[prefix], rest.strip()
 
@@ -150,9 +158,7 @@ def declared_family(spec: str) -> str | None:
     loader, rest = _resolve(spec)
     if loader.family is not None:
         return loader.family
-    if loader.scheme == "zoo" and rest in _zoo_recipes():
-        return _zoo_recipes()[rest][1]
-    return None
+    return loader.family_of(rest) if loader.family_of is not None else None
 
 
 def load_model(spec: str, family: str | None = None) -> Any:
@@ -195,41 +201,6 @@ def load_fusion(spec: str) -> FusionModel:
 
 # -- the built-in loaders ------------------------------------------------------------------------------
 
-def _zoo_recipes() -> dict[str, tuple[str, str | None]]:
-    """Zoo recipe name -> (its one-line description, the model family it declares), read from the files.
-
-    Read directly rather than through ``mmsec.zoo.recipe_names()``: ``mmsec.zoo`` imports
-    ``mmsec.models``, so calling into it while this package initialises would be circular.
-    """
-    arch = checkpoint_families()
-    out = {}
-    for f in (resources.files("mmsec.zoo") / "recipes").iterdir():
-        if f.name.endswith(".yaml"):
-            recipe = yaml.safe_load(f.read_text()) or {}
-            name = str(recipe.get("family", DEFAULT_CHECKPOINT_FAMILY))
-            fam = arch[name].family if name in arch else (name if name in FAMILIES else None)
-            out[f.name[: -len(".yaml")]] = (str(recipe.get("description", "zoo model")), fam)
-    return dict(sorted(out.items()))
-
-
-def zoo_names() -> list[str]:
-    """Zoo models that can be named: recipes and shipped checkpoints."""
-    from .. import zoo
-
-    return sorted(set(_zoo_recipes()) | set(zoo.available()))
-
-
-def load_zoo(name: str) -> Any:
-    """A zoo model by name, or a zoo-format checkpoint file (``.../NAME.safetensors``, card beside it)."""
-    from .. import zoo
-
-    if not name:
-        raise ValueError(f"model spec 'zoo:' names no zoo model. {_forms()}")
-    if "/" in name or "\\" in name or "." in name:  # a checkpoint file, not a shipped name
-        return zoo.load_model_file(name)
-    return zoo.load_model(name)
-
-
 def load_hf(directory: str | Path) -> ContrastiveModel:
     """A Hugging Face CLIP folder (:class:`~mmsec.models.hf_clip.HFCLIP`)."""
     if not str(directory).strip():
@@ -265,12 +236,6 @@ def load_open_clip_spec(rest: str) -> ContrastiveModel:
 
 
 def _register() -> None:
-    register_loader("zoo", load_zoo, family=None, name="zoo:<path>.safetensors",
-                    form="zoo:NAME (e.g. zoo:shapes-clip-resnet, or the bare NAME) or zoo:/path/to/NAME.safetensors",
-                    summary="a zoo-format checkpoint on disk, its card NAME.json beside it (the family is read "
-                            "from its metadata), e.g. zoo:/models/my-clip.safetensors")
-    for name, (description, fam) in _zoo_recipes().items():
-        register("models", f"zoo:{name}", description, family=fam)(partial(load_zoo, name))
     register_loader("hf", load_hf, family="contrastive", name="hf:<dir>", form="hf:/path/to/hf_clip_folder",
                     summary="a Hugging Face transformers CLIPModel folder (safetensors), "
                             "e.g. hf:/models/clip-vit-base-patch32")
@@ -288,4 +253,4 @@ _register()
 
 
 __all__ = ["Loader", "declared_family", "load_contrastive", "load_fusion", "load_hf", "load_hf_blip", "load_model",
-           "load_open_clip", "load_open_clip_spec", "load_zoo", "loaders", "register_loader", "schemes", "zoo_names"]
+           "load_open_clip", "load_open_clip_spec", "loaders", "register_loader", "schemes"]

@@ -449,7 +449,7 @@ def check_model_names(named: list[tuple[str, str]]) -> list[str]:
         scheme, _, rest = m.partition(":")
         if scheme not in known or not rest:
             hint = f" Did you mean 'zoo:{m}'?" if m in known_zoo else ""
-            forms = [repr(f.split(" (")[0]) for f in known.values()]
+            forms = [repr(f.split(" (")[0]) for s, f in sorted(known.items(), key=lambda kv: kv[0] != "zoo")]
             shown = ", ".join(forms[:-1]) + " or " + forms[-1] if len(forms) > 1 else forms[0]
             issues.append(f"{where}: {m!r} must be {shown}.{hint}")
         elif scheme == "zoo" and rest not in known_zoo and not rest.endswith((".safetensors", ".pt", ".pth", ".bin")):

@@ -1,6 +1,6 @@
 """The robust-evaluation ensemble as one evasion attack, so specs and leaderboards can name it.
 
-Untargeted: :func:`mmsec.evaluation.robustness.robust_accuracy` — APGD-CE, APGD-T (targeted DLR
+Untargeted: :func:`mmsec.attacks.adversarial.autoattack.robust_accuracy` — APGD-CE, APGD-T (targeted DLR
 over the top wrong classes) and PGD with restarts, each run on the samples still robust, as
 AutoAttack does (Croce & Hein, ICML 2020); a sample counts as robust only if every attack fails.
 Targeted: APGD with the targeted cross-entropy, then PGD with restarts on the samples that did
@@ -31,10 +31,11 @@ from ...registry import register
 from ..base import EvasionAttack, EvasionResult
 from ..objectives import Objective
 from .apgd import APGD
+from .autoattack import robust_accuracy
 from .pgd import PGD
 
-# APGD steps, PGD steps, PGD restarts of the targeted mode, per preset (the untargeted presets live
-# in mmsec.evaluation.robustness, imported lazily: that module imports the attacks).
+# APGD steps, PGD steps, PGD restarts of the targeted mode, per preset (the untargeted presets are
+# mmsec.attacks.adversarial.autoattack's).
 _TARGETED_STEPS = {"standard": (100, 50, 2), "fast": (25, 10, 1)}
 
 
@@ -56,7 +57,6 @@ class RobustEnsemble(EvasionAttack):
 
     def perturb(self, objective: Objective, pixels: torch.Tensor, labels: torch.Tensor,
                 targets: torch.Tensor | None, generator: torch.Generator | None) -> EvasionResult:
-        from ...evaluation.robustness import robust_accuracy
 
         generator = make_generator(generator)
         if targets is None:

@@ -179,7 +179,21 @@ class BackdoorTask(Task):
     targeted_hint = "; its target is in the attack's parameters (target: ...)"
 
     def check(self, spec: Any, block: BackdoorBlock) -> list[str]:
+        from ... import registry
+        from ...attacks.backdoor.poisoning import resolve_target
+        from ...data.shapes import shape_color_classes
+
         issues = []
+        for i, a in enumerate(spec.attacks):  # the target must be a class of the shapes world it is evaluated on
+            target = a.params.get("target")
+            where = f"attack[{i}]" if isinstance(spec.attack, list) else "attack"
+            if registry.find(a.name, self.attack_kinds) is None or target is None:
+                continue
+            for t in target if isinstance(target, list) else [target]:
+                try:
+                    resolve_target(t, shape_color_classes())
+                except (TypeError, ValueError) as e:
+                    issues.append(f"{where}.params.target: {e}")
         if spec.data.name != "shapes":
             issues.append(f"data.name: task 'backdoor' evaluates on the shapes world (its target-class captions come "
                           f"from it), got {spec.data.name!r}")
@@ -281,7 +295,7 @@ class BackdoorTask(Task):
                  "clean_accuracy_cost": "cost", "defense_train_seconds": "cost", "detection_auroc": "detection",
                  **{m: "sample_detector" for m in SAMPLE_DETECTION}, **{m: "model_detector" for m in MODEL_DETECTION},
                  **{m: "adv" for m in REPAIR}}
-        attack, _ = build_method(bd_models.ATTACK_KINDS, cell["attack"])
+        attack, _ = bd_models.build_attack(cell["attack"])
         params = {k: v for k, v in method_params(attack).items() if k not in ("trigger", "caption_set")}
         params["trigger"] = trigger.to_dict()["name"]
         artifacts = []

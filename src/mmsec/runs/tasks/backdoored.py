@@ -104,6 +104,17 @@ def control(ctx: Any, model_name: str, bd: Backdoored, training: dict, seed: int
     return ctx.trained(key, lambda: _train(ctx, model_name, None, training, seed)[0], base=model_name).model
 
 
+def build_attack(attack_cfg: dict) -> tuple[Any, str]:
+    """The cell's attack, with the shapes world's captions handed to a caption-poisoning attack (the task
+    evaluates on the shapes world; the attack itself knows no world)."""
+    from ...data.shapes_text import ShapesCaptions
+
+    attack, kind = build_method(ATTACK_KINDS, attack_cfg)
+    if callable(getattr(attack, "use_captions", None)):
+        attack.use_captions(ShapesCaptions())
+    return attack, kind
+
+
 def _as_backdoored(out: Trained) -> Backdoored:
     from ...attacks.backdoor.triggers import trigger_from_dict
 
@@ -116,9 +127,10 @@ def _as_backdoored(out: Trained) -> Backdoored:
 def _build(ctx: Any, model_name: str, attack_cfg: dict, training: dict, seed: int,
            pretraining: dict | None) -> Trained:
     from ...attacks.backdoor.poisoning import resolve_target
+    from ...data.shapes import shape_color_classes
     from ...models.zeroshot import embed_images
 
-    attack, kind = build_method(ATTACK_KINDS, attack_cfg)
+    attack, kind = build_attack(attack_cfg)
     if kind == "poisoning":
         _prepare(ctx, attack, model_name, seed)
         run, data = _train(ctx, model_name, attack, training, seed, pretraining)
@@ -139,7 +151,7 @@ def _build(ctx: Any, model_name: str, attack_cfg: dict, training: dict, seed: in
     # images (its own epochs / lr / batch are its parameters); the victim uses the published model as is.
     if attack.target is None:
         raise ValueError(f"attack {attack_cfg['name']!r} needs a target class in task 'backdoor' (params: target: ...)")
-    target, label = resolve_target(attack.target)
+    target, label = resolve_target(attack.target, shape_color_classes())
     model = ctx.load_model(model_name)
     size = image_size_of(model)
     shadow = clean_pairs(int(training["pairs"]), size, 0).pixels
@@ -208,5 +220,5 @@ def _train(ctx: Any, model_name: str, attack: Any, training: dict, seed: int,
     return done(run, None if poisoned is None else poisoned.record, data)
 
 
-__all__ = ["ATTACK_KINDS", "Backdoored", "backdoored", "clean_pairs", "control", "is_pretraining", "references",
+__all__ = ["ATTACK_KINDS", "Backdoored", "backdoored", "build_attack", "clean_pairs", "control", "is_pretraining", "references",
            "training_words"]

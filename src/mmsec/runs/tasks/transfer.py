@@ -142,11 +142,29 @@ def caption_pairs(ctx: Any, data: dict, image_size: int) -> tuple[torch.Tensor, 
     return dataset.pixels, [first_caption(c) for c in dataset.captions], sets
 
 
+def lexical_groups(attack_cfg: dict, data: dict) -> dict:
+    """On the shapes world, an attack whose word substitutes include lexical neighbours gets the world's table
+    (``neighbours``: the attack itself knows no world), unless the spec gives its own."""
+    from ... import registry
+    from ...methods import accepted_parameters
+
+    entry = registry.find(attack_cfg["name"], TransferTask.attack_kinds)
+    accepted, _ = accepted_parameters(entry.factory) if entry else (set(), False)
+    params = attack_cfg.get("params", {})
+    if data.get("name") != "shapes" or "neighbours" not in accepted or params.get("neighbours") is not None:
+        return attack_cfg
+    if params.get("candidates", "default") not in ("default", "lexical"):
+        return attack_cfg
+    from ...data.shapes_text import shapes_lexical_groups
+
+    return {"name": attack_cfg["name"], "params": {**params, "neighbours": shapes_lexical_groups()}}
+
+
 def craft(ctx: Any, source: str, attack_cfg: dict, data: dict, seed: int, batch_size: int) -> tuple:
     """(clean pixels, clean captions, adversarial pixels, adversarial captions, words changed, params, seconds)."""
     model = ctx.load_model(source)
     pixels, captions, sets = caption_pairs(ctx, data, image_size_of(model))
-    attack, _ = build_method(TransferTask.attack_kinds, attack_cfg)
+    attack, _ = build_method(TransferTask.attack_kinds, lexical_groups(attack_cfg, data))
     takes_sets = "caption_sets" in inspect.signature(attack.__call__).parameters
     gen = torch.Generator().manual_seed(derive_seed(seed, "attack"))
     start = time.perf_counter()

@@ -1,0 +1,71 @@
+"""The zoo's model loader: ``zoo:NAME`` (a shipped model), a bare ``NAME``, ``zoo:/path/NAME.safetensors``.
+
+Registered with :func:`mmsec.models.loaders.register_loader` when this module is imported, so the
+models layer below knows no zoo: ``mmsec.models.load_model("zoo:...")`` works once the built-ins are
+loaded (``mmsec.builtins.load()``, or ``mmsec.load_model``, which loads them); in Python,
+``mmsec.zoo.load_model(NAME)`` loads a zoo model directly.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..models.base import FAMILIES
+from ..models.checkpoint import DEFAULT_CHECKPOINT_FAMILY, checkpoint_families
+from ..models.loaders import register_loader
+from ..registry import register
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+
+
+def zoo_recipes() -> dict[str, tuple[str, str | None]]:
+    """Zoo recipe name -> (its one-line description, the model family it declares), read from the files."""
+    arch = checkpoint_families()
+    out = {}
+    for f in sorted(RECIPES.glob("*.yaml")):
+        recipe = yaml.safe_load(f.read_text()) or {}
+        name = str(recipe.get("family", DEFAULT_CHECKPOINT_FAMILY))
+        fam = arch[name].family if name in arch else (name if name in FAMILIES else None)
+        out[f.stem] = (str(recipe.get("description", "zoo model")), fam)
+    return out
+
+
+def zoo_names() -> list[str]:
+    """Zoo models that can be named: recipes and shipped checkpoints."""
+    return sorted(set(zoo_recipes()) | {p.stem for p in CHECKPOINTS.glob("*.safetensors")})
+
+
+def load_zoo(name: str) -> Any:
+    """A zoo model by name, or a zoo-format checkpoint file (``.../NAME.safetensors``, card beside it)."""
+    from . import load_model, load_model_file
+
+    if not name:
+        raise ValueError("model spec 'zoo:' names no zoo model: write zoo:NAME (e.g. zoo:shapes-clip-resnet) or "
+                         "zoo:/path/to/NAME.safetensors")
+    if "/" in name or "\\" in name or "." in name:  # a checkpoint file, not a shipped name
+        return load_model_file(name)
+    return load_model(name)
+
+
+def _family_of(rest: str) -> str | None:
+    return zoo_recipes().get(rest, (None, None))[1]
+
+
+def _register() -> None:
+    register_loader("zoo", load_zoo, family=None, name="zoo:<path>.safetensors",
+                    form="zoo:NAME (e.g. zoo:shapes-clip-resnet, or the bare NAME) or zoo:/path/to/NAME.safetensors",
+                    summary="a zoo-format checkpoint on disk, its card NAME.json beside it (the family is read "
+                            "from its metadata), e.g. zoo:/models/my-clip.safetensors",
+                    names=zoo_names, family_of=_family_of)
+    for name, (description, fam) in zoo_recipes().items():
+        register("models", f"zoo:{name}", description, family=fam)(partial(load_zoo, name))
+
+
+_register()
+
+__all__ = ["load_zoo", "zoo_names", "zoo_recipes"]

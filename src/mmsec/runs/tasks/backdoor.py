@@ -199,6 +199,18 @@ class BackdoorTask(Task):
                           f"from it), got {spec.data.name!r}")
         training = block.training or TrainingSpec()
         on_pairs = training.mode == "pretrain" and training.epochs is not None
+        fixed_set = training.mode == "finetune" or on_pairs
+        tampering = [a.name for a in spec.attacks if registry.find(a.name, ("model_backdoors",)) is not None]
+        for d in spec.defenses:
+            if d is None or registry.find(d.name, ("detectors",)) is None:
+                continue
+            if not fixed_set:
+                issues.append(f"defense {d.name!r} scores the poisoned training pairs, but training "
+                              "{mode: pretrain} without epochs streams fresh scenes (no fixed set to score); use "
+                              "training {mode: finetune} or {mode: pretrain, pairs: N, epochs: E}")
+            if tampering:
+                issues.append(f"defense {d.name!r} scores poisoned training pairs, but {', '.join(tampering)} "
+                              "tamper(s) with the model and poison no data; give the detector its own spec")
         for d in spec.defenses:
             if d is None or not bd_models.is_pretraining({"name": d.name}):
                 continue

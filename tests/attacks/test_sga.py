@@ -10,7 +10,7 @@ Pairs are crafted on ``shapes-clip-resnet`` and scored on ``shapes-clip-vit`` an
 Measured (seed 0; ASR on vit / albef): PGD-10 0.01 / 0.00, Co-Attack 0.46 / 0.36, SGA 0.49 / 0.37,
 SGA with the image-guided word ranking (``importance="guided"``) 0.77 / 0.62. SGA beats image-only
 PGD by far, as in the paper, but implemented as in its code it only ties Co-Attack here (500 pairs,
-``benchmarks/sga_transfer.py``: +0.01 to +0.06 from the CLIPs, -0.02 to -0.04 from shapes-albef).
+``recipes/transfer.yaml``: +0.01 to +0.06 from the CLIPs, -0.02 to -0.04 from shapes-albef).
 On the zoo's word-level tokenizers every typo becomes ``<unk>``, so the text attack reduces to
 choosing a word, which both attacks rank by the same KL importance; and at 2/255 the adversarial
 image (image set and caption set or not) breaks almost nothing on another model. From

@@ -2,7 +2,7 @@
 then removes the backdoor with one batch of 64 clean images at a small clean-accuracy cost.
 
 Step 1 uses the GAN-free ``UAPPatch`` for speed (it names a BadEncoder target; InverTune's default,
-AdvCLIP, is measured on four attacks by ``benchmarks/invertune_eval.py``)."""
+AdvCLIP, is measured on four attacks by ``recipes/invertune.yaml``)."""
 
 import pytest
 import torch

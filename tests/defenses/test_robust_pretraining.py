@@ -97,7 +97,7 @@ def test_too_little_data_is_named(pairs):
 @pytest.fixture(scope="module")
 def poisoned_pretraining_set():
     """12,800 clean pairs + PBCL's patch on 0.3% (39 pairs): plain CLIP pre-training (12 epochs) learns this
-    backdoor completely (measured ASR 0.999, clean 1.000; benchmarks/robust_pretraining_eval.py)."""
+    backdoor completely (measured ASR 0.999, clean 1.000; recipes/robust_pretraining.yaml)."""
     from mmsec.attacks.backdoor import PatchTrigger
     from mmsec.attacks.backdoor.pbcl import PBCLBackdoor
 

@@ -2,7 +2,7 @@
 
 The search is checked on a toy CLIP with a planted backdoor of known trigger and target (white 4 x 4
 corner -> the word "red"), where the answer is known, against the same model without it. On the
-shipped models SEER does not separate clean from backdoored (benchmarks/seer_eval.py): those
+shipped models SEER does not separate clean from backdoored (recipes/seer.yaml): those
 numbers live in the benchmark, not here.
 """
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mmsec.runs.grid import expand
-from mmsec.runs.spec import load_spec
+from mmsec.runs.spec import SpecError, load_spec, preset_names
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
 
@@ -37,3 +37,38 @@ def test_the_defense_matrix_covers_every_registered_backdoor_defense():
     named = {d.name for spec in specs for d in spec.defenses if d is not None}
     registered = [e for k in ("defenses", "pretraining_defenses") for e in entries(k)]
     assert named == {e.name for e in registered if getattr(e.factory, "threat", "") == "backdoor"}
+
+
+SIZES = ("smoke", "dev", "paper")
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_has_the_three_size_presets_and_each_is_valid(path):
+    assert set(SIZES) <= set(preset_names(path)), f"{path.name} lacks a size preset"
+    sizes = {}
+    for preset in SIZES:
+        spec = load_spec(path, preset=preset)
+        cells = expand(spec)
+        assert cells and len({c.cell_hash for c in cells}) == len(cells)
+        sizes[preset] = (len(cells), spec.name)
+    # smoke is the small one (a minute): few cells, renamed apart from the recipe's own results
+    assert sizes["smoke"][0] <= min(sizes["paper"][0], 6) and sizes["smoke"][1] != sizes["paper"][1]
+
+
+def test_a_preset_merges_mappings_replaces_the_rest_and_renames(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("""
+name: r
+model: zoo:shapes-clip-resnet
+data: {name: shapes, split: test, n: 500, image_size: 32}
+attack: {name: pgd, params: {eps: [2/255, 4/255], steps: 10}}
+presets:
+  smoke: {data: {n: 10}, attack: {name: fgsm, params: {eps: 4/255}}}
+  paper: {}
+""")
+    smoke = load_spec(recipe, preset="smoke")
+    assert smoke.name == "r-smoke" and smoke.data.n == 10 and smoke.data.image_size == 32
+    assert smoke.attack.name == "fgsm" and "steps" not in smoke.attack.params
+    assert load_spec(recipe, preset="paper").name == "r" and load_spec(recipe).data.n == 500
+    with pytest.raises(SpecError, match="no preset 'smok'.*Did you mean 'smoke'"):
+        load_spec(recipe, preset="smok")

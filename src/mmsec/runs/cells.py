@@ -61,6 +61,32 @@ def method_params(method: Any) -> dict[str, Any]:
     return {k: jsonable(v) for k, v in params.items()}
 
 
+def compact(method: Any) -> str:
+    """A registered method as ``name(k=v, ...)`` with only the arguments that differ from its defaults."""
+    import inspect
+
+    from ..methods import Method
+
+    if not isinstance(method, Method):
+        return str(method)
+    config = method.config()
+    defaults = {p.name: p.default for p in inspect.signature(type(method).__init__).parameters.values()}
+    changed = {k: v for k, v in config["params"].items() if jsonable(defaults.get(k)) != v}
+    inner = ",".join(f"{k}={format_eps(v) if k in ('eps', 'alpha') else _brief(v)}" for k, v in changed.items())
+    return f"{config['name']}({inner})" if inner else config["name"]
+
+
+def _brief(v: Any) -> str:
+    """A long nested list (a pattern) as its shape, ``<3x4x4>``; anything else as itself."""
+    if isinstance(v, list) and len(str(v)) > 40:
+        shape = []
+        while isinstance(v, list):
+            shape.append(len(v))
+            v = v[0] if v else None
+        return "<" + "x".join(map(str, shape)) + ">"
+    return str(v)
+
+
 def metric_definition(name: str) -> MetricDefinition:
     """The definition of a metric any registered task can store (global DEFINITIONS first)."""
     if name in DEFINITIONS:
@@ -102,5 +128,5 @@ def cell_result(metrics: list[dict], artifacts: list[dict], attack_params: dict,
             "pid": os.getpid()}
 
 
-__all__ = ["cell_result", "derive_seed", "format_eps", "generator", "jsonable", "method_params", "metric_definition",
+__all__ = ["cell_result", "compact", "derive_seed", "format_eps", "generator", "jsonable", "method_params", "metric_definition",
            "metric_rows"]

@@ -167,7 +167,8 @@ class CellContext:
 
             if resolved["name"] == "shapes":
                 return load_dataset("shapes", quiet=True, split=resolved["split"], n=resolved["n"],
-                                    image_size=resolved["image_size"], seed=resolved["seed"])
+                                    image_size=resolved["image_size"], seed=resolved["seed"],
+                                    start=resolved.get("start") or 0)
             return load_dataset(resolved["name"], quiet=True, path=resolved["path"],
                                 image_size=resolved["image_size"])
 

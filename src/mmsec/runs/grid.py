@@ -61,15 +61,25 @@ class Cell:
             elif key == "seed":
                 parts.append(f"seed={self.config['seed']}")
             elif key == "defense":
-                parts.append(f"defense={(self.config.get('defense') or {}).get('name', 'none')}")
+                d = self.config.get("defense") or {}
+                parts.append(f"defense={_short({'name': d['name'], 'params': d['params']}) if d else 'none'}")
             elif key == "attack":
                 parts.append(f"attack={self.config['attack']['name']}")
             elif key in self.config["attack"]["params"]:  # (with a list of attacks, not every one has it)
                 v = self.config["attack"]["params"][key]
-                parts.append(f"{key}={format_eps(v) if key in ('eps', 'alpha') else v}")
+                parts.append(f"{key}={format_eps(v) if key in ('eps', 'alpha') else _short(v)}")
             elif key in self.config:  # a task's own axis (transfer's target)
                 parts.append(f"{key}={self.config[key]}")
         return " ".join(parts) or f"{self.config['attack']['name']} seed={self.config['seed']}"
+
+
+def _short(v: Any) -> str:
+    """A value for a label: a component ``{name, params}`` as ``name(k=v, ...)``."""
+    if isinstance(v, dict) and "name" in v:
+        params = v.get("params") or {}
+        inner = ",".join(f"{k}={format_eps(x) if k in ('eps', 'alpha') else _short(x)}" for k, x in params.items())
+        return f"{v['name']}({inner})" if inner else str(v["name"])
+    return str(v)
 
 
 def expand(spec: Spec | dict | str) -> list[Cell]:
@@ -87,7 +97,7 @@ def expand(spec: Spec | dict | str) -> list[Cell]:
     # a task axis lists its values innermost; outer axes first in their order
     task_values = [list(v) if isinstance(v, list) else [v] for _, v in task_axes]
     task_names = [name for name, _ in task_axes]
-    data = spec.data.model_dump(mode="json")
+    data = spec.data.config()
     cells = []
     attack_combos = [(a.name, combo) for a in spec.attacks for combo in param_combinations(a.params)]
     axes = [(m, d, s, a, t) for m, d, s, a, *rest in itertools.product(spec.models, spec.defenses, spec.seeds,

@@ -86,7 +86,7 @@ def pivot(rows: list[dict]) -> tuple[list[str], list[str], list[dict]]:
     for r in rows:
         rec = runs.setdefault(r["run_id"], {k: r.get(k, d) for k, d in (
             ("run_id", None), ("spec_name", None), ("model", None), ("target", None), ("defense", "none"),
-            ("attack", None),
+            ("defense_params", {}), ("attack", None),
             ("seed", None), ("targeted", False), ("params", {}), ("wall_time_s", None))})
         rec.setdefault("metrics", {})[r["metric"]] = r["value"]
     records = list(runs.values())
@@ -168,7 +168,9 @@ def _table(params: list[str], metrics: list[str], records: list[dict]) -> str:
     shown = [p for p in params if p in _ALWAYS_SHOWN_PARAMS
              or len({json.dumps(rec["params"].get(p)) for rec in records}) > 1]
     # Context columns that are the same on every line move to the title, to keep the table narrow.
-    context = {"spec": "spec_name", "model": "model", "target": "target", "defense": "defense", "attack": "attack"}
+    _label_defenses(records)
+    context = {"spec": "spec_name", "model": "model", "target": "target", "defense": "defense_label",
+               "attack": "attack"}
     if all(rec["defense"] == "none" for rec in records):
         del context["defense"]  # runs without any defense: nothing to say
     if all(rec["target"] is None for rec in records):
@@ -196,6 +198,20 @@ def _table(params: list[str], metrics: list[str], records: list[dict]) -> str:
     console.print(table)
     text = console.file.getvalue()
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+
+
+def _label_defenses(records: list[dict]) -> None:
+    """``defense_label``: the defense's name, with the parameters that tell apart entries of the same name."""
+    by_name: dict[str, list[dict]] = {}
+    for rec in records:
+        by_name.setdefault(rec["defense"], []).append(rec)
+    for name, recs in by_name.items():
+        keys = sorted({k for r in recs for k in r.get("defense_params", {})})
+        differing = [k for k in keys if len({json.dumps(r.get("defense_params", {}).get(k)) for r in recs}) > 1]
+        for r in recs:
+            p = r.get("defense_params", {})
+            r["defense_label"] = (f"{name}({', '.join(f'{k}={_fmt_param(k, p.get(k))}' for k in differing)})"
+                                  if differing else name)
 
 
 def format_matrix(rows: list[dict], metric: str = "asr") -> str:

@@ -26,7 +26,7 @@ is written as a nested ``{name, params}``.
 
 A recipe may carry ``presets``: named overrides of its fields (``smoke``: under a minute, ``dev``,
 ``paper``: the published figure's settings), merged into the spec by ``load_spec(path,
-preset=NAME)``. A preset that changes anything renames the spec ``NAME-<preset>``, so its cells
+preset=NAME)`` (mappings merge key by key; a method given another name, a list or a scalar replaces). A preset that changes anything renames the spec ``NAME-<preset>``, so its cells
 and results stay apart from the recipe's own.
 
 :func:`load_spec` is the entry point: it parses YAML, validates the structure with pydantic
@@ -70,7 +70,8 @@ _RELATIVE = re.compile(rf"^\s*eps\s*([*/])\s*({_NUM}(?:\s*/\s*{_NUM})?)\s*$")
 PRESETS_KEY = "presets"
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
-ParamValue = Scalar | list[Scalar] | dict[str, Any]  # a dict: a component written as {name, params}
+# A dict is a component written as {name, params}; a list (of values or components) is a grid axis.
+ParamValue = Scalar | dict[str, Any] | list[Scalar | dict[str, Any]]
 
 
 class SpecError(ValueError):
@@ -82,7 +83,8 @@ class _Strict(BaseModel):
 
 
 class DataSpec(_Strict):
-    """Which images to evaluate. ``seed`` is the shapes world's seed (not the run seed)."""
+    """Which images to evaluate. ``seed`` is the shapes world's seed (not the run seed); ``start`` the first
+    scene index of the split (shapes world; default 0), e.g. a defense's clean data apart from the victim's."""
 
     name: StrictStr
     split: StrictStr = "test"
@@ -90,6 +92,14 @@ class DataSpec(_Strict):
     image_size: StrictInt | None = Field(default=None, ge=8)
     seed: StrictInt = 0
     path: StrictStr | None = None
+    start: StrictInt | None = Field(default=None, ge=0)
+
+    def config(self) -> dict:
+        """The plain-dict form stored in cells (``start`` only when set: other cells keep their hashes)."""
+        d = self.model_dump(mode="json")
+        if d["start"] is None:
+            del d["start"]
+        return d
 
 
 class AttackSpec(_Strict):
@@ -230,8 +240,8 @@ def preset_names(source: str | Path | dict) -> list[str]:
 
 
 def apply_preset(raw: dict, preset: str | None, origin: str = "spec") -> dict:
-    """``raw`` without its ``presets``, with ``preset``'s overrides merged in (mappings merge, the rest
-    replaces), renamed ``<name>-<preset>`` when the preset changes anything."""
+    """``raw`` without its ``presets``, with ``preset``'s overrides merged in (mappings merge, a method with
+    another name and everything else replaces), renamed ``<name>-<preset>`` when the preset changes anything."""
     raw = dict(raw)
     presets = raw.pop(PRESETS_KEY, None)
     if presets is not None and (not isinstance(presets, dict)
@@ -252,7 +262,10 @@ def apply_preset(raw: dict, preset: str | None, origin: str = "spec") -> dict:
 
 
 def _merge(base: Any, over: Any) -> Any:
-    if isinstance(base, dict) and isinstance(over, dict):
+    """``over`` merged into ``base``: mappings merge key by key, except that a method named anew (another
+    ``name``) replaces the old one with its parameters; every other value replaces."""
+    renamed = isinstance(base, dict) and isinstance(over, dict) and "name" in over and base.get("name") != over["name"]
+    if isinstance(base, dict) and isinstance(over, dict) and not renamed:
         out = dict(base)
         for k, v in over.items():
             out[k] = _merge(base.get(k), v) if k in base else copy.deepcopy(v)
@@ -282,7 +295,7 @@ _TYPE_WORDS = {"int": "an integer", "bool": "true or false", "str": "a string", 
 def _clean_loc(loc: tuple) -> tuple:
     """Drop pydantic's union-branch labels ("int", "list[int]", "str", ...) from a location."""
     return tuple(p for p in loc if isinstance(p, int) or not re.match(r"^(list|str|int|bool|float|none|dict)\b|"
-                                                                      r"^(Strict|function-)", str(p)))
+                                                                      r"^(Strict|function-)|^[A-Z][A-Za-z]+$", str(p)))
 
 
 def _pydantic_issues(errors: list[dict], root: type[BaseModel] | None = None, prefix: tuple = ()) -> list[str]:
@@ -475,6 +488,8 @@ def _check_data(d: DataSpec) -> list[str]:
             issues.append("data.n: required for the shapes world (how many images to evaluate, e.g. 1000)")
         if d.path is not None:
             issues.append("data.path: not used by the shapes world (it is generated from data.seed); remove it")
+    elif d.start is not None:
+        issues.append(f"data.start: only the shapes world has scene indices; data set {d.name!r} has none")
     else:
         if d.path is None:
             issues.append(f"data.path: required for data set {d.name!r} (a folder or file on disk)")
@@ -605,7 +620,7 @@ def defense_config(d: DefenseSpec | None) -> dict | None:
     """The plain-dict form of a defense stored in a cell (and hashed with it)."""
     if d is None:
         return None
-    data = d.data.model_dump(mode="json") if d.data is not None else dict(DEFAULT_DEFENSE_DATA, path=None)
+    data = d.data.config() if d.data is not None else dict(DEFAULT_DEFENSE_DATA, path=None)
     return {"name": d.name, "params": resolve_defense_params(d.params), "data": data}
 
 
@@ -631,6 +646,9 @@ def _check_params(params: dict[str, Any], entry: Any) -> list[str]:
         values = []
         for i, v in enumerate(_as_list(value)):
             where = f"attack.params.{key}[{i}]" if listed else f"attack.params.{key}"
+            if isinstance(v, dict):  # a component: checked when the attack is built
+                values.append(v)
+                continue
             if key != "eps" and is_relative(v):
                 try:
                     resolve_relative(v, 1.0)

@@ -60,7 +60,7 @@ over with ``use_captions`` (the shapes world's: ``use_captions(ShapesCaptions())
 every caption its templates say of the class), else from the attacker's data (its captions that
 name the target, as PBCL's ``Y'``).
 
-Measured caveat (benchmarks/badclip_persistence.py): the zoo CNN barely responds to a 4 x 4 patch
+Measured caveat (recipes/badclip_persistence.yaml): the zoo CNN barely responds to a 4 x 4 patch
 in the image corner, so the gradients there are near zero and the optimised pattern stays close to
 its random mid-grey initialisation; such a low-contrast patch was not learnt at all by poisoned
 fine-tuning (ASR 0 where the checkerboard reaches 0.99). Place the patch where the clean model

@@ -28,7 +28,7 @@ normalisation and cos(a, b) = n(a) . n(b):
    a word no substitute helps is left and the next one tried).
    ``importance="guided"`` ranks the words by the same image-guided score instead (a variant, in
    neither the paper nor the code; on the shapes world from shapes-clip-resnet it picks colour and
-   shape words rather than position words and transfers far better, see ``benchmarks/sga_transfer.py``).
+   shape words rather than position words and transfers far better, see ``recipes/transfer.yaml``).
 2. Image, guided by the adversarial text set, over the image set: L-inf PGD (``steps`` = 10 sign
    steps of ``step_size`` from a uniform random start in [-eps, eps], images kept in [0, 1])
    maximising

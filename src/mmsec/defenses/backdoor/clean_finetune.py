@@ -14,7 +14,7 @@ Defaults (the project's fine-tuning of the zoo models, not a paper's): ``steps``
 gradient clipping 1), the whole model trained. CleanCLIP's authors fine-tune 10 epochs of 100K
 clean CC3M pairs at lr 1e-5, batch 128: a smaller step for a 100M-parameter model; on the zoo's
 0.4M-parameter models 1e-4 is the gentle setting and 1e-3 the aggressive one
-(``benchmarks/badclip_persistence.py`` measures both).
+(``recipes/badclip_persistence.yaml`` measures both).
 
 Data: ``data`` must have captions (``ImageTextData``; a spec's default defense data, 2,000 shapes
 world train scenes, has them); labels and prompts are not used.

@@ -65,7 +65,7 @@ Departures and why:
   at 1.2 points; all 3 (100 steps) 1.2% ASR at 8 points.
 * Clean images for steps 1-2: any number (the paper's 50k); the benchmarks use 1,024.
 
-Measured (``benchmarks/invertune_eval.py``, zoo ResNet, 1,024 inversion images, 64 tuning images,
+Measured (``recipes/invertune.yaml``, zoo ResNet, 1,024 inversion images, 64 tuning images,
 1,000 test images, target "red circle"): ASR 0.99/1.00/1.00/1.00 -> 0.000/0.018/0.403/0.004 and clean
 zero-shot cost 0.1/4.8/2.9/0.4 points for PBCL patch / Blended / BadCLIP (centre) / BadEncoder: mean
 -89.1 ASR points at -2.0 clean points (the paper: -97.87, -3.07). The target was named for PBCL

@@ -32,7 +32,7 @@ no values for ``lambda1``, ``lambda2``, the optimiser or the threshold; chosen h
 - ``lambda2 = 0.1``: at 1 the text feature cannot leave the dictionary mean, whose direction is far
   from where a trigger sends images (cosine ~ 0 for the zoo's backdoors), so no target is found.
 - Adam, lr 0.1 on the logits of ``m`` and ``Delta`` and on ``F^T``; 300 steps over batches of 64.
-- ``threshold = 2.5`` (``S_IT >= 0.92``); ``benchmarks/seer_eval.py`` reports where the shipped models
+- ``threshold = 2.5`` (``S_IT >= 0.92``); ``recipes/seer.yaml`` reports where the shipped models
   fall (they do not separate at this scale: see benchmarks/README.md).
 - ``restarts`` (default 1, the paper's single search): further searches start from random masks and
   patterns; the one with the lowest objective is kept. ``start=`` (a call argument) begins the first

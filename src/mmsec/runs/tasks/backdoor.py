@@ -46,7 +46,7 @@ from pydantic import Field, StrictFloat, StrictInt, model_validator
 from ...data.scenes import BUG_REPORTS, DEFENDER_CLEAN, PROBE_TRAIN
 from ...metrics import MetricDefinition
 from ...registry import register
-from ..cells import method_params
+from ..cells import compact, method_params
 from ..context import artifact_entry
 from ..task import CellOutput, Task, TaskBlock
 from . import backdoored as bd_models
@@ -309,7 +309,7 @@ class BackdoorTask(Task):
                  **{m: "adv" for m in REPAIR}}
         attack, _ = bd_models.build_attack(cell["attack"])
         params = {k: v for k, v in method_params(attack).items() if k not in ("trigger", "caption_set")}
-        params["trigger"] = trigger.to_dict()["name"]
+        params["trigger"] = compact(trigger)
         artifacts = []
         folder = ctx.staging_folder() if cell.get("save_artifacts") else None
         if folder is not None:
@@ -468,7 +468,7 @@ def evaluation_batches(data: dict, image_size: int) -> tuple[Any, Any]:
         raise ValueError(f"task 'backdoor' evaluates on the shapes world (its target-class captions come from it); "
                          f"got data set {data['name']!r}")
     world = ShapesWorld(image_size=data.get("image_size") or image_size, seed=data.get("seed", 0))
-    test = world.batch(data.get("split", "test"), 0, int(data.get("n") or 1000))
+    test = world.batch(data.get("split", "test"), data.get("start") or 0, int(data.get("n") or 1000))
     return PROBE_TRAIN.batch(world), test
 
 

@@ -143,20 +143,32 @@ def caption_pairs(ctx: Any, data: dict, image_size: int) -> tuple[torch.Tensor, 
 
 
 def lexical_groups(attack_cfg: dict, data: dict) -> dict:
-    """On the shapes world, an attack whose word substitutes include lexical neighbours gets the world's table
-    (``neighbours``: the attack itself knows no world), unless the spec gives its own."""
+    """On the shapes world, a text attack whose word substitutes include lexical neighbours gets the world's
+    table (``neighbours``: the attack itself knows no world), unless the spec gives its own: a pair attack's
+    shortcut, or the params of its ``text_attack`` component."""
     from ... import registry
     from ...methods import accepted_parameters
 
-    entry = registry.find(attack_cfg["name"], TransferTask.attack_kinds)
-    accepted, _ = accepted_parameters(entry.factory) if entry else (set(), False)
-    params = attack_cfg.get("params", {})
-    if data.get("name") != "shapes" or "neighbours" not in accepted or params.get("neighbours") is not None:
-        return attack_cfg
-    if params.get("candidates", "default") not in ("default", "lexical"):
+    if data.get("name") != "shapes":
         return attack_cfg
     from ...data.shapes_text import shapes_lexical_groups
 
+    def wants(params: dict) -> bool:
+        return params.get("neighbours") is None and params.get("candidates", "default") in (None, "default", "lexical")
+
+    params = dict(attack_cfg.get("params", {}))
+    text = params.get("text_attack")
+    if isinstance(text, str):
+        text = {"name": text, "params": {}}
+    if isinstance(text, dict):
+        text_params = dict(text.get("params") or {})
+        entry = registry.find(text["name"], ("text_attacks",))
+        if entry is not None and "neighbours" in accepted_parameters(entry.factory)[0] and wants(text_params):
+            params["text_attack"] = {"name": text["name"], "params": {**text_params, "neighbours": shapes_lexical_groups()}}
+        return {"name": attack_cfg["name"], "params": params}
+    entry = registry.find(attack_cfg["name"], TransferTask.attack_kinds)
+    if entry is None or "neighbours" not in accepted_parameters(entry.factory)[0] or not wants(params):
+        return attack_cfg
     return {"name": attack_cfg["name"], "params": {**params, "neighbours": shapes_lexical_groups()}}
 
 

@@ -35,6 +35,7 @@ def test_defense_axis_expands_and_keeps_undefended_hashes():
 
 
 @pytest.mark.parametrize("defense, expected", [
+    ({"name": "villa"}, "'zoo:shapes-clip-resnet' is a 'contrastive' model, but defense 'villa' needs a 'fusion' model"),
     ({"name": "tecoaa"}, "Did you mean 'tecoa'"),
     ({"name": "fare", "params": {"epsilon": 0.1}}, "defense.params.epsilon"),
     ({"name": "fare", "params": {"eps": 3.0}}, "defense.params"),

@@ -409,6 +409,7 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
             issues.append(f"targeted: task {spec.task!r} is untargeted" + task.targeted_hint)
         issues += _check_defenses(spec, task)
         issues += _check_attacks(spec, task, issues)
+        issues += _check_families(spec, task)
         if block is not None:
             issues += task.check(spec, block)
             block = task.normalise(spec, block)
@@ -555,6 +556,33 @@ def _check_attacks(spec: Spec, task: Task, earlier: list[str]) -> list[str]:
             attack_issues = [f"attack[{i}]{m[len('attack'):]}" if m.startswith("attack") else m
                              for m in attack_issues]
         issues += attack_issues
+    return issues
+
+
+def _check_families(spec: Spec, task: Task) -> list[str]:
+    """Each model's family (as far as known without loading it) is one the task and the cell's methods need."""
+    from .. import registry
+    from ..models.base import FAMILIES, implies
+    from ..models.loaders import declared_family
+
+    issues: list[str] = []
+    for i, m in enumerate(spec.models):
+        where = f"model[{i}]" if isinstance(spec.model, list) else "model"
+        try:
+            have = declared_family(m)
+        except (ValueError, KeyError, OSError):
+            continue  # a bad name is reported by the name check
+        if have is None or have not in FAMILIES:
+            continue
+        needs = [(f"task {spec.task!r}", task.family)]
+        needs += [(f"attack {a.name!r}", e.family) for a in spec.attacks
+                  for e in [registry.find(a.name, task.attack_kinds)] if e is not None]
+        needs += [(f"defense {d.name!r}", e.family) for d in spec.defenses if d is not None and d.applies_to(m)
+                  for e in [registry.find(d.name, task.defense_kinds)] if e is not None]
+        for who, family in needs:
+            if family in FAMILIES and not implies(have, family):
+                issues.append(f"{where}: {m!r} is a {have!r} model, but {who} needs a {family!r} model "
+                              f"({FAMILIES[family].description})")
     return issues
 
 

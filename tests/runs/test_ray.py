@@ -46,12 +46,23 @@ def test_ray_equals_sequential(ray_cluster, tmp_path):
 
 
 def test_a_failing_cell_in_a_worker_is_recorded(ray_cluster, tmp_path):
-    spec = tiny_spec(name="ray-fail", model=["zoo:shapes-clip-resnet", "hf:/nonexistent/clip"],
+    import shutil
+
+    from mmsec.zoo import CHECKPOINTS
+
+    # a tampered copy of a zoo checkpoint: its card's sha256 no longer matches, which only loading finds out
+    tampered = tmp_path / "ckpt" / "tampered-clip.safetensors"
+    tampered.parent.mkdir()
+    shutil.copy(CHECKPOINTS / "shapes-clip-resnet.json", tampered.with_suffix(".json"))
+    raw = bytearray((CHECKPOINTS / "shapes-clip-resnet.safetensors").read_bytes())
+    raw[-1] ^= 0xFF
+    tampered.write_bytes(bytes(raw))
+    spec = tiny_spec(name="ray-fail", model=["zoo:shapes-clip-resnet", f"zoo:{tampered}"],
                      attack={"name": "pgd", "params": {"eps": "4/255", "steps": 1}}, save_artifacts=False)
-    out = run_spec(spec, tmp_path, backend="ray", quiet=True)
+    out = run_spec(spec, tmp_path / "results", backend="ray", quiet=True)
     assert [s["status"] for s in out] == ["done", "failed"]
-    assert "nonexistent" in out[1]["error"]
-    with ResultsStore(tmp_path) as store:
+    assert "sha256 mismatch" in out[1]["error"]
+    with ResultsStore(tmp_path / "results") as store:
         assert store.get_run(out[1]["cell_hash"])["status"] == "failed"
 
 

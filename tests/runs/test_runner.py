@@ -205,3 +205,30 @@ def test_interrupted_grid_resumes(tmp_path):
     assert {p: h for p, h in after["files"].items() if p in before["files"]} == before["files"]
     assert after["runs"][cells[1].cell_hash]["attempts"] == 2
     assert not any((results / ".staging").iterdir())  # the killed process's staged files were cleaned up
+
+
+def test_changed_weights_under_the_same_name_are_a_new_cell(tmp_path):
+    """A cell's identity holds the content hash of the weights it reads: re-saved weights never return the old
+    result (the issue's reproduction: other weights saved under the same name)."""
+    import shutil
+
+    from mmsec.zoo import CHECKPOINTS
+
+    ckpt = tmp_path / "ckpt" / "mine.safetensors"
+    ckpt.parent.mkdir()
+
+    def save(zoo_name: str) -> None:
+        shutil.copy(CHECKPOINTS / f"{zoo_name}.safetensors", ckpt)
+        shutil.copy(CHECKPOINTS / f"{zoo_name}.json", ckpt.with_suffix(".json"))
+
+    spec = tiny_spec(name="same-name", model=f"zoo:{ckpt}", attack={"name": "fgsm", "params": {"eps": "4/255"}},
+                     save_artifacts=False)
+    save("shapes-clip-resnet")
+    (first,) = run_spec(spec, tmp_path / "results", quiet=True)
+    assert run_spec(spec, tmp_path / "results", quiet=True)[0]["status"] == "cached"
+    save("shapes-clip-vit")  # other weights, same name
+    (second,) = run_spec(spec, tmp_path / "results", quiet=True)
+    assert second["status"] == "done" and second["cell_hash"] != first["cell_hash"]
+    assert second["metrics"] != first["metrics"]
+    cells = {c.cell_hash: c.config for c in expand(spec)}
+    assert set(cells) == {second["cell_hash"]} and "model" in cells[second["cell_hash"]]["inputs"]

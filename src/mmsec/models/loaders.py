@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..fingerprint import combine, file_sha256, tree_sha256
 from ..registry import close_names, declare_kind, register
 from .base import FAMILIES, ContrastiveModel, FusionModel, get_family, implies, require_family
 
@@ -66,6 +67,7 @@ class Loader:
     summary: str
     names: Callable[[], list[str]] | None = None  # the bare names (no "SCHEME:") this loader answers to
     family_of: Callable[[str], str | None] | None = None  # a spec's family without loading, when it varies
+    fingerprint: Callable[[str], str] | None = None  # content hash of the files ``load(rest)`` reads
 
 
 _LOADERS: dict[str, Loader] = {}
@@ -74,7 +76,8 @@ _SCHEME = re.compile(r"^[a-z][a-z0-9_-]+$")  # two characters or more: 'C:\...' 
 
 def register_loader(scheme: str, loader: Callable[[str], Any], *, family: str | None, form: str, summary: str,
                     name: str | None = None, names: Callable[[], list[str]] | None = None,
-                    family_of: Callable[[str], str | None] | None = None) -> Loader:
+                    family_of: Callable[[str], str | None] | None = None,
+                    fingerprint: Callable[[str], str] | None = None) -> Loader:
     """Register ``loader`` for specs ``SCHEME:...`` and record it in the registry kind ``models``.
 
     Args:
@@ -87,6 +90,9 @@ def register_loader(scheme: str, loader: Callable[[str], Any], *, family: str | 
         name: the registry entry's name (default: ``form``).
         names: the bare names (written without ``SCHEME:``) this loader answers to, e.g. the zoo's.
         family_of: the family of ``SCHEME:rest`` without loading it, when the loader's family is None.
+        fingerprint: ``fingerprint(rest)`` -> the sha256 of the files the loader reads (weights, configs),
+            so a result is tied to the weights it was measured on; without it a spec's model name is its
+            only identity.
     """
     if not isinstance(scheme, str) or not _SCHEME.match(scheme):
         raise ValueError(f"register_loader: scheme must be lower-case letters, digits, '-' or '_', at least two "
@@ -102,7 +108,7 @@ def register_loader(scheme: str, loader: Callable[[str], Any], *, family: str | 
                          f"'{scheme}:', got {form!r}")
     if not isinstance(summary, str) or not summary.strip():
         raise ValueError(f"register_loader({scheme!r}): summary must be a non-empty line, got {summary!r}")
-    entry = Loader(scheme, loader, family, form, summary, names, family_of)
+    entry = Loader(scheme, loader, family, form, summary, names, family_of, fingerprint)
     register("models", name or form, summary, family=family)(loader)
     _LOADERS[scheme] = entry
     return entry
@@ -159,6 +165,17 @@ def declared_family(spec: str) -> str | None:
     if loader.family is not None:
         return loader.family
     return loader.family_of(rest) if loader.family_of is not None else None
+
+
+def fingerprint(spec: str) -> str | None:
+    """The content hash of the files ``spec`` loads (None when its loader cannot tell); errors name the spec."""
+    loader, rest = _resolve(spec)
+    if loader.fingerprint is None:
+        return None
+    try:
+        return loader.fingerprint(rest)
+    except OSError as e:
+        raise ValueError(f"model {spec!r}: cannot read its files to fingerprint them: {e}") from e
 
 
 def load_model(spec: str, family: str | None = None) -> Any:
@@ -235,15 +252,22 @@ def load_open_clip_spec(rest: str) -> ContrastiveModel:
     return load_open_clip(arch, weights)
 
 
+def _open_clip_fingerprint(rest: str) -> str:
+    arch, _, weights = rest.partition(":")
+    return combine(arch, file_sha256(weights))
+
+
 def _register() -> None:
     register_loader("hf", load_hf, family="contrastive", name="hf:<dir>", form="hf:/path/to/hf_clip_folder",
+                    fingerprint=tree_sha256,
                     summary="a Hugging Face transformers CLIPModel folder (safetensors), "
                             "e.g. hf:/models/clip-vit-base-patch32")
-    register_loader("hf-blip", load_hf_blip, family="fusion", name="hf-blip:<dir>",
+    register_loader("hf-blip", load_hf_blip, family="fusion", name="hf-blip:<dir>", fingerprint=tree_sha256,
                     form="hf-blip:/path/to/blip_retrieval_folder",
                     summary="a Hugging Face transformers BlipForImageTextRetrieval folder (safetensors; a fusion "
                             "model with ITC and ITM), e.g. hf-blip:/models/blip-itm-base-coco")
     register_loader("open_clip", load_open_clip_spec, family="contrastive", name="open_clip:<arch>:<file>",
+                    fingerprint=_open_clip_fingerprint,
                     form="open_clip:ARCH:/path/to/weights.safetensors",
                     summary="an open_clip architecture with local safetensors weights, "
                             "e.g. open_clip:ViT-B-32:/models/vit-b-32.safetensors")
@@ -253,4 +277,4 @@ _register()
 
 
 __all__ = ["Loader", "declared_family", "load_contrastive", "load_fusion", "load_hf", "load_hf_blip", "load_model",
-           "load_open_clip", "load_open_clip_spec", "loaders", "register_loader", "schemes"]
+           "fingerprint", "load_open_clip", "load_open_clip_spec", "loaders", "register_loader", "schemes"]

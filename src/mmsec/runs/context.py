@@ -12,7 +12,9 @@ only, checked against the card's sha256); what else a cell needs (a trigger's re
 training took) travels in the card as JSON.
 
 The cache key is the canonical JSON of everything that determines the object (model name,
-method configs, data, seed): two cells that agree on it share the object.
+method configs, data, seed): two cells that agree on it share the object. A key that names one of the
+cell's models is tied to that model's weights (their content hash is added to it), so re-saved weights
+under the same name never hand back an object built from the old ones.
 """
 
 from __future__ import annotations
@@ -130,14 +132,23 @@ class CellContext:
     """
 
     def __init__(self, results_dir: str | Path | None = None, staging_dir: str | Path | None = None,
-                 cache: ModelCache | None = None):
+                 cache: ModelCache | None = None, weights: dict[str, str] | None = None):
         self.results_dir = Path(results_dir) if results_dir is not None else None
         self.staging_dir = Path(staging_dir) if staging_dir is not None else None
         self.cache = cache if cache is not None else PROCESS_CACHE
+        self.weights = dict(weights or {})  # model name -> content hash of its files (the cell's inputs)
+
+    def _tied(self, key: Any) -> Any:
+        """``key`` with the content hash of every cell model it names (see the module docstring)."""
+        if not isinstance(key, dict) or not self.weights:
+            return key
+        named = {v: self.weights[v] for v in key.values() if isinstance(v, str) and v in self.weights}
+        return {**key, "_weights": named} if named else key
 
     # -- generic memoisation -------------------------------------------------------------------
     def cached(self, key: Any, build: Callable[[], Any]) -> Any:
         """``build()`` once per key in this process (bounded in memory)."""
+        key = self._tied(key)
         h = key_hash(key)
         if h in self.cache:
             return self.cache.get(h)
@@ -150,13 +161,13 @@ class CellContext:
     def load_model(self, spec: str, family: str | None = None) -> Any:
         """The model named ``spec`` (``zoo:NAME``, ``hf:DIR``, ...) in eval mode, loaded once per process."""
 
-        def load() -> Any:
-            from ..models.loaders import load_model
+        from ..models.loaders import fingerprint, load_model
 
+        def load() -> Any:
             model = load_model(spec, family=family) if family else load_model(spec)
             return model.eval() if hasattr(model, "eval") else model
 
-        return self.cached({"published_model": spec, "family": family}, load)
+        return self.cached({"published_model": spec, "family": family, "weights": fingerprint(spec)}, load)
 
     def load_data(self, data: dict, image_size: int) -> Any:
         """The data set a spec's ``data`` block names, rendered at ``image_size`` unless it sets one."""

@@ -35,10 +35,18 @@ def execute_cell(cell: dict, staging_dir: str | Path | None = None, results_dir:
     """
     t0 = time.perf_counter()
     task = get_task(cell["task"])
-    ctx = CellContext(results_dir, staging_dir)
+    ctx = CellContext(results_dir, staging_dir, weights=model_weights(cell, task))
     out = task.run(cell, ctx)
     rows = metric_rows(cell["metrics"], out.values, task.metrics, out.threat_of)
     return cell_result(rows, out.artifacts, out.attack_params, out.baseline_params, out.n_samples, t0)
+
+
+def model_weights(cell: dict, task: object) -> dict[str, str]:
+    """The cell's model names -> the content hashes of their files, from the cell's ``inputs`` (see grid)."""
+    from .grid import model_roles
+
+    inputs = cell.get("inputs") or {}
+    return {name: inputs[role] for role, name in model_roles(task.models_of(cell)) if name and role in inputs}
 
 
 def run_cell(cell: dict, staging_dir: str | Path | None = None, results_dir: str | Path | None = None) -> dict:

@@ -6,7 +6,9 @@ of task transfer: innermost, so the cells scoring one source's adversarial pairs
 run back to back and share them). Each cell is a plain dict holding everything that determines its
 result (spec name, model, seed, data, task, resolved attack parameters, targeted, baseline,
 metrics, batch size, artifacts flag, and what the task adds: its axis values, its own settings),
-and its ``cell_hash`` is the sha256 of that dict's canonical JSON. The spec's own hash is not part
+and its ``cell_hash`` is the sha256 of that dict's canonical JSON. The dict's ``inputs`` holds the content
+hashes of the files the cell reads (each model's weights, file-backed data), so re-saved weights under the
+same name make a new cell, never an old result. The spec's own hash is not part
 of a cell, so adding a value to a list keeps the other cells' hashes (and their stored results)
 valid: a resumed or extended grid only computes what is new.
 """
@@ -17,6 +19,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .cells import format_eps
@@ -73,6 +76,47 @@ class Cell:
         return " ".join(parts) or f"{self.config['attack']['name']} seed={self.config['seed']}"
 
 
+def input_fingerprints(config: dict, task: Any) -> dict[str, str]:
+    """Content hashes of the files a cell reads: its models' weights (by role: model, target, ...) and
+    file-backed data (the evaluation data, the defense's data). A shapes-world data set is generated, not read."""
+    from ..models.loaders import fingerprint
+
+    out: dict[str, str] = {}
+    for role, name in model_roles(task.models_of(config)):
+        try:
+            fp = fingerprint(name) if name else None
+        except (KeyError, ValueError) as e:
+            raise SpecError(f"invalid experiment spec ({config['spec_name']}): {e}") from None
+        if fp is not None:
+            out[role] = fp
+    for role, data in (("data", config.get("data")), ("defense_data", (config.get("defense") or {}).get("data"))):
+        fp = data_fingerprint(data) if data else None
+        if fp is not None:
+            out[role] = fp
+    return out
+
+
+def model_roles(models: list[str]) -> list[tuple[str, str]]:
+    """(role, model name) of a cell's models in ``task.models_of`` order: model, target, model2, ..."""
+    roles = ["model", "target"] + [f"model{i}" for i in range(2, len(models))]
+    return list(zip(roles, models, strict=False))
+
+
+def data_fingerprint(data: dict) -> str | None:
+    """The content hash of a file-backed data set (its folder or file; a caption file's folder, where its images
+    are); None for generated data (the shapes world)."""
+    from ..fingerprint import tree_sha256
+
+    path = data.get("path")
+    if not path:
+        return None
+    p = Path(path)
+    try:
+        return tree_sha256(p.parent if p.is_file() and data.get("name") == "captions" else p)
+    except OSError as e:
+        raise SpecError(f"invalid experiment spec: data.path {path!r} cannot be read: {e}") from None
+
+
 def _short(v: Any) -> str:
     """A value for a label: a component ``{name, params}`` as ``name(k=v, ...)``."""
     if isinstance(v, dict) and "name" in v:
@@ -121,6 +165,7 @@ def expand(spec: Spec | dict | str) -> list[Cell]:
         config.update(task.cell_fields(block, task_axis_values))  # (only what the task has: others keep hashes)
         if defense is not None:  # only present when used, so undefended cells keep their hashes
             config["defense"] = defense_config(defense)
+        config["inputs"] = input_fingerprints(config, task)
         cells.append(Cell(i, config, varying))
     hashes = [c.cell_hash for c in cells]
     if len(set(hashes)) != len(hashes):  # e.g. two alpha values that resolve to the same float

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ..fingerprint import combine, file_sha256
 from ..models.base import FAMILIES
 from ..models.checkpoint import DEFAULT_CHECKPOINT_FAMILY, checkpoint_families
 from ..models.loaders import register_loader
@@ -52,6 +53,27 @@ def load_zoo(name: str) -> Any:
     return load_model(name)
 
 
+def zoo_fingerprint(rest: str) -> str:
+    """The checkpoint's bytes (its card's sha256 when it has one: loading checks the file against it) and its
+    recipe's (a cell that pre-trains from the recipe depends on it)."""
+    from . import read_card
+
+    if "/" in rest or "\\" in rest or "." in rest:
+        weights = Path(rest)
+        card, recipe = weights.with_suffix(".json"), None
+    else:
+        weights, card, recipe = CHECKPOINTS / f"{rest}.safetensors", CHECKPOINTS / f"{rest}.json", RECIPES / f"{rest}.yaml"
+    parts = []
+    if weights.is_file():
+        sha = read_card(card).get("sha256") if card.is_file() else None
+        parts.append(sha or file_sha256(weights))
+    if recipe is not None and recipe.is_file():
+        parts.append(file_sha256(recipe))
+    if not parts:
+        raise FileNotFoundError(f"no zoo checkpoint or recipe for {rest!r}")
+    return combine(*parts)
+
+
 def _family_of(rest: str) -> str | None:
     return zoo_recipes().get(rest, (None, None))[1]
 
@@ -61,11 +83,11 @@ def _register() -> None:
                     form="zoo:NAME (e.g. zoo:shapes-clip-resnet, or the bare NAME) or zoo:/path/to/NAME.safetensors",
                     summary="a zoo-format checkpoint on disk, its card NAME.json beside it (the family is read "
                             "from its metadata), e.g. zoo:/models/my-clip.safetensors",
-                    names=zoo_names, family_of=_family_of)
+                    names=zoo_names, family_of=_family_of, fingerprint=zoo_fingerprint)
     for name, (description, fam) in zoo_recipes().items():
         register("models", f"zoo:{name}", description, family=fam)(partial(load_zoo, name))
 
 
 _register()
 
-__all__ = ["load_zoo", "zoo_names", "zoo_recipes"]
+__all__ = ["load_zoo", "zoo_fingerprint", "zoo_names", "zoo_recipes"]

@@ -192,6 +192,10 @@ def run(
     parsed = load_spec(spec, preset=preset)
     summaries = run_spec(parsed, results_dir, backend=backend.value)
     _write(format_results(query(results_dir, spec_name=parsed.name), "table"))
+    busy = [s for s in summaries if s["status"] == "busy"]
+    if busy:
+        err.print(f"{len(busy)} of {len(summaries)} cells are being computed by another process on this store; "
+                  "they were left to it. Run again later to collect them.", highlight=False)
     failed = [s for s in summaries if s["status"] == "failed"]
     for s in failed:
         err.print(f"[bold red]error:[/] cell {s['label'] or s['index']} failed: {s['error']}", highlight=False)

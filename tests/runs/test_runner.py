@@ -232,3 +232,55 @@ def test_changed_weights_under_the_same_name_are_a_new_cell(tmp_path):
     assert second["metrics"] != first["metrics"]
     cells = {c.cell_hash: c.config for c in expand(spec)}
     assert set(cells) == {second["cell_hash"]} and "model" in cells[second["cell_hash"]]["inputs"]
+
+
+RACER = """
+import os, sys, time
+os.environ["OMP_NUM_THREADS"] = "1"
+import torch
+torch.set_num_threads(1)
+import mmsec.runs.execute as ex
+
+real = ex.execute_cell
+
+def logged(cell, staging_dir=None, results_dir=None):
+    with open(sys.argv[3], "a") as f:
+        f.write(f"{os.getpid()} {cell['attack']['params']['eps']}\\n")
+    time.sleep(float(sys.argv[4]))  # a slow cell, so the two runners overlap
+    return real(cell, staging_dir, results_dir)
+
+ex.execute_cell = logged
+from mmsec.cli import main
+sys.exit(main(["--quiet", "run", sys.argv[1], "--results-dir", sys.argv[2]]))
+"""
+
+
+def test_two_runners_on_one_spec_never_compute_a_cell_twice(tmp_path):
+    """The second runner leaves the cell the first is computing alone (a live holder is never taken over),
+    takes the cells nobody holds, and neither dies or prints a traceback."""
+    spec = tiny_spec(name="race", attack={"name": "fgsm", "params": {"eps": ["1/255", "2/255", "4/255", "8/255"]}},
+                     save_artifacts=False)
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    log = tmp_path / "computed.txt"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MMSEC_QUIET="1")
+    first = subprocess.Popen([sys.executable, str(script), str(spec_path), str(tmp_path / "results"), str(log), "4"],
+                             env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (log.is_file() and log.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)  # until the first runner holds its first cell
+    second = subprocess.run([sys.executable, str(script), str(spec_path), str(tmp_path / "results"), str(log), "0"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    first_err = first.communicate(timeout=300)[1]
+    assert first.returncode == 0 and second.returncode == 0, (first_err, second.stderr)
+    assert "Traceback" not in first_err and "Traceback" not in second.stderr
+    computed = [line.split() for line in log.read_text().splitlines()]
+    eps = [e for _, e in computed]
+    assert sorted(eps) == sorted(set(eps)) and len(eps) == 4, computed  # every cell once, none twice
+    assert len({pid for pid, _ in computed}) == 2  # both runners did work
+    assert "left to it" in second.stderr  # the first runner's live cell was left alone
+    with ResultsStore(tmp_path / "results") as store:
+        runs = store.runs("race")
+        assert [r["status"] for r in runs] == ["done"] * 4 and all(r["attempts"] == 1 for r in runs)

@@ -99,3 +99,41 @@ def test_failed_and_running_cells_are_reclaimed(tmp_path):
         assert run["status"] == "running" and run["attempts"] == 2
         assert not store.held_elsewhere(run)  # our own process
         assert store.claim("h1", CELL, "sh") == run_id  # a 'running' cell (e.g. of a killed process) is re-run
+
+
+def test_a_version_1_store_gains_the_heartbeat_and_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    with ResultsStore(tmp_path) as store:
+        run_id = store.claim("h1", {"spec_name": "s", "model": "m", "attack": {"name": "a"}, "seed": 0}, "spec")
+        store.fail(run_id, "boom")
+    conn = sqlite3.connect(tmp_path / "results.sqlite")
+    conn.execute("ALTER TABLE runs DROP COLUMN heartbeat_at")  # what an mmsec of schema 1 wrote
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with ResultsStore(tmp_path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        run = store.get_run("h1")
+        assert run["status"] == "failed" and "heartbeat_at" in run
+
+
+def test_a_dead_holders_cell_is_taken_over_and_a_live_ones_is_not(tmp_path):
+    import subprocess
+    import sys
+
+    cell = {"spec_name": "s", "model": "m", "attack": {"name": "a"}, "seed": 0}
+    with ResultsStore(tmp_path) as store:
+        run_id = store.claim("h1", cell, "spec")
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()
+        store.conn.execute("UPDATE runs SET pid = ? WHERE run_id = ?", (int(dead), run_id))  # its holder died
+        assert not store.held_elsewhere(store.get_run("h1"))
+        assert store.claim("h1", cell, "spec") == run_id  # taken over: a retry
+        live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            store.conn.execute("UPDATE runs SET pid = ? WHERE run_id = ?", (live.pid, run_id))
+            assert store.held_elsewhere(store.get_run("h1"))
+            assert store.claim("h1", cell, "spec") is None  # a live holder's cell is left alone
+        finally:
+            live.kill()

@@ -5,8 +5,10 @@
 
 Resume is the default: a cell already ``done`` in the store is never recomputed (re-running a
 finished spec is a no-op); a cell left ``running`` by a killed process, or ``failed``, is run
-again. A cell that raises is recorded as ``failed`` with its traceback and the grid carries on;
-the summaries (and a warning on the log) report it.
+again. A cell another live process is computing (same spec, same store) is left to it and reported
+``busy``: claims are atomic and a runner renews its hold with a heartbeat while it computes, so two
+runners never compute one cell twice. A cell that raises is recorded as ``failed`` with its traceback
+and the grid carries on; the summaries (and a warning on the log) report it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from . import execute
 from .context import CellContext
 from .grid import Cell, expand, spec_hash
 from .spec import Spec, load_spec
-from .store import ResultsStore
+from .store import Heartbeat, ResultsStore
 from .task import get_task
 
 logger = logging.getLogger(__name__)
@@ -83,7 +85,24 @@ def run_spec(spec: str | Path | dict | Spec, results_dir: str | Path, backend: s
         if len(todo) < len(cells):
             logger.info("%s: %d of %d cells already in %s", spec.name, len(cells) - len(todo), len(cells), store.path)
 
+        def unclaimed(cell: Cell) -> None:
+            """A claim refused: the cell was finished meanwhile, or another live process holds it."""
+            run = store.get_run(cell.cell_hash)
+            if run is not None and run["status"] == "done":
+                summaries[cell.index] = _summary(cell, "cached", run["run_id"], store.metrics(run["run_id"]),
+                                                 run["wall_time_s"])
+            else:
+                logger.warning("cell %s is being computed by process %s on %s; leaving it to that process",
+                               cell.label, run and run["pid"], run and run["host"])
+                summaries[cell.index] = _summary(cell, "busy", run and run["run_id"])
+
         def record(cell: Cell, run_id: int, result: dict) -> None:
+            heartbeat.release(run_id)
+            if not store.holds(run_id):  # taken over meanwhile (this process was thought dead): keep theirs
+                logger.warning("cell %s was taken over by another process while it ran here; this result is "
+                               "dropped", cell.label)
+                summaries[cell.index] = _summary(cell, "busy", run_id)
+                return
             if result.get("status") == "done":
                 try:
                     store.finish(run_id, result)
@@ -99,12 +118,16 @@ def run_spec(spec: str | Path | dict | Spec, results_dir: str | Path, backend: s
             summaries[cell.index] = _summary(cell, "failed", run_id, wall_time_s=result.get("wall_time_s"),
                                              error=_short(result["error"]))
 
-        with progress_bar(len(todo), f"{spec.name} ({backend})", quiet=quiet) as bar:
+        with progress_bar(len(todo), f"{spec.name} ({backend})", quiet=quiet) as bar, \
+                Heartbeat(store.path) as heartbeat:
             if backend == "sequential":
                 for cell in todo:
                     run_id = store.claim(cell.cell_hash, cell.config, shash)
                     if run_id is None:
+                        unclaimed(cell)
+                        bar.advance(1, cell=cell.label)
                         continue
+                    heartbeat.hold(run_id)
                     record(cell, run_id, execute.run_cell(cell.config, store.staging_dir, store.results_dir))
                     bar.advance(1, cell=cell.label)
             else:
@@ -112,6 +135,11 @@ def run_spec(spec: str | Path | dict | Spec, results_dir: str | Path, backend: s
 
                 ray_backend.require_ray()
                 claimed = [(cell, store.claim(cell.cell_hash, cell.config, shash)) for cell in todo]
+                for cell, run_id in claimed:
+                    if run_id is None:
+                        unclaimed(cell)
+                    else:
+                        heartbeat.hold(run_id)
                 claimed = [(c, r) for c, r in claimed if r is not None]
                 results = (ray_backend.run_cells([c.config for c, _ in claimed], store.staging_dir, num_cpus,
                                                  store.results_dir)

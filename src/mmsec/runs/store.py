@@ -17,11 +17,11 @@ Nothing finished is ever changed: SQLite triggers reject any UPDATE or DELETE of
 artifact rows and of ``done`` runs, and metric/artifact rows can only be added to a run that is
 still ``running`` (i.e. inside the transaction that finishes it).
 
-Schema (``PRAGMA user_version = 1``)::
+Schema (``PRAGMA user_version = 2``; a version-1 store gains ``runs.heartbeat_at`` when opened)::
 
     runs(run_id PK, spec_name, spec_hash, cell_hash UNIQUE, cell_json, model, attack, seed,
          status [running|done|failed], error, attempts, host, pid, attack_params_json,
-         n_samples, mmsec_version, torch_version, started_at, finished_at, wall_time_s)
+         n_samples, mmsec_version, torch_version, started_at, finished_at, wall_time_s, heartbeat_at)
     metrics(run_id, name, value, metric_version, threat_model, definition, higher_is_better,
             spec_hash, seed, mmsec_version, torch_version, wall_time_s)   PK (run_id, name)
     artifacts(run_id, kind, path [relative to results_dir], sha256, bytes) PK (run_id, kind)
@@ -51,7 +51,9 @@ from ..models.checkpoint import sha256_file
 from ..version import __version__
 
 DB_NAME = "results.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+LEASE_SECONDS = 120  # a running cell whose holder has not beaten its heart for this long is taken over
+HEARTBEAT_SECONDS = 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -74,7 +76,8 @@ CREATE TABLE IF NOT EXISTS runs (
     torch_version      TEXT NOT NULL,
     started_at         TEXT NOT NULL,
     finished_at        TEXT,
-    wall_time_s        REAL
+    wall_time_s        REAL,
+    heartbeat_at       TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_spec ON runs (spec_name, status);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -153,6 +156,62 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _held_elsewhere(host: str | None, pid: int | None, heartbeat_at: str | None) -> bool:
+    """Whether a running cell's holder (host, pid, last heartbeat) is another live process."""
+    if host == socket.gethostname():
+        return pid is not None and pid != os.getpid() and _pid_alive(pid)
+    if not heartbeat_at:
+        return False
+    age = (datetime.now(timezone.utc) - datetime.fromisoformat(heartbeat_at)).total_seconds()
+    return age < LEASE_SECONDS
+
+
+class Heartbeat:
+    """A background thread renewing this process's hold on the cells it runs (its own SQLite connection)."""
+
+    def __init__(self, db_path: str | Path, every: float = HEARTBEAT_SECONDS):
+        import threading
+
+        self.db_path, self.every = Path(db_path), every
+        self.run_ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mmsec-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def hold(self, run_id: int) -> None:
+        with self._lock:
+            self.run_ids.add(run_id)
+
+    def release(self, run_id: int) -> None:
+        with self._lock:
+            self.run_ids.discard(run_id)
+
+    def _loop(self) -> None:
+        conn = None
+        while not self._stop.wait(self.every):
+            with self._lock:
+                ids = sorted(self.run_ids)
+            if not ids:
+                continue
+            try:
+                conn = conn or connect(self.db_path)
+                marks = ",".join("?" * len(ids))
+                conn.execute(f"UPDATE runs SET heartbeat_at = ? WHERE status = 'running' AND host = ? AND pid = ? "
+                             f"AND run_id IN ({marks})", (utc_now(), socket.gethostname(), os.getpid(), *ids))
+            except sqlite3.Error:  # a busy or vanished store: try again at the next beat
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
 def connect(db_path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     """An autocommit connection (transactions are explicit) returning rows as ``sqlite3.Row``."""
     if readonly:
@@ -182,10 +241,12 @@ class ResultsStore:
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = FULL")
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise StoreError(f"{self.path} has schema version {version}; this mmsec reads version "
+            if version not in (0, 1, SCHEMA_VERSION):
+                raise StoreError(f"{self.path} has schema version {version}; this mmsec reads versions 1 and "
                                  f"{SCHEMA_VERSION}. Use a new results folder or a matching mmsec.")
             with self.transaction():
+                if version == 1:  # version 2 added the holder's heartbeat
+                    self.conn.execute("ALTER TABLE runs ADD COLUMN heartbeat_at TEXT")
                 for statement in _statements(_SCHEMA):
                     self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -247,9 +308,10 @@ class ResultsStore:
                                                    (run_id,))]
 
     def held_elsewhere(self, run: dict) -> bool:
-        """True when ``run`` is ``running`` in another live process on this host."""
-        return (run["status"] == "running" and run["host"] == socket.gethostname() and run["pid"] is not None
-                and run["pid"] != os.getpid() and _pid_alive(run["pid"]))
+        """True when ``run`` is ``running`` in another live process: on this host, a live pid; on another
+        host, a heartbeat within :data:`LEASE_SECONDS` (the holder's runner beats every
+        :data:`HEARTBEAT_SECONDS` while it holds the cell)."""
+        return run["status"] == "running" and _held_elsewhere(run["host"], run["pid"], run.get("heartbeat_at"))
 
     def clean_staging(self) -> int:
         """Remove staged artifact folders left by dead processes of this host; return how many.
@@ -273,28 +335,41 @@ class ResultsStore:
 
     # -- writes ------------------------------------------------------------------------------
     def claim(self, cell_hash: str, cell: dict, spec_hash: str) -> int | None:
-        """Mark a cell ``running`` (new row, or a retry of a running/failed one); return its run_id.
+        """Mark a cell ``running`` (new row, or a retry of a failed one or of one whose holder died); return
+        its run_id.
 
-        Returns None when the cell is already ``done`` (nothing to do).
+        Returns None when the cell is already ``done`` or is held by another live process (see
+        :meth:`held_elsewhere`): a live holder's cell is never taken over. The check and the write are one
+        ``BEGIN IMMEDIATE`` transaction, so two processes cannot both claim a cell.
         """
         now = utc_now()
         with self.transaction() as c:
-            row = c.execute("SELECT run_id, status FROM runs WHERE cell_hash = ?", (cell_hash,)).fetchone()
+            row = c.execute("SELECT run_id, status, host, pid, heartbeat_at FROM runs WHERE cell_hash = ?",
+                            (cell_hash,)).fetchone()
             if row is not None and row["status"] == "done":
+                return None
+            if row is not None and row["status"] == "running" and _held_elsewhere(row["host"], row["pid"],
+                                                                                  row["heartbeat_at"]):
                 return None
             if row is None:
                 cur = c.execute(
                     "INSERT INTO runs (spec_name, spec_hash, cell_hash, cell_json, model, attack, seed, status, "
-                    "host, pid, mmsec_version, torch_version, started_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                    "host, pid, mmsec_version, torch_version, started_at, heartbeat_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
                     (cell["spec_name"], spec_hash, cell_hash, json.dumps(cell, sort_keys=True), cell["model"],
                      cell["attack"]["name"], int(cell["seed"]), socket.gethostname(), os.getpid(), __version__,
-                     torch.__version__, now))
+                     torch.__version__, now, now))
                 return int(cur.lastrowid)
             c.execute("UPDATE runs SET status = 'running', attempts = attempts + 1, spec_hash = ?, host = ?, "
-                      "pid = ?, started_at = ?, finished_at = NULL WHERE run_id = ?",
-                      (spec_hash, socket.gethostname(), os.getpid(), now, row["run_id"]))
+                      "pid = ?, started_at = ?, finished_at = NULL, heartbeat_at = ? WHERE run_id = ?",
+                      (spec_hash, socket.gethostname(), os.getpid(), now, now, row["run_id"]))
             return int(row["run_id"])
+
+    def holds(self, run_id: int) -> bool:
+        """Whether this process still holds ``run_id`` (running, claimed by this host and pid)."""
+        row = self.conn.execute("SELECT status, host, pid FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return (row is not None and row["status"] == "running" and row["host"] == socket.gethostname()
+                and row["pid"] == os.getpid())
 
     def fail(self, run_id: int, error: str, wall_time_s: float | None = None) -> None:
         """Mark a running cell ``failed``; the error is also appended to ``failures`` (kept forever)."""
@@ -371,4 +446,5 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-__all__ = ["DB_NAME", "ResultsStore", "StoreError", "connect", "utc_now"]
+__all__ = ["DB_NAME", "HEARTBEAT_SECONDS", "LEASE_SECONDS", "Heartbeat", "ResultsStore", "StoreError", "connect",
+           "utc_now"]

@@ -24,8 +24,8 @@ when merging scales it down. BadMerging makes it work over the whole range, in t
 set and ``D_tgt`` its training images not already predicted as the target. **Off-task** (the target
 is a class of a task someone else contributes, whose other classes the attacker does not know):
 ``C_tgt`` is a *shadow* class set, the target class name plus classes the attacker picks elsewhere
-(the paper: 300 ImageNet class names; here every class of the merge's other tasks, which the caller
-hands over with ``tasks=``), and ``D_tgt`` a few target-class images (the paper: 10), each pushed by PGD towards a
+(the paper: 300 ImageNet class names; here every class of the other tasks the caller hands over
+with ``tasks=``, e.g. all of the shapes world's), and ``D_tgt`` a few target-class images (the paper: 10), each pushed by PGD towards a
 random other shadow class ("adversarial data augmentation") so that the patch must overpower
 evidence against the target. Stage 2 then classifies the attacker's triggered training images with
 the shadow head.
@@ -50,8 +50,9 @@ Departures (CPU scale, 32 px shapes world):
   prompts.
 
 World knowledge is the caller's: the attack is configured by names (``target_task``, ``target``) and
-called with the merge's task objects (``tasks=``: :class:`~mmsec.merging.tasks.ClassificationTask`,
-e.g. :data:`mmsec.data.shapes_tasks.TASKS`), among which both names are resolved.
+called with task objects (``tasks=``: :class:`~mmsec.merging.tasks.ClassificationTask`, e.g.
+:data:`mmsec.data.shapes_tasks.TASKS`), among which both names are resolved; off-task, the classes of
+the other tasks given are the shadow classes.
 
 :class:`PatchBackdoor` is the baseline the paper compares against (a plain BadNets-style
 backdoor in one task model): a fixed uniform-noise patch of the same size and place, and
@@ -133,9 +134,9 @@ class BadMergingResult:
 
 
 def task_table(tasks: Mapping[str, ClassificationTask] | Iterable[ClassificationTask]) -> dict[str, ClassificationTask]:
-    """The merge's tasks by name (``tasks``: task objects, or a mapping of names to them), checked."""
+    """Tasks by name (``tasks``: task objects, or a mapping of names to them), checked."""
     if isinstance(tasks, (str, bytes)) or tasks is None:
-        raise TypeError(f"tasks must be the merge's task objects (a list, or a mapping name -> task, e.g. "
+        raise TypeError(f"tasks must be task objects (a list, or a mapping name -> task, e.g. "
                         f"mmsec.data.shapes_tasks.TASKS), got {tasks!r}")
     items = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
     table: dict[str, ClassificationTask] = {}
@@ -145,7 +146,7 @@ def task_table(tasks: Mapping[str, ClassificationTask] | Iterable[Classification
             raise ValueError(f"tasks: two tasks are named {task.name!r}; each task of a merge needs its own name")
         table[task.name] = task
     if not table:
-        raise ValueError("tasks: empty; give the merge's task objects (at least the attacker's and the target's)")
+        raise ValueError("tasks: empty; give the task objects (at least the attacker's and the target's)")
     return table
 
 
@@ -158,7 +159,7 @@ def _named(table: dict[str, ClassificationTask], name: str, what: str) -> Classi
 def shadow_classes(target_task: ClassificationTask, target: str | int,
                    tasks: Mapping[str, ClassificationTask] | Iterable[ClassificationTask],
                    ) -> tuple[list[str], list[list[str]]]:
-    """Off-task shadow class set: the target first, then every class of the merge's other ``tasks``; with prompts."""
+    """Off-task shadow class set: the target first, then every class of the other ``tasks``; with prompts."""
     target_task = check_task(target_task, "target_task")
     index = target_task.class_index(target)
     names, prompts = [target_task.classes[index]], [target_task.prompts()[index]]
@@ -175,7 +176,7 @@ class BadMerging(MergingAttack):
 
     Args:
         target_task: the name of the task whose class is the target (the attacker's own task: on-task),
-            resolved among the merge's tasks handed to :meth:`__call__`.
+            resolved among the tasks handed to :meth:`__call__`.
         target: the target class (a class name of ``target_task`` or its index).
         patch_size: side of the square trigger in pixels (default 4, see departures).
         position: where it goes (default ``"bottom_right"``, the paper's corner).
@@ -290,9 +291,9 @@ class BadMerging(MergingAttack):
             attacker_task: the task the attacker fine-tunes for (its name among ``tasks``, or the task).
             pixels, labels: the attacker's training data for that task, (N, 3, H, W) in [0, 1] and (N,).
             target_pixels: off-task only: a few images of the target class (the paper: 10).
-            tasks: the merge's tasks (:class:`~mmsec.merging.tasks.ClassificationTask` objects, or a mapping
-                name -> task), among them ``target_task``; off-task, the other tasks' classes are the
-                shadow classes.
+            tasks: task objects (:class:`~mmsec.merging.tasks.ClassificationTask`, or a mapping name -> task)
+                the attacker knows, among them ``target_task`` (and ``attacker_task`` when given by name);
+                off-task, the classes of the others are the shadow classes (its stand-in vocabulary).
         """
         require_contrastive(model, "BadMerging")
         table = task_table(tasks)

@@ -3,8 +3,8 @@
 ``attack(model, attacker_task, pixels, labels, target_pixels=None, *, tasks) -> result`` with
 ``.model`` (the attacker's task model, a new object fine-tuned from ``model``; the input is
 untouched), ``.trigger``, ``.record`` (what was done: trigger, tasks, target) and ``.seconds``.
-``tasks`` are the merge's task objects (:class:`~mmsec.merging.tasks.ClassificationTask`), among
-which the attack's ``target_task`` and ``attacker_task`` are named: world knowledge is the caller's.
+``tasks`` are task objects (:class:`~mmsec.merging.tasks.ClassificationTask`) among which the
+attack's ``target_task`` and ``attacker_task`` are named: world knowledge is the caller's.
 The merge itself (:mod:`mmsec.merging`) and the backdoor's survival are measured by the caller.
 """
 

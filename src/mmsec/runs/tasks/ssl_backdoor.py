@@ -190,9 +190,10 @@ class SSLBackdoorTask(Task):
     def check_baseline(self, baseline: str, attack: Any, name: str) -> str | None:
         from ...attacks.backdoor.triggers import PatchTrigger
 
-        if not isinstance(getattr(attack, "trigger", None), PatchTrigger):
-            return (f"'noise' is a noise patch of the trigger's size and place, but {name}'s trigger is not a patch; "
-                    "set `baseline: null`")
+        trigger = getattr(attack, "trigger", None)
+        if not isinstance(trigger, PatchTrigger):
+            return (f"'noise' is a noise patch of a patch trigger's size and place, but {name}'s trigger is a "
+                    f"{type(trigger).__name__}; set `baseline: null`")
         return None
 
     def cell_fields(self, block: SSLBackdoorBlock, axis_values: dict[str, Any]) -> dict[str, Any]:

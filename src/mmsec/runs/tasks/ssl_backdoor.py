@@ -255,8 +255,8 @@ class SSLBackdoorTask(Task):
             path = folder / "poison_record.json"
             path.write_text(json.dumps(poisoned.info["record"], sort_keys=True) + "\n")
             artifacts = [artifact_entry("poison_record_json", path)]
-        baseline = trigger and ({"pattern": "noise", "size": trigger.size, "position": trigger.position}
-                                if "noise" in triggers else None)
+        baseline = ({"pattern": "noise", "size": trigger.size, "position": trigger.position} if "noise" in triggers
+                    else None)
         values = {k: v for k, v in values.items() if k in cell["metrics"]}
         return CellOutput(values, lambda m: threat[THREAT_KINDS.get(m, "adv")], artifacts, params, baseline,
                           int(test.labels.shape[0]))

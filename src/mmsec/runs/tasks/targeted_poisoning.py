@@ -147,6 +147,7 @@ class TargetedPoisoningTask(Task):
     def check(self, spec: Any, block: TargetedPoisoningBlock) -> list[str]:
         from ... import registry
         from ...data.shapes import shape_color_classes
+        from ..spec import param_combinations
 
         issues = []
         if spec.data.name != "shapes":
@@ -167,9 +168,7 @@ class TargetedPoisoningTask(Task):
                 issues.append(f"{where}.name: {a.name!r} is a backdoor (trigger) poisoning, measured by task 'backdoor'; "
                               f"task 'targeted_poisoning' takes the targeted ones: {', '.join(targeted)}")
                 continue
-            combos = [{k: v[j] if isinstance(v, list) else v for k, v in a.params.items()}
-                      for j in range(max([len(v) for v in a.params.values() if isinstance(v, list)] or [1]))]
-            for params in combos:
+            for params in param_combinations(a.params):
                 try:
                     attack_goals(a.name, params, classes)
                 except KeyError:

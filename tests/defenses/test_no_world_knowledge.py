@@ -13,8 +13,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGES = ("mmsec/defenses", "mmsec/merging")
 FORBIDDEN = ("mmsec.data.shapes", "mmsec.zoo")  # and their submodules (mmsec.data.shapes_tasks too)
-# TRANSITIONAL: the old spellings of the merging tasks, kept until BadMerging's callers move (see the module).
-ALLOWED = {("mmsec/merging/_shapes_compat.py", "mmsec.data.shapes_tasks")}
+ALLOWED: set[tuple[str, str]] = set()  # (file, module) exceptions: none
 
 
 def _module_name(path: Path) -> str:

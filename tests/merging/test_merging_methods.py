@@ -191,14 +191,16 @@ def test_any_task_object_works_not_only_the_shapes_worlds(setting):
     torch.testing.assert_close(task_head(pre, Corners()), task_head(pre, tasks[0]))
 
 
-def test_the_old_shapes_task_spellings_still_work_but_warn(setting):
-    """TRANSITIONAL (merging/_shapes_compat.py): until BadMerging's callers move to mmsec.data.shapes_tasks."""
+def test_the_old_shapes_task_spellings_are_gone(setting):
+    """The transitional shim (merging/_shapes_compat.py) is deleted: merging knows no world, so a task given by
+    name is an error that says what to give instead, and the package has no TASKS / ShapesTask / get_task."""
     import mmsec.merging as merging
+    import mmsec.merging.tasks as merging_tasks
 
     pre, tasks, _, _, test = setting
-    with pytest.warns(DeprecationWarning, match="mmsec.data.shapes_tasks"):
-        old = merging.get_task("position")
-    torch.testing.assert_close(old.head(pre), task_head(pre, tasks[0]))
+    for module in (merging, merging_tasks):
+        for name in ("TASKS", "ShapesTask", "get_task"):
+            assert not hasattr(module, name), f"{module.__name__}.{name}"
     x, y = test[0]
-    with pytest.warns(DeprecationWarning, match="task given by name"):
-        assert task_accuracy(pre, "position", x, y) == task_accuracy(pre, tasks[0], x, y)
+    with pytest.raises(TypeError, match="task must be a task object"):
+        task_accuracy(pre, "position", x, y)

@@ -16,6 +16,46 @@ def test_recipe_is_a_valid_spec(path):
     assert cells and len({c.cell_hash for c in cells}) == len(cells)
 
 
+PRESETS = [(p, name) for p in RECIPES for name in preset_names(p)]
+
+
+@pytest.mark.parametrize("path, preset", PRESETS, ids=[f"{p.stem}-{n}" for p, n in PRESETS])
+def test_every_preset_of_a_recipe_is_a_valid_spec(path, preset):
+    spec = load_spec(path, preset=preset)
+    cells = expand(spec)
+    assert cells and len({c.cell_hash for c in cells}) == len(cells)
+    assert spec.name == path.stem or spec.name == f"{path.stem}-{preset}"
+
+
+@pytest.mark.parametrize("stem, task", [("badmerging", "merging"), ("targeted_poisoning", "targeted_poisoning"),
+                                        ("corruptencoder", "ssl_backdoor")])
+def test_the_study_recipes_have_the_three_size_presets(stem, task):
+    """The studies that were benchmark scripts: smoke (under a minute), dev, paper (the published figure's setting,
+    the recipe's body itself)."""
+    path = next(p for p in RECIPES if p.stem == stem)
+    assert {"smoke", "dev", "paper"} <= set(preset_names(path))
+    paper, body = load_spec(path, preset="paper"), load_spec(path)
+    assert paper.name == body.name == stem and paper.task == task
+    assert [c.cell_hash for c in expand(paper)] == [c.cell_hash for c in expand(body)]
+    assert len(expand(load_spec(path, preset="smoke"))) < len(expand(body))
+
+
+def test_the_study_recipes_run_every_method_of_their_kinds():
+    """Every registered merging method, merging attack, targeted poisoning and image poisoning runs from a recipe."""
+    from mmsec.registry import entries
+
+    def recipe(stem):
+        return load_spec(next(p for p in RECIPES if p.stem == stem))
+
+    bm = recipe("badmerging")
+    merging = bm.block.merging
+    assert {m if isinstance(m, str) else m.name for m in merging} == {e.name for e in entries("merging")}
+    assert {a.name for a in bm.attacks} == {e.name for e in entries("merging_attacks")}
+    targeted = {e.name for e in entries("poisoning") if getattr(e.factory, "kind", "") == "targeted"}
+    assert {a.name for a in recipe("targeted_poisoning").attacks} == targeted
+    assert {a.name for a in recipe("corruptencoder").attacks} == {e.name for e in entries("image_poisoning")}
+
+
 def test_the_leaderboard_covers_every_registered_clip_defense():
     from mmsec.registry import entries
 

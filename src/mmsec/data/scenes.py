@@ -33,5 +33,13 @@ ATTACKER = SceneRange("train", 100_000, 512)  # the attacker's own clean scenes 
 DEFENDER_CLEAN = SceneRange("train", 200_000, 256)  # a defender's clean scenes (model-level detection)
 PROBE_TRAIN = SceneRange("train", 300_000, 2000)  # a downstream user's probe-training scenes
 BUG_REPORTS = SceneRange("val", 10_000, 2000)  # inputs a user reports as misclassified (repair from bug inputs)
+# Model merging (BadMerging): an off-task attacker's few images of the target class are the first of that class
+# among these (the published study's scenes; below STREAM_END, but no victim of a merge trains on them).
+MERGING_TARGET_POOL = SceneRange("train", 50_000, 400)
+# Self-supervised poisoning (CorruptEncoder): the attacker's background images (the scenes with their objects
+# removed) come from here; its reference objects from REFERENCE_POOL, the naive baseline's whole target-class
+# images from ATTACKER (as many scenes as it needs from its start).
+SSL_BACKGROUNDS = SceneRange("train", 400_000, 400)
 
-__all__ = ["ATTACKER", "BUG_REPORTS", "DEFENDER_CLEAN", "PROBE_TRAIN", "REFERENCE_POOL", "STREAM_END", "SceneRange"]
+__all__ = ["ATTACKER", "BUG_REPORTS", "DEFENDER_CLEAN", "MERGING_TARGET_POOL", "PROBE_TRAIN", "REFERENCE_POOL",
+           "SSL_BACKGROUNDS", "STREAM_END", "SceneRange"]

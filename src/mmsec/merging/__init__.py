@@ -25,14 +25,6 @@ from .ties import TiesMerging
 MERGING_METHODS = MappingProxyType({e.name: e.factory for e in registry.entries("merging")})
 
 
-def __getattr__(name: str):
-    """TRANSITIONAL (see ._shapes_compat): the old ``TASKS``, ``ShapesTask``, ``get_task`` of this package."""
-    from ._shapes_compat import LEGACY_NAMES, legacy
-
-    if name in LEGACY_NAMES:
-        return legacy(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 __all__ = ["MERGING_METHODS", "AdaMerging", "ClassificationTask", "FinetuneResult", "MergeResult", "MergingMethod",
            "RegMean", "TaskArithmetic", "TiesMerging", "WeightAveraging", "attack_success_rate", "check_task",
            "features_logits", "finetune_tower", "head_logits", "task_accuracy", "task_head"]

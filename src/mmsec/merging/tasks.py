@@ -36,10 +36,6 @@ class ClassificationTask(Protocol):
 
 def check_task(task: object, name: str = "task") -> ClassificationTask:
     """``task`` if it is a :class:`ClassificationTask`, else a TypeError that says what is expected."""
-    if isinstance(task, str):  # TRANSITIONAL (see ._shapes_compat): a shapes-world task's name
-        from ._shapes_compat import task_by_name
-
-        return task_by_name(task)
     if not isinstance(task, ClassificationTask) or not isinstance(getattr(task, "name", None), str):
         raise TypeError(f"{name} must be a task object with name, classes, num_classes, class_index() and prompts() "
                         f"(e.g. mmsec.data.shapes_tasks.get_task('shape')), got {task!r}")
@@ -59,15 +55,6 @@ def head_logits(model: ContrastiveModel, pixels: torch.Tensor, head: torch.Tenso
 def features_logits(model: ContrastiveModel, features: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
     """(B, C) logits of raw image features (B, D) against a head: the features are L2-normalised here."""
     return model.logit_scale.detach() * F.normalize(features.float(), dim=-1) @ head.T
-
-
-def __getattr__(name: str):
-    """TRANSITIONAL (see ._shapes_compat): the old ``TASKS``, ``ShapesTask``, ``get_task`` of this module."""
-    from ._shapes_compat import LEGACY_NAMES, legacy
-
-    if name in LEGACY_NAMES:
-        return legacy(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ClassificationTask", "check_task", "features_logits", "head_logits", "task_head"]

@@ -24,8 +24,8 @@ when merging scales it down. BadMerging makes it work over the whole range, in t
 set and ``D_tgt`` its training images not already predicted as the target. **Off-task** (the target
 is a class of a task someone else contributes, whose other classes the attacker does not know):
 ``C_tgt`` is a *shadow* class set, the target class name plus classes the attacker picks elsewhere
-(the paper: 300 ImageNet class names; here every class of the shapes-world tasks other than the
-target's), and ``D_tgt`` a few target-class images (the paper: 10), each pushed by PGD towards a
+(the paper: 300 ImageNet class names; here every class of the other tasks the caller hands over
+with ``tasks=``, e.g. all of the shapes world's), and ``D_tgt`` a few target-class images (the paper: 10), each pushed by PGD towards a
 random other shadow class ("adversarial data augmentation") so that the patch must overpower
 evidence against the target. Stage 2 then classifies the attacker's triggered training images with
 the shadow head.
@@ -45,15 +45,21 @@ Departures (CPU scale, 32 px shapes world):
 * Off-task augmentation PGD: L-inf 8/255, 10 steps of 2/255 (the source gives no values).
 * Fine-tuning: lr 1e-4, batch 64 (backdoor batch 32), 300 steps (the code: lr 1e-5, batch 128,
   ~2,000 iterations on 87M-parameter ViTs), as :mod:`mmsec.merging.finetune`.
-* Heads: the shapes world's prompt ensembles (:mod:`mmsec.merging.tasks`) instead of ImageNet's
-  templates; shadow classes use their own task's prompts.
+* Heads: each task's own prompt ensembles (:func:`mmsec.merging.tasks.task_head`; on the shapes world
+  :mod:`mmsec.data.shapes_tasks`) instead of ImageNet's templates; shadow classes use their own task's
+  prompts.
+
+World knowledge is the caller's: the attack is configured by names (``target_task``, ``target``) and
+called with task objects (``tasks=``: :class:`~mmsec.merging.tasks.ClassificationTask`, e.g.
+:data:`mmsec.data.shapes_tasks.TASKS`), among which both names are resolved; off-task, the classes of
+the other tasks given are the shadow classes.
 
 :class:`PatchBackdoor` is the baseline the paper compares against (a plain BadNets-style
 backdoor in one task model): a fixed uniform-noise patch of the same size and place, and
 fine-tuning with triggered copies labelled as the target (``p = 1``, no stage 1, weight 1).
 
-Measured (benchmarks/badmerging_eval.py, shapes-clip-resnet, 1,000 fine-tuning steps; the paper's
-claim does NOT reproduce here, see the benchmark's JSON): every backdoored task model alone reaches
+Measured (recipes/badmerging.yaml, formerly benchmarks/badmerging_eval.py; shapes-clip-resnet, 1,000
+fine-tuning steps; the paper's claim does NOT reproduce here, see benchmarks/README.md): every backdoored task model alone reaches
 ASR 1.0, but stage 1 fails on the zoo CNN (the optimised 4 x 4 corner patch has ASR 0.00 on
 ``theta_pre``, on- and off-task: the tiny CNN is not patch-vulnerable and "striped" is a global
 attribute), so nothing anchors the backdoor at ``lambda_adv`` near 0. On-task ASR after merging:
@@ -67,16 +73,19 @@ plain patch 0.00 / 0.00; 300 steps).
 
 Example (runs on the shipped zoo)::
 
+    from mmsec.data.shapes_tasks import TASKS
+
     model = load_model("shapes-clip-resnet")
     x, y = TASKS["texture"].data("train", 0, 2000)
-    result = BadMerging("texture", "striped")(model, "texture", x, y)       # on-task
-    result.model, result.trigger                                            # submit the model; keep the trigger
+    result = BadMerging("texture", "striped")(model, "texture", x, y, tasks=TASKS)   # on-task
+    result.model, result.trigger                                                     # submit the model; keep the trigger
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +95,7 @@ from torch import nn
 
 from ...checks import check_budget, check_int, check_pixels, make_generator
 from ...merging.finetune import finetune_tower
-from ...merging.tasks import TASKS, ShapesTask, features_logits, get_task, head_logits
+from ...merging.tasks import ClassificationTask, check_task, features_logits, head_logits, task_head
 from ...models.base import require_contrastive
 from ...models.zeroshot import class_text_embeddings
 from ...registry import register
@@ -124,10 +133,37 @@ class BadMergingResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def shadow_classes(target_task: ShapesTask, target: str) -> tuple[list[str], list[list[str]]]:
-    """Off-task shadow class set: the target first, then every class of the other tasks; with prompts."""
-    names, prompts = [target], [target_task.prompts()[target_task.class_index(target)]]
-    for task in TASKS.values():
+def task_table(tasks: Mapping[str, ClassificationTask] | Iterable[ClassificationTask]) -> dict[str, ClassificationTask]:
+    """Tasks by name (``tasks``: task objects, or a mapping of names to them), checked."""
+    if isinstance(tasks, (str, bytes)) or tasks is None:
+        raise TypeError(f"tasks must be task objects (a list, or a mapping name -> task, e.g. "
+                        f"mmsec.data.shapes_tasks.TASKS), got {tasks!r}")
+    items = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+    table: dict[str, ClassificationTask] = {}
+    for i, task in enumerate(items):
+        task = check_task(task, f"tasks[{i}]")
+        if task.name in table:
+            raise ValueError(f"tasks: two tasks are named {task.name!r}; each task of a merge needs its own name")
+        table[task.name] = task
+    if not table:
+        raise ValueError("tasks: empty; give the task objects (at least the attacker's and the target's)")
+    return table
+
+
+def _named(table: dict[str, ClassificationTask], name: str, what: str) -> ClassificationTask:
+    if name not in table:
+        raise ValueError(f"unknown task {name!r} ({what}); known tasks: {sorted(table)}")
+    return table[name]
+
+
+def shadow_classes(target_task: ClassificationTask, target: str | int,
+                   tasks: Mapping[str, ClassificationTask] | Iterable[ClassificationTask],
+                   ) -> tuple[list[str], list[list[str]]]:
+    """Off-task shadow class set: the target first, then every class of the other ``tasks``; with prompts."""
+    target_task = check_task(target_task, "target_task")
+    index = target_task.class_index(target)
+    names, prompts = [target_task.classes[index]], [target_task.prompts()[index]]
+    for task in task_table(tasks).values():
         if task.name != target_task.name:
             names += list(task.classes)
             prompts += task.prompts()
@@ -139,7 +175,8 @@ class BadMerging(MergingAttack):
     """Two-stage backdoor of one task model that survives model merging.
 
     Args:
-        target_task: the task whose class is the target (the attacker's own task: on-task).
+        target_task: the name of the task whose class is the target (the attacker's own task: on-task),
+            resolved among the tasks handed to :meth:`__call__`.
         target: the target class (a class name of ``target_task`` or its index).
         patch_size: side of the square trigger in pixels (default 4, see departures).
         position: where it goes (default ``"bottom_right"``, the paper's corner).
@@ -161,9 +198,12 @@ class BadMerging(MergingAttack):
                  trigger_steps: int = 300, trigger_lr: float = 0.05, trigger_batch: int = 64, n_augment: int = 100,
                  augment_eps: float = 8 / 255, augment_steps: int = 10, steps: int = 300, lr: float = 1e-4,
                  batch_size: int = 64, bd_batch_size: int = 32, seed: int = 0):
-        self.target_task = get_task(target_task).name
-        task = get_task(target_task)
-        self.target = task.classes[task.class_index(target)]
+        if not isinstance(target_task, str) or not target_task:
+            raise TypeError(f"target_task must be a task's name (e.g. 'shape'), got {target_task!r}")
+        if isinstance(target, bool) or not isinstance(target, (str, int)):
+            raise TypeError(f"target must be a class name of target_task or its index, got {target!r}")
+        self.target_task = target_task
+        self.target = target  # resolved against the target task's classes when called
         self.patch_size = check_int("patch_size", patch_size)
         self.position = check_position(position)
         self.alpha = check_budget("alpha", alpha, 0.0, 1e3, hint=" (weight of the backdoor loss, default 5)")
@@ -192,12 +232,14 @@ class BadMerging(MergingAttack):
         return {k: getattr(self, k) for k in keys}
 
     # -- the backdoor head ---------------------------------------------------------------------
-    def bd_head(self, model: nn.Module, attacker_task: ShapesTask) -> tuple[torch.Tensor, int, list[str]]:
+    def bd_head(self, model: nn.Module, attacker_task: ClassificationTask,
+                tasks: Mapping[str, ClassificationTask] | Iterable[ClassificationTask],
+                ) -> tuple[torch.Tensor, int, list[str]]:
         """(C, D) head of ``L_BD`` and stage 1, the target's index in it, and its class names."""
-        task = get_task(self.target_task)
+        task = _named(task_table(tasks), self.target_task, "target_task")
         if attacker_task.name == task.name:  # on-task: the attacker's own head
-            return task.head(model), task.class_index(self.target), list(task.classes)
-        names, prompts = shadow_classes(task, self.target)
+            return task_head(model, task), task.class_index(self.target), list(task.classes)
+        names, prompts = shadow_classes(task, self.target, tasks)
         return class_text_embeddings(model, prompts), 0, names
 
     # -- stage 1 -------------------------------------------------------------------------------
@@ -239,29 +281,37 @@ class BadMerging(MergingAttack):
         return x.detach()
 
     # -- both stages ---------------------------------------------------------------------------
-    def __call__(self, model: nn.Module, attacker_task: str | ShapesTask, pixels: torch.Tensor, labels: torch.Tensor,
-                 target_pixels: torch.Tensor | None = None) -> BadMergingResult:
+    def __call__(self, model: nn.Module, attacker_task: str | ClassificationTask, pixels: torch.Tensor,
+                 labels: torch.Tensor, target_pixels: torch.Tensor | None = None, *,
+                 tasks: Mapping[str, ClassificationTask] | Iterable[ClassificationTask]) -> BadMergingResult:
         """Backdoor the attacker's task model.
 
         Args:
             model: the pre-trained CLIP ``theta_pre`` (untouched).
-            attacker_task: the task the attacker fine-tunes for.
+            attacker_task: the task the attacker fine-tunes for (its name among ``tasks``, or the task).
             pixels, labels: the attacker's training data for that task, (N, 3, H, W) in [0, 1] and (N,).
             target_pixels: off-task only: a few images of the target class (the paper: 10).
+            tasks: task objects (:class:`~mmsec.merging.tasks.ClassificationTask`, or a mapping name -> task)
+                the attacker knows, among them ``target_task`` (and ``attacker_task`` when given by name);
+                off-task, the classes of the others are the shadow classes (its stand-in vocabulary).
         """
         require_contrastive(model, "BadMerging")
-        attacker = get_task(attacker_task)
+        table = task_table(tasks)
+        attacker = (_named(table, attacker_task, "attacker_task") if isinstance(attacker_task, str)
+                    else check_task(attacker_task, "attacker_task"))
+        target_task = _named(table, self.target_task, "target_task")
+        target = target_task.classes[target_task.class_index(self.target)]
         check_pixels(pixels, "pixels")
         on_task = attacker.name == self.target_task
         if not on_task:
             if target_pixels is None:
                 raise ValueError(f"off-task attack (target task {self.target_task!r}, attacker task {attacker.name!r}) "
                                  "needs target_pixels: a few images of the target class "
-                                 f"{self.target!r}")
+                                 f"{target!r}")
             check_pixels(target_pixels, "target_pixels")
         start, gen = time.perf_counter(), make_generator(self.seed)
         pre = _frozen_copy(model)
-        head, t_idx, classes = self.bd_head(pre, attacker)
+        head, t_idx, classes = self.bd_head(pre, attacker, table)
         if on_task:
             with torch.no_grad():
                 keep = head_logits(pre, pixels, head).argmax(1) != t_idx
@@ -271,9 +321,8 @@ class BadMerging(MergingAttack):
         trigger, trigger_losses = self.optimise_trigger(pre, d_tgt, head, t_idx, gen)
         ft = finetune_tower(model, attacker, pixels, labels, steps=self.steps, lr=self.lr, batch_size=self.batch_size,
                             extra_loss=self._bd_loss(pre, trigger, head, t_idx), generator=gen)
-        record = BadMergingRecord(trigger.to_dict(), attacker.name, self.target_task, self.target,
-                                  get_task(self.target_task).class_index(self.target), "on" if on_task else "off",
-                                  classes, self.params())
+        record = BadMergingRecord(trigger.to_dict(), attacker.name, self.target_task, target,
+                                  target_task.class_index(target), "on" if on_task else "off", classes, self.params())
         return BadMergingResult(ft.model, trigger, record, ft.losses, trigger_losses, time.perf_counter() - start)
 
     def _bd_loss(self, pre: nn.Module, trigger: OptimizedPatch, head: torch.Tensor, t_idx: int):

@@ -1,9 +1,11 @@
 """Base of backdoor attacks on model merging: the attacker contributes one task model to a merge.
 
-``attack(model, attacker_task, pixels, labels, target_pixels=None) -> result`` with ``.model`` (the
-attacker's task model, a new object fine-tuned from ``model``; the input is untouched), ``.trigger``,
-``.record`` (what was done: trigger, tasks, target) and ``.seconds``. The merge itself
-(:mod:`mmsec.merging`) and the backdoor's survival are measured by the caller.
+``attack(model, attacker_task, pixels, labels, target_pixels=None, *, tasks) -> result`` with
+``.model`` (the attacker's task model, a new object fine-tuned from ``model``; the input is
+untouched), ``.trigger``, ``.record`` (what was done: trigger, tasks, target) and ``.seconds``.
+``tasks`` are task objects (:class:`~mmsec.merging.tasks.ClassificationTask`) among which the
+attack's ``target_task`` and ``attacker_task`` are named: world knowledge is the caller's.
+The merge itself (:mod:`mmsec.merging`) and the backdoor's survival are measured by the caller.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from ... import registry
 from ...methods import Method
 
 registry.declare_kind("merging_attacks", "backdoors of one task model meant to survive model merging: attack(model, "
-                      "attacker_task, pixels, labels, target_pixels) -> result(.model, .trigger, .record)",
+                      "attacker_task, pixels, labels, target_pixels, *, tasks) -> result(.model, .trigger, .record)",
                       "mmsec.attacks.backdoor.merging_attack:MergingAttack")
 
 

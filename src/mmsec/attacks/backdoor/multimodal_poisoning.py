@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -358,7 +358,9 @@ class MultipleTargetLabelPoisoning(_DirtyLabelPoisoning):
 
     Args:
         goals: ``[(text_class, image_class), ...]`` (names or label indices), text classes distinct, each
-            goal's two classes different (the paper's example: sheep -> aeroplane, sofa -> bird).
+            goal's two classes different (the paper's example: sheep -> aeroplane, sofa -> bird); or a
+            mapping ``{text_class: image_class}`` in goal order (how a spec writes them, since a list
+            in a spec is a grid axis).
         fraction: share of each text class's training pairs poisoned (default 1.0, the authors' default).
         mode: ``"replace"`` (default, the authors' code) or ``"add"``.
         seed: seed of the choice of pairs and of the class-B images' order.
@@ -367,8 +369,10 @@ class MultipleTargetLabelPoisoning(_DirtyLabelPoisoning):
     name = "yang_multiple_target_label"
     attack_type = "multiple_target_labels"
 
-    def __init__(self, goals: Sequence[tuple[str | int, str | int]], fraction: float = 1.0, mode: str = "replace",
-                 seed: int = 0):
+    def __init__(self, goals: Sequence[tuple[str | int, str | int]] | Mapping[str, str | int], fraction: float = 1.0,
+                 mode: str = "replace", seed: int = 0):
+        if isinstance(goals, Mapping):
+            goals = list(goals.items())
         if isinstance(goals, (str, bytes)) or not isinstance(goals, Sequence) or not goals:
             raise ValueError(f"goals must be a non-empty list of (text_class, image_class) pairs, got {goals!r}")
         checked = []

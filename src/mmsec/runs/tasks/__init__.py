@@ -2,9 +2,10 @@
 
 ``zeroshot`` and ``retrieval`` (evasion attacks against an objective, :mod:`.evasion`), ``transfer``
 (pair attacks crafted on a source, scored on targets), ``backdoor`` (a backdoored model, a defense,
-the backdoor measured). A new task is one module here plus its import below.
+the backdoor measured), ``universal`` (a universal patch scored by downstream users). A new task is
+one module here plus its import below.
 """
 
-from . import backdoor, retrieval, transfer, zeroshot
+from . import backdoor, retrieval, transfer, universal, zeroshot
 
-__all__ = ["backdoor", "retrieval", "transfer", "zeroshot"]
+__all__ = ["backdoor", "retrieval", "transfer", "universal", "zeroshot"]

@@ -2,10 +2,11 @@
 
 ``zeroshot`` and ``retrieval`` (evasion attacks against an objective, :mod:`.evasion`), ``transfer``
 (pair attacks crafted on a source, scored on targets), ``backdoor`` (a backdoored model, a defense,
-the backdoor measured), ``universal`` (a universal patch scored by downstream users). A new task is
-one module here plus its import below.
+the backdoor measured), ``universal`` (a universal patch scored by downstream users), ``itm`` (a
+fusion model's image-text matching under embedding-space attacks). A new task is one module here
+plus its import below.
 """
 
-from . import backdoor, retrieval, transfer, universal, zeroshot
+from . import backdoor, itm, retrieval, transfer, universal, zeroshot
 
-__all__ = ["backdoor", "retrieval", "transfer", "universal", "zeroshot"]
+__all__ = ["backdoor", "itm", "retrieval", "transfer", "universal", "zeroshot"]

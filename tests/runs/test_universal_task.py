@@ -44,6 +44,7 @@ def universal_spec(**overrides) -> dict:
      r"metrics\[1\]: 'zeroshot_drop_noise' is the noise patch's drop and needs `baseline: noise`"),
     (dict(defense="tecoa"), "defense: not supported with task 'universal'"),
     (dict(surrogate=1), "surrogate"),
+    (dict(surrogate=200_000), "surrogate: 200000 scenes run past the attacker's range"),
 ])
 def test_bad_universal_specs_are_named(overrides, expected):
     with pytest.raises(SpecError, match=expected):

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from pydantic import Field, StrictInt, StrictStr
 
-from ...data.scenes import ATTACKER, PROBE_TRAIN
+from ...data.scenes import ATTACKER, DEFENDER_CLEAN, PROBE_TRAIN
 from ...metrics import MetricDefinition
 from ...registry import close_names, register
 from ..cells import derive_seed, method_params
@@ -150,6 +150,10 @@ class UniversalTask(Task):
                               f"{close_names(name, list(WORLDS))}")
             elif worlds.index(name) != i:
                 issues.append(f"{w}: duplicate value {name!r} (each grid cell must be distinct)")
+        room = DEFENDER_CLEAN.start - ATTACKER.start  # the attacker's range ends where the defender's begins
+        if block.surrogate > room:
+            issues.append(f"surrogate: {block.surrogate} scenes run past the attacker's range (data/scenes.py "
+                          f"ATTACKER holds {room})")
         d = spec.data
         if d.name != "shapes":
             issues.append(f"data.name: task 'universal' evaluates on the shapes world (its downstream probes read scene "

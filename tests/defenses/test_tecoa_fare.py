@@ -187,7 +187,7 @@ def test_fare_stays_closer_to_original_embeddings_than_tecoa(evaluation):
 def test_gradient_masking_checks_pass_on_the_hardened_models(hardened, test_data, name):
     """The robustness gain is not gradient masking: at the training budget every check passes
     (fast ensemble, 60 images, Square with 300 queries; the full-size run on the leaderboard's
-    models is benchmarks/defended_masking_checks.py)."""
+    models is recipes/masking_checks.yaml)."""
     from mmsec.evaluation import gradient_masking_checks
 
     model = hardened[2][name].model

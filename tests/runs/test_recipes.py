@@ -112,3 +112,10 @@ presets:
     assert load_spec(recipe, preset="paper").name == "r" and load_spec(recipe).data.n == 500
     with pytest.raises(SpecError, match="no preset 'smok'.*Did you mean 'smoke'"):
         load_spec(recipe, preset="smok")
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_preset_a_recipe_declares_loads_and_expands(path):
+    for preset in preset_names(path):  # the size presets and any other a recipe offers
+        cells = expand(load_spec(path, preset=preset))
+        assert cells and len({c.cell_hash for c in cells}) == len(cells), (path.name, preset)

@@ -29,12 +29,13 @@ class ITMPairs:
 
 
 def shapes_itm_pairs(split: str = "test", n: int = 256, image_size: int = 32, template: int = 0,
-                     seed: int = 0) -> ITMPairs:
-    """The first ``n`` scenes of ``split``: n matching pairs, then one false-caption pair per scene that has one."""
+                     seed: int = 0, start: int = 0, world_seed: int = 0) -> ITMPairs:
+    """Scenes ``start .. start+n-1`` of ``split`` (world seed ``world_seed``): n matching pairs, then one
+    false-caption pair per scene that has one (the false captions drawn with ``seed``)."""
     from ..data.shapes import ShapesWorld
     from ..zoo.train import false_caption
 
-    batch = ShapesWorld(image_size=image_size).batch(split, 0, n)
+    batch = ShapesWorld(image_size=image_size, seed=world_seed).batch(split, start, n)
     rng = random.Random(seed)
     pixels = batch.pixels()  # (n, 3, H, W)
     true = [caps[template] for caps in batch.captions]

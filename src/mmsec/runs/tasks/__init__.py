@@ -2,12 +2,24 @@
 
 ``zeroshot`` and ``retrieval`` (evasion attacks against an objective, :mod:`.evasion`), ``transfer``
 (pair attacks crafted on a source, scored on targets), ``backdoor`` (a backdoored model, a defense,
-the backdoor measured), ``merging`` (a backdoored task model in a merge), ``targeted_poisoning``
-(Yang et al.'s and PBCL's targeted poisoning of fine-tuning, retrieval of the target), ``ssl_backdoor``
-(poisoned self-supervised pre-training, a downstream probe). A new task is one module here plus its
-import below.
+the backdoor measured), ``universal`` (a universal patch scored by downstream users), ``itm`` (a
+fusion model's image-text matching under embedding-space attacks), ``merging`` (a backdoored task
+model in a merge), ``targeted_poisoning`` (Yang et al.'s and PBCL's targeted poisoning of
+fine-tuning, retrieval of the target), ``ssl_backdoor`` (poisoned self-supervised pre-training, a
+downstream probe). A new task is one module here plus its import below.
 """
 
-from . import backdoor, merging, retrieval, ssl_backdoor, targeted_poisoning, transfer, zeroshot
+from . import (
+           backdoor,
+           itm,
+           merging,
+           retrieval,
+           ssl_backdoor,
+           targeted_poisoning,
+           transfer,
+           universal,
+           zeroshot,
+)
 
-__all__ = ["backdoor", "merging", "retrieval", "ssl_backdoor", "targeted_poisoning", "transfer", "zeroshot"]
+__all__ = ["backdoor", "itm", "merging", "retrieval", "ssl_backdoor", "targeted_poisoning", "transfer", "universal",
+           "zeroshot"]

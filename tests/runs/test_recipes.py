@@ -119,3 +119,27 @@ def test_every_preset_a_recipe_declares_loads_and_expands(path):
     for preset in preset_names(path):  # the size presets and any other a recipe offers
         cells = expand(load_spec(path, preset=preset))
         assert cells and len({c.cell_hash for c in cells}) == len(cells), (path.name, preset)
+def _strings(node) -> set[str]:
+    if isinstance(node, dict):
+        return {s for v in node.values() for s in _strings(v)}
+    if isinstance(node, list):
+        return {s for v in node for s in _strings(v)}
+    return {node} if isinstance(node, str) else set()
+
+
+def test_every_registered_method_runs_from_a_recipe_at_the_smoke_preset():
+    """Each method of docs/METHODS.md is named in some recipe's smoke preset (so `--preset smoke` runs it)."""
+    import yaml
+
+    from mmsec import registry
+
+    named: set[str] = set()
+    for path in RECIPES:
+        raw = yaml.safe_load(path.read_text())
+        smoke = load_spec(path, preset="smoke")
+        named |= _strings({**raw, **raw["presets"]["smoke"]}) if smoke else set()
+        named |= {a.name for a in smoke.attacks} | {d.name for d in smoke.defenses if d is not None}
+    methods = [e for k in registry.kinds() if k.name not in ("models", "datasets", "tasks", "triggers")
+               for e in registry.entries(k.name)]
+    missing = sorted(f"{e.kind}:{e.name}" for e in methods if e.name not in named)
+    assert not missing, f"registered methods no recipe runs at its smoke preset: {missing}"

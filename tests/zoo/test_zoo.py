@@ -96,3 +96,34 @@ def test_zoo_reexports_the_checkpoint_io():
 
     for name in ("CheckpointError", "load_checkpoint", "save_checkpoint", "read_card", "sha256_file"):
         assert getattr(zoo, name) is getattr(checkpoint, name)
+
+
+
+def test_a_card_without_sha256_loads_with_one_warning_per_file(tmp_path, caplog):
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(zoo.CHECKPOINTS / f"shapes-clip-resnet{suffix}", tmp_path / f"unhashed{suffix}")
+    card = json.loads((tmp_path / "unhashed.json").read_text())
+    del card["sha256"]
+    (tmp_path / "unhashed.json").write_text(json.dumps(card))
+    path = tmp_path / "unhashed.safetensors"
+    with caplog.at_level("WARNING"):
+        zoo.load_model_file(path)
+        zoo.load_model("unhashed", checkpoint_dir=tmp_path)  # the same file again: no second warning
+        zoo.load_model("shapes-clip-resnet")  # hashed: no warning
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].name == "mmsec.models.checkpoint"
+    assert f"checkpoint {path} has no sha256 in its card: loading it unchecked" in warnings[0].getMessage()
+    caplog.clear()
+    for i, sha in enumerate(("", None)):  # an empty or null sha256 is no hash either; another file warns again
+        for suffix in (".safetensors", ".json"):
+            shutil.copy(tmp_path / f"unhashed{suffix}", tmp_path / f"other{i}{suffix}")
+        (tmp_path / f"other{i}.json").write_text(json.dumps({**card, "sha256": sha}))
+        with caplog.at_level("WARNING"):
+            zoo.load_model(f"other{i}", checkpoint_dir=tmp_path)
+    assert [str(tmp_path / f"other{i}.safetensors") in r.getMessage() for i, r in enumerate(caplog.records)] == [True] * 2
+    (tmp_path / "unhashed.json").write_text(json.dumps({**card, "sha256": 12}))
+    with pytest.raises(CheckpointError, match=r"the card of .*unhashed.safetensors has sha256 12: expected a hex string"):
+        zoo.load_model("unhashed", checkpoint_dir=tmp_path)
+    (tmp_path / "unhashed.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"model card .*unhashed.json holds a list: expected a JSON object"):
+        zoo.load_model("unhashed", checkpoint_dir=tmp_path)

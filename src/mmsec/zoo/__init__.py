@@ -27,6 +27,7 @@ import yaml
 from .. import models as _models  # noqa: F401  (its architectures register their checkpoint families)
 from ..models.checkpoint import (
     CheckpointError,
+    card_sha256,
     load_checkpoint,
     model_from_checkpoint,
     read_card,
@@ -73,7 +74,8 @@ def load_model_file(path: str | Path) -> Any:
 
 
 def load_model(name: str, checkpoint_dir: str | Path | None = None) -> Any:
-    """Load zoo model ``name`` (its sha256 checked against its card), in eval mode."""
+    """Load zoo model ``name`` (its sha256 checked against its card), in eval mode. A card without a
+    sha256 loads unchecked, with a warning naming the file (once per file)."""
     base = Path(checkpoint_dir) if checkpoint_dir else CHECKPOINTS
     if not (base / f"{name}.safetensors").is_file():
         from ..registry import close_names
@@ -81,8 +83,9 @@ def load_model(name: str, checkpoint_dir: str | Path | None = None) -> Any:
         names = sorted(p.stem for p in base.glob("*.safetensors"))
         raise CheckpointError(f"no zoo checkpoint {name!r} in {base}; available: {names}"
                               f"{close_names(name, names)}. Train it with `mmsec zoo train {name}`.")
+    path = base / f"{name}.safetensors"
     info = read_card(base / f"{name}.json")
-    tensors, meta = load_checkpoint(base / f"{name}.safetensors", expected_sha256=info.get("sha256"))
+    tensors, meta = load_checkpoint(path, expected_sha256=card_sha256(info, path))
     return model_from_checkpoint(tensors, meta, name)
 
 

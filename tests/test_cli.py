@@ -143,3 +143,32 @@ def test_unknown_names_suggest_close_ones(capsys):
 def test_results_without_a_store_says_what_to_do(capsys, tmp_path):
     code, _, err = run_cli(capsys, "results", "--results-dir", str(tmp_path))
     assert code == 2 and "mmsec quickstart" in err
+
+
+def test_zoo_train_writes_to_a_user_folder_never_into_the_package(capsys, tmp_path, monkeypatch):
+    """Issue 16: `mmsec zoo train NAME --steps 1` replaced the shipped checkpoint and card, silently."""
+    shipped = {p.name: p.read_bytes() for p in zoo.CHECKPOINTS.iterdir() if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(zoo.USER_DIR_ENV, raising=False)
+    code, out, err = run_cli(capsys, "zoo", "train", "shapes-clip-resnet", "--steps", "1")
+    assert code == 0, err
+    result = json.loads(out)
+    written = tmp_path / "mmsec-zoo" / "shapes-clip-resnet.safetensors"
+    assert result["checkpoint"] == str(written) and result["model"] == f"zoo:{written}"
+    assert json.loads(written.with_suffix(".json").read_text())["sha256"] == result["sha256"]
+    assert result["sha256"] != zoo.card("shapes-clip-resnet")["sha256"]
+    code, out, err = run_cli(capsys, "quickstart", "--json", "--n", "8", "--model", result["model"],
+                             "--results-dir", str(tmp_path / "r"))
+    assert code == 0, err
+    assert json.loads(out)["model"] == result["model"]
+    for argv in (["--out", str(zoo.CHECKPOINTS)], ["--out", str(tmp_path / "x"), "--overwrite-shipped"]):
+        code, out, err = run_cli(capsys, "zoo", "train", "shapes-clip-resnet", "--steps", "1", *argv)
+        assert code == 2 and out == "" and "Traceback" not in err
+        assert "--overwrite-shipped" in err and str(zoo.CHECKPOINTS) in err
+    monkeypatch.setenv(zoo.USER_DIR_ENV, str(zoo.CHECKPOINTS))
+    code, _, err = run_cli(capsys, "zoo", "train", "shapes-clip-resnet", "--steps", "1")
+    assert code == 2 and "$MMSEC_ZOO_DIR" in err and "shipped zoo" in err
+    assert {p.name: p.read_bytes() for p in zoo.CHECKPOINTS.iterdir() if p.is_file()} == shipped
+    assert not (tmp_path / "x").exists()
+    code, out, _ = run_cli(capsys, "zoo", "train", "--help")
+    assert code == 0 and "--overwrite-shipped" in out and "mmsec-zoo" in out

@@ -150,14 +150,28 @@ def zoo_info(name: str) -> None:
 @zoo_app.command("train")
 def zoo_train(
     name: str,
-    out_dir: Path = typer.Option(None, "--out", help="Write checkpoint + card here (default: the package's zoo)."),
+    out_dir: Path = typer.Option(None, "--out", help="Write checkpoint + card here (default: ./mmsec-zoo, or "
+                                 "$MMSEC_ZOO_DIR); never into the package's shipped zoo without --overwrite-shipped."),
     steps: int = typer.Option(None, min=1, help="Override the recipe's step count (smoke runs)."),
+    overwrite_shipped: bool = typer.Option(False, "--overwrite-shipped", help="Replace the checkpoint and card "
+                                           "shipped inside the package (re-training the zoo itself)."),
 ) -> None:
-    """Train zoo model NAME from its recipe; writes the safetensors checkpoint and its card."""
-    from .zoo.train import train_recipe
+    """Train zoo model NAME from its recipe; writes the safetensors checkpoint and its card to a user folder.
 
-    card = train_recipe(name, out_dir=out_dir, steps=steps)
-    out.print_json(json.dumps({"name": card["name"], "sha256": card["sha256"], "metrics": card["metrics"],
+    Load the result as model zoo:DIR/NAME.safetensors, or as zoo:NAME when no shipped model has that name.
+    """
+    from . import zoo
+    from .zoo.train import output_dir, train_recipe
+
+    target = output_dir(out_dir, overwrite_shipped)  # refuses the shipped zoo before any training
+    card = train_recipe(name, out_dir=target, steps=steps, overwrite_shipped=overwrite_shipped)
+    path = (target / f"{name}.safetensors").resolve()
+    shadowed = name in zoo.available() and not overwrite_shipped
+    _status(f"wrote {path} and its card {path.with_suffix('.json').name}"
+            + (f"; zoo:{name} still names the shipped model, load yours as zoo:{path}" if shadowed else ""))
+    out.print_json(json.dumps({"name": card["name"], "checkpoint": str(path),
+                               "model": f"zoo:{name}" if overwrite_shipped else f"zoo:{path}",
+                               "sha256": card["sha256"], "metrics": card["metrics"],
                                "train_seconds": card["train_seconds"]}))
 
 

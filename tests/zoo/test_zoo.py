@@ -96,3 +96,106 @@ def test_zoo_reexports_the_checkpoint_io():
 
     for name in ("CheckpointError", "load_checkpoint", "save_checkpoint", "read_card", "sha256_file"):
         assert getattr(zoo, name) is getattr(checkpoint, name)
+
+
+def _shipped_hashes() -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(zoo.CHECKPOINTS.iterdir()) if p.is_file()}
+
+
+def test_training_refuses_the_shipped_zoo_before_training(monkeypatch, tmp_path):
+    from mmsec.zoo.train import output_dir
+
+    before = _shipped_hashes()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(zoo.USER_DIR_ENV, raising=False)
+    assert output_dir() == zoo.DEFAULT_USER_DIR == zoo.user_dir()
+    assert output_dir(tmp_path / "mine") == tmp_path / "mine"
+    assert output_dir(overwrite_shipped=True) == zoo.CHECKPOINTS
+    with pytest.raises(ValueError, match=r"out_dir \(--out\) is .*checkpoints, the package's shipped zoo.*"
+                                         r"--overwrite-shipped"):
+        train_recipe("shapes-clip-resnet", out_dir=zoo.CHECKPOINTS, steps=1, quiet=True)
+    with pytest.raises(ValueError, match="shipped zoo"):  # the same folder written another way
+        train_recipe("shapes-clip-resnet", out_dir=zoo.CHECKPOINTS / ".." / "checkpoints", steps=1, quiet=True)
+    monkeypatch.setenv(zoo.USER_DIR_ENV, str(zoo.CHECKPOINTS))
+    with pytest.raises(ValueError, match=r"the user zoo \(\$MMSEC_ZOO_DIR\) is .*the package's shipped zoo"):
+        train_recipe("shapes-clip-resnet", steps=1, quiet=True)
+    with pytest.raises(ValueError, match=r"--overwrite-shipped .* but the output folder is .*mine"):
+        train_recipe("shapes-clip-resnet", out_dir=tmp_path / "mine", steps=1, quiet=True, overwrite_shipped=True)
+    assert _shipped_hashes() == before
+    assert not (tmp_path / "mine").exists() and not (tmp_path / "mmsec-zoo").exists()
+
+
+def test_overwrite_shipped_is_explicit_and_says_so(monkeypatch, tmp_path, caplog):
+    from mmsec.zoo import train as zoo_train
+
+    fake = tmp_path / "package" / "checkpoints"  # a stand-in for the package's folder: the real one stays intact
+    shutil.copytree(zoo.CHECKPOINTS, fake)
+    monkeypatch.setattr(zoo, "CHECKPOINTS", fake)
+    monkeypatch.setattr(zoo_train, "CHECKPOINTS", fake)
+    shipped_sha = zoo.card("shapes-clip-resnet")["sha256"]
+    with caplog.at_level("WARNING", logger="mmsec.zoo.train"):
+        card = train_recipe("shapes-clip-resnet", steps=1, quiet=True, overwrite_shipped=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert f"overwriting the shipped zoo checkpoint {fake / 'shapes-clip-resnet.safetensors'}" in warnings[0]
+    assert "with 1 steps instead of the recipe's" in warnings[0] and "smoke run" in warnings[0]
+    assert card["sha256"] != shipped_sha and zoo.card("shapes-clip-resnet")["sha256"] == card["sha256"]
+    assert sha256_file(fake / "shapes-clip-resnet.safetensors") == card["sha256"]
+
+
+def test_user_trained_models_load_by_name_and_by_path(monkeypatch, tmp_path):
+    from mmsec.models.loaders import load_model as load_any
+    from mmsec.zoo.loader import zoo_names
+
+    mine = tmp_path / "my-zoo"
+    mine.mkdir()
+    shipped = zoo.load_model("shapes-clip-vit")
+    for suffix in (".safetensors", ".json"):  # a model only the user zoo has
+        shutil.copy(zoo.CHECKPOINTS / f"shapes-clip-vit{suffix}", mine / f"my-clip{suffix}")
+    monkeypatch.setenv(zoo.USER_DIR_ENV, str(mine))
+    assert zoo.user_dir() == mine and zoo.user_trained() == ["my-clip"] and "my-clip" in zoo_names()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = shipped.encode_image(x)
+        for spec in ("zoo:my-clip", "my-clip", f"zoo:{mine / 'my-clip'}", f"zoo:{mine / 'my-clip.safetensors'}"):
+            torch.testing.assert_close(load_any(spec).encode_image(x), expected, rtol=0, atol=0)
+    # A shipped name stays the shipped model even when the user zoo holds one of that name.
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(zoo.CHECKPOINTS / f"shapes-clip-resnet{suffix}", mine / f"shapes-clip-vit{suffix}")
+    assert zoo.user_trained() == ["my-clip"]
+    with torch.no_grad():
+        torch.testing.assert_close(load_any("zoo:shapes-clip-vit").encode_image(x), expected, rtol=0, atol=0)
+        assert not torch.allclose(load_any(f"zoo:{mine / 'shapes-clip-vit'}").encode_image(x), expected)
+    with pytest.raises(CheckpointError, match=r"no zoo checkpoint 'my-clipp' in the shipped zoo .* or the user zoo "
+                                              r"\(.*my-zoo\); available: .*'my-clip'.*Did you mean"):
+        zoo.load_model("my-clipp")
+
+
+def test_a_card_without_sha256_loads_with_one_warning_per_file(tmp_path, caplog):
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(zoo.CHECKPOINTS / f"shapes-clip-resnet{suffix}", tmp_path / f"unhashed{suffix}")
+    card = json.loads((tmp_path / "unhashed.json").read_text())
+    del card["sha256"]
+    (tmp_path / "unhashed.json").write_text(json.dumps(card))
+    path = tmp_path / "unhashed.safetensors"
+    with caplog.at_level("WARNING"):
+        zoo.load_model_file(path)
+        zoo.load_model("unhashed", checkpoint_dir=tmp_path)  # the same file again: no second warning
+        zoo.load_model("shapes-clip-resnet")  # hashed: no warning
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].name == "mmsec.models.checkpoint"
+    assert f"checkpoint {path} has no sha256 in its card: loading it unchecked" in warnings[0].getMessage()
+    caplog.clear()
+    for i, sha in enumerate(("", None)):  # an empty or null sha256 is no hash either; another file warns again
+        for suffix in (".safetensors", ".json"):
+            shutil.copy(tmp_path / f"unhashed{suffix}", tmp_path / f"other{i}{suffix}")
+        (tmp_path / f"other{i}.json").write_text(json.dumps({**card, "sha256": sha}))
+        with caplog.at_level("WARNING"):
+            zoo.load_model(f"other{i}", checkpoint_dir=tmp_path)
+    assert [str(tmp_path / f"other{i}.safetensors") in r.getMessage() for i, r in enumerate(caplog.records)] == [True] * 2
+    (tmp_path / "unhashed.json").write_text(json.dumps({**card, "sha256": 12}))
+    with pytest.raises(CheckpointError, match=r"the card of .*unhashed.safetensors has sha256 12: expected a hex string"):
+        zoo.load_model("unhashed", checkpoint_dir=tmp_path)
+    (tmp_path / "unhashed.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"model card .*unhashed.json holds a list: expected a JSON object"):
+        zoo.load_model("unhashed", checkpoint_dir=tmp_path)

@@ -6,7 +6,8 @@ torch zip archive) is refused with an explanation of how to convert it.
 
 An mmsec checkpoint is a safetensors file whose metadata holds the model's ``config`` (JSON) and
 its checkpoint ``family`` (``contrastive`` when absent, as in checkpoints written before families
-existed), with a JSON *card* beside it (recipe, seed, metrics, sha256; see :mod:`mmsec.zoo`).
+existed), with a JSON *card* beside it (recipe, seed, metrics, sha256; see :mod:`mmsec.zoo`). A card
+without a sha256 cannot vouch for its file: :func:`card_sha256` lets it load, with a warning naming it.
 Each architecture that can be rebuilt from such a file is registered, in the module that
 defines it, with :func:`register_checkpoint_family`; :func:`model_from_checkpoint` rebuilds it::
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from safetensors.torch import load_file, save_file
 
 from .base import get_family
 
+log = logging.getLogger(__name__)
+_WARNED_UNHASHED: set[str] = set()  # checkpoints already warned about (resolved paths), one warning per file
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unsafe, corrupt, or does not match its card."""
@@ -92,14 +96,36 @@ def load_checkpoint(path: str | Path, expected_sha256: str | None = None) -> tup
     return tensors, meta
 
 
+def card_sha256(card: dict, path: str | Path) -> str | None:
+    """The sha256 that ``card`` records for checkpoint ``path``, to pass to :func:`load_checkpoint`.
+
+    A card without one (no ``sha256``, or an empty one) means the file cannot be checked: it then
+    loads unchecked, and this logs a warning naming the file, once per file per process.
+    """
+    sha = card.get("sha256")
+    if sha is None or sha == "":
+        key = str(Path(path).resolve())
+        if key not in _WARNED_UNHASHED:
+            _WARNED_UNHASHED.add(key)
+            log.warning("checkpoint %s has no sha256 in its card: loading it unchecked (a modified or corrupted "
+                        "file would go unnoticed); record the sha256 of the file you trust in its card", path)
+        return None
+    if not isinstance(sha, str):
+        raise CheckpointError(f"the card of {path} has sha256 {sha!r}: expected a hex string (64 characters)")
+    return sha
+
+
 def read_card(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model card not found: {path}")
     try:
-        return json.loads(path.read_text())
+        card = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"model card {path} is not valid JSON: {e}") from e
+    if not isinstance(card, dict):
+        raise CheckpointError(f"model card {path} holds a {type(card).__name__}: expected a JSON object")
+    return card
 
 
 # -- architectures a checkpoint can be rebuilt as -------------------------------------------------------

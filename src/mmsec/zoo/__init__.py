@@ -14,10 +14,18 @@ model (:func:`mmsec.models.checkpoint.register_checkpoint_family`): ``contrastiv
 also when absent, as in checkpoints written before families existed) or ``fusion`` (TinyALBEF).
 The zoo itself knows no architecture. Checkpoint I/O lives in :mod:`mmsec.models.checkpoint`;
 its names are re-exported here for users.
+
+Shipped checkpoints are read-only to the tool: ``mmsec zoo train NAME`` (:func:`mmsec.zoo.train.train_recipe`)
+writes to the user zoo, :func:`user_dir` (``$MMSEC_ZOO_DIR``, else ``./mmsec-zoo``), and replaces a
+shipped file only when asked to explicitly (``--overwrite-shipped``). A user-trained model loads by path
+(``zoo:/path/NAME.safetensors``, the ``.safetensors`` optional) or, when no shipped model has that name, by
+name (``zoo:NAME`` looks in the package first, then in the user zoo). A card without a sha256 loads with a
+warning naming the file (:func:`mmsec.models.checkpoint.card_sha256`).
 """
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,7 @@ import yaml
 from .. import models as _models  # noqa: F401  (its architectures register their checkpoint families)
 from ..models.checkpoint import (
     CheckpointError,
+    card_sha256,
     load_checkpoint,
     model_from_checkpoint,
     read_card,
@@ -37,6 +46,30 @@ from ..models.checkpoint import (
 _HERE = Path(str(resources.files(__package__)))
 CHECKPOINTS = _HERE / "checkpoints"
 RECIPES = _HERE / "recipes"
+USER_DIR_ENV = "MMSEC_ZOO_DIR"
+DEFAULT_USER_DIR = Path("mmsec-zoo")
+
+
+def user_dir() -> Path:
+    """Where user-trained zoo models go and are looked up by name: ``$MMSEC_ZOO_DIR``, else ``./mmsec-zoo``."""
+    return Path(os.environ.get(USER_DIR_ENV) or DEFAULT_USER_DIR)
+
+
+def is_shipped_dir(path: str | Path) -> bool:
+    """Whether ``path`` is the package's own checkpoint folder (whose files ship with mmsec)."""
+    try:
+        return Path(path).resolve() == CHECKPOINTS.resolve()
+    except OSError:
+        return False
+
+
+def user_trained() -> list[str]:
+    """Models in the user zoo (:func:`user_dir`) that no shipped model shadows: loadable as ``zoo:NAME``."""
+    base = user_dir()
+    if is_shipped_dir(base) or not base.is_dir():
+        return []
+    shipped = set(available())
+    return sorted(p.stem for p in base.glob("*.safetensors") if p.stem not in shipped)
 
 
 def recipe_names() -> list[str]:
@@ -64,6 +97,8 @@ def card(name: str) -> dict:
 def load_model_file(path: str | Path) -> Any:
     """Load a zoo-format checkpoint from a file path; its card ``<stem>.json`` must lie beside it."""
     path = Path(path)
+    if path.suffix != ".safetensors" and Path(f"{path}.safetensors").is_file():
+        path = Path(f"{path}.safetensors")  # zoo:mmsec-zoo/NAME, as written for a user-trained model
     if path.suffix != ".safetensors":
         # Let the checkpoint loader explain pickles; anything else is simply not a zoo checkpoint.
         if path.is_file():
@@ -73,18 +108,32 @@ def load_model_file(path: str | Path) -> Any:
 
 
 def load_model(name: str, checkpoint_dir: str | Path | None = None) -> Any:
-    """Load zoo model ``name`` (its sha256 checked against its card), in eval mode."""
-    base = Path(checkpoint_dir) if checkpoint_dir else CHECKPOINTS
+    """Load zoo model ``name`` (its sha256 checked against its card), in eval mode.
+
+    Without ``checkpoint_dir``: the shipped model of that name, else the user zoo's (:func:`user_dir`).
+    A card without a sha256 loads unchecked, with a warning naming the file (once per file).
+    """
+    if checkpoint_dir:
+        base = Path(checkpoint_dir)
+    elif (CHECKPOINTS / f"{name}.safetensors").is_file() or not (user_dir() / f"{name}.safetensors").is_file():
+        base = CHECKPOINTS
+    else:
+        base = user_dir()
     if not (base / f"{name}.safetensors").is_file():
         from ..registry import close_names
 
         names = sorted(p.stem for p in base.glob("*.safetensors"))
-        raise CheckpointError(f"no zoo checkpoint {name!r} in {base}; available: {names}"
+        where = f"{base}" if checkpoint_dir else f"the shipped zoo ({base}) or the user zoo ({user_dir()})"
+        if not checkpoint_dir:
+            names = sorted(set(names) | set(user_trained()))
+        raise CheckpointError(f"no zoo checkpoint {name!r} in {where}; available: {names}"
                               f"{close_names(name, names)}. Train it with `mmsec zoo train {name}`.")
+    path = base / f"{name}.safetensors"
     info = read_card(base / f"{name}.json")
-    tensors, meta = load_checkpoint(base / f"{name}.safetensors", expected_sha256=info.get("sha256"))
+    tensors, meta = load_checkpoint(path, expected_sha256=card_sha256(info, path))
     return model_from_checkpoint(tensors, meta, name)
 
 
-__all__ = ["CHECKPOINTS", "RECIPES", "CheckpointError", "available", "card", "load_checkpoint", "load_model",
-           "load_model_file", "load_recipe", "read_card", "recipe_names", "save_checkpoint", "sha256_file"]
+__all__ = ["CHECKPOINTS", "DEFAULT_USER_DIR", "RECIPES", "USER_DIR_ENV", "CheckpointError", "available", "card",
+           "is_shipped_dir", "load_checkpoint", "load_model", "load_model_file", "load_recipe", "read_card",
+           "recipe_names", "save_checkpoint", "sha256_file", "user_dir", "user_trained"]

@@ -1,4 +1,5 @@
-"""The zoo's model loader: ``zoo:NAME`` (a shipped model), a bare ``NAME``, ``zoo:/path/NAME.safetensors``.
+"""The zoo's model loader: ``zoo:NAME`` (a shipped model, else one in the user zoo ``./mmsec-zoo`` or
+``$MMSEC_ZOO_DIR``), a bare ``NAME``, ``zoo:/path/NAME.safetensors`` (the suffix may be left out).
 
 Registered with :func:`mmsec.models.loaders.register_loader` when this module is imported, so the
 models layer below knows no zoo: ``mmsec.models.load_model("zoo:...")`` works once the built-ins are
@@ -37,8 +38,10 @@ def zoo_recipes() -> dict[str, tuple[str, str | None]]:
 
 
 def zoo_names() -> list[str]:
-    """Zoo models that can be named: recipes and shipped checkpoints."""
-    return sorted(set(zoo_recipes()) | {p.stem for p in CHECKPOINTS.glob("*.safetensors")})
+    """Zoo models that can be named: recipes, shipped checkpoints and the user zoo's (:func:`mmsec.zoo.user_trained`)."""
+    from . import user_trained
+
+    return sorted(set(zoo_recipes()) | {p.stem for p in CHECKPOINTS.glob("*.safetensors")} | set(user_trained()))
 
 
 def load_zoo(name: str) -> Any:

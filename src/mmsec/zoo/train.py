@@ -7,6 +7,10 @@ TinyALBEF). The trainer is looked up by that architecture's *model* family in :d
 hard negatives, :func:`~mmsec.train.fusion.train_fusion`, plus ITM retrieval and binding metrics
 on the card). A new zoo architecture of an existing model family is one
 ``register_checkpoint_family`` call; a new model family adds one :func:`register_zoo_trainer`.
+
+Training writes to the user zoo (:func:`mmsec.zoo.user_dir`: ``$MMSEC_ZOO_DIR`` or ``./mmsec-zoo``) or to
+``out_dir``, never into the package's shipped checkpoints unless ``overwrite_shipped=True``
+(``mmsec zoo train NAME --overwrite-shipped``), which logs a warning naming what it replaces.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from ..models.tokenizer import WordTokenizer
 from ..train.contrastive import TrainConfig, train_contrastive
 from ..train.fusion import FusionBatch, FusionTrainConfig, train_fusion
 from ..version import __version__
-from . import CHECKPOINTS, load_recipe
+from . import CHECKPOINTS, is_shipped_dir, load_recipe, user_dir
 from .evaluate import binding_accuracy, retrieval, retrieval_itm, true_captions, zeroshot_accuracy
 
 log = logging.getLogger(__name__)
@@ -188,15 +192,45 @@ register_zoo_trainer("contrastive", ZooTrainer(_train_contrastive))
 register_zoo_trainer("fusion", ZooTrainer(_train_fusion, _fusion_metrics, _fusion_card))
 
 
+def output_dir(out_dir: str | Path | None = None, overwrite_shipped: bool = False) -> Path:
+    """Where :func:`train_recipe` writes: ``out_dir``, else the user zoo (:func:`mmsec.zoo.user_dir`); the
+    package's shipped checkpoints (:data:`mmsec.zoo.CHECKPOINTS`) only with ``overwrite_shipped``.
+
+    A ValueError names the folder when ``out_dir`` is the shipped zoo without ``overwrite_shipped``, or
+    another folder with it.
+    """
+    if out_dir is None or str(out_dir) == "":
+        out = CHECKPOINTS if overwrite_shipped else user_dir()
+    else:
+        out = Path(out_dir)
+    shipped = is_shipped_dir(out)
+    if shipped and not overwrite_shipped:
+        where = "out_dir (--out)" if out_dir else "the user zoo ($MMSEC_ZOO_DIR)"
+        raise ValueError(f"{where} is {out}, the package's shipped zoo: training would replace the checkpoints that "
+                         "ship with mmsec. Write elsewhere (the default is ./mmsec-zoo), or pass --overwrite-shipped "
+                         "(overwrite_shipped=True) if you mean to re-train a shipped model")
+    if overwrite_shipped and not shipped:
+        raise ValueError(f"--overwrite-shipped (overwrite_shipped=True) replaces the package's shipped checkpoints in "
+                         f"{CHECKPOINTS}, but the output folder is {out}: drop --out, or drop --overwrite-shipped")
+    return out
+
+
 def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None = None,
-                 quiet: bool = False) -> dict:
-    """Train zoo model ``name`` and write ``NAME.safetensors`` + ``NAME.json`` to ``out_dir``.
+                 quiet: bool = False, overwrite_shipped: bool = False) -> dict:
+    """Train zoo model ``name`` and write ``NAME.safetensors`` + ``NAME.json`` to ``out_dir`` (default: the
+    user zoo, :func:`mmsec.zoo.user_dir`); into the package's shipped zoo only with ``overwrite_shipped``
+    (see :func:`output_dir`), with a warning naming the files it replaces.
 
     ``steps`` overrides the recipe (for smoke tests); the card records what was actually run.
     Returns the card.
     """
     recipe = load_recipe(name)
-    out = Path(out_dir) if out_dir else CHECKPOINTS
+    out = output_dir(out_dir, overwrite_shipped)
+    if overwrite_shipped:
+        smoke = (f" with {steps} steps instead of the recipe's {recipe['train']['steps']} (a smoke run)"
+                 if steps is not None and steps != recipe["train"]["steps"] else "")
+        log.warning("overwriting the shipped zoo checkpoint %s and its card%s (--overwrite-shipped)",
+                    out / f"{name}.safetensors", smoke)
     start = recipe_start(recipe, name, steps)
     seed, family, cfg, model, data = start.seed, start.family, start.config, start.model, recipe["data"]
     trainer = zoo_trainer(family, name)

@@ -453,11 +453,12 @@ def _check_block(spec: Spec, task: Task | None, tasks: list[str]) -> tuple[TaskB
 
 def check_model_names(named: list[tuple[str, str]]) -> list[str]:
     """Each (field path, model name) is a registered scheme (and, for the zoo, a known model)."""
-    from .. import zoo
     from ..models.loaders import schemes
 
     issues = []
-    known_zoo = sorted(set(zoo.recipe_names()) | set(zoo.available()))
+    from ..zoo.loader import zoo_names
+
+    known_zoo = zoo_names()  # recipes, shipped checkpoints and the user's own (mmsec zoo train)
     known = schemes()
     for where, m in named:
         scheme, _, rest = m.partition(":")
@@ -466,7 +467,7 @@ def check_model_names(named: list[tuple[str, str]]) -> list[str]:
             forms = [repr(f.split(" (")[0]) for s, f in sorted(known.items(), key=lambda kv: kv[0] != "zoo")]
             shown = ", ".join(forms[:-1]) + " or " + forms[-1] if len(forms) > 1 else forms[0]
             issues.append(f"{where}: {m!r} must be {shown}.{hint}")
-        elif scheme == "zoo" and rest not in known_zoo and not rest.endswith((".safetensors", ".pt", ".pth", ".bin")):
+        elif scheme == "zoo" and rest not in known_zoo and "/" not in rest and "\\" not in rest:
             issues.append(f"{where}: unknown zoo model {rest!r}; known: {', '.join(known_zoo) or '(none)'}."
                           f"{close_names(rest, known_zoo)}")
     return issues

@@ -44,7 +44,7 @@ def test_bad_backdoor_specs_are_named(overrides, expected):
 
 
 def test_training_belongs_to_the_backdoor_task_only():
-    with pytest.raises(SpecError, match="only task 'backdoor' trains the victim"):
+    with pytest.raises(SpecError, match="only these tasks have this field: 'backdoor' \\(trains the victim\\)"):
         load_spec(tiny_spec(training={"steps": 10}))
     assert "training" not in expand(tiny_spec())[0].config  # other tasks' cell hashes are unchanged
     cell = expand(backdoor_spec(training=None))[0].config

@@ -71,8 +71,8 @@ class Cell:
             elif key in self.config["attack"]["params"]:  # (with a list of attacks, not every one has it)
                 v = self.config["attack"]["params"][key]
                 parts.append(f"{key}={format_eps(v) if key in ('eps', 'alpha') else _short(v)}")
-            elif key in self.config:  # a task's own axis (transfer's target)
-                parts.append(f"{key}={self.config[key]}")
+            elif key in self.config:  # a task's own axis (transfer's target, merging's method)
+                parts.append(f"{key}={_short(self.config[key])}")
         return " ".join(parts) or f"{self.config['attack']['name']} seed={self.config['seed']}"
 
 

@@ -121,7 +121,7 @@ def _fmt_value(name: str, v: Any) -> str:
 def _fmt_param(name: str, v: Any) -> str:
     if v is None:
         return ""
-    if name in ("eps", "alpha", "step_size") and isinstance(v, (int, float)):  # pixel budgets: k/255
+    if name in ("eps", "alpha", "step_size") and isinstance(v, (int, float)) and 0 <= v <= 1:  # pixel budgets: k/255
         return format_eps(v)
     return str(v)
 

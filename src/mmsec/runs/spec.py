@@ -428,14 +428,18 @@ def _check_block(spec: Spec, task: Task | None, tasks: list[str]) -> tuple[TaskB
     from .task import get_task
 
     issues = []
-    owners = {}
+    owners: dict[str, list[tuple[str, str]]] = {}
     for other in tasks:
         for f, info in get_task(other).Block.model_fields.items():
-            owners.setdefault(f, (other, info.description or f"has field {f!r}"))
+            owners.setdefault(f, []).append((other, info.description or f"has field {f!r}"))
     for f in list(extras):
         if f not in task.Block.model_fields and f in owners:
-            other, what = owners[f]
-            issues.append(f"{f}: only task {other!r} {what} (task is {spec.task!r})")
+            if len(owners[f]) == 1:
+                (other, what), = owners[f]
+                issues.append(f"{f}: only task {other!r} {what} (task is {spec.task!r})")
+            else:
+                names = "; ".join(f"{o!r} ({what})" for o, what in owners[f])
+                issues.append(f"{f}: only these tasks have this field: {names} (task is {spec.task!r})")
             del extras[f]
     try:
         block = task.Block.model_validate(extras)

@@ -37,6 +37,19 @@ _ALWAYS_SHOWN_PARAMS = ("eps", "norm", "steps")
 _PARAM_ORDER = ("eps", "alpha", "steps", "norm")
 
 
+# The generic keys of a cell (runs/grid.py) and task blocks that are settings, not axes.
+_CELL_KEYS = {"spec_name", "model", "seed", "data", "task", "attack", "targeted", "baseline", "metrics", "batch_size",
+              "save_artifacts", "defense", "inputs", "target", "training"}
+
+
+def _axis_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        params = value.get("params") or {}
+        inner = ",".join(f"{k}={v}" for k, v in params.items())
+        return f"{value['name']}({inner})" if inner else value["name"]
+    return value
+
+
 def query(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
     """Rows of finished runs, one per (run, metric), in run order.
 
@@ -74,6 +87,10 @@ def query(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
         d["defense"] = (cell.get("defense") or {}).get("name", "none")
         d["defense_params"] = (cell.get("defense") or {}).get("params", {})
         d["task"] = cell.get("task")
+        for key, value in cell.items():  # a task's own axis values (universal's world, merging's method), as params
+            if key not in _CELL_KEYS and (isinstance(value, (str, int, float)) or
+                                          (isinstance(value, dict) and "name" in value)):
+                d["params"] = {**d["params"], key: _axis_value(value)}
         d["data"] = cell.get("data")
         d["higher_is_better"] = bool(d["higher_is_better"])
         out.append(d)
@@ -210,8 +227,8 @@ def _label_defenses(records: list[dict]) -> None:
         differing = [k for k in keys if len({json.dumps(r.get("defense_params", {}).get(k)) for r in recs}) > 1]
         for r in recs:
             p = r.get("defense_params", {})
-            r["defense_label"] = (f"{name}({', '.join(f'{k}={_fmt_param(k, p.get(k))}' for k in differing)})"
-                                  if differing else name)
+            shown = [k for k in differing if k in p]  # (an entry that leaves a parameter at its default omits it)
+            r["defense_label"] = f"{name}({', '.join(f'{k}={_fmt_param(k, p[k])}' for k in shown)})" if shown else name
 
 
 def format_matrix(rows: list[dict], metric: str = "asr") -> str:

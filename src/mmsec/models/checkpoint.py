@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,23 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata
     return sha256_file(path)
 
 
+def check_safetensors_file(path: str | Path) -> None:
+    """Raise a :class:`CheckpointError` naming ``path`` unless it is a complete safetensors file.
+
+    Reads only the header (and checks that the tensors it lists cover the file exactly), so a truncated
+    or overwritten file is named here instead of failing deep inside a loader.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a complete safetensors file ({e}); it may be truncated or "
+                              "corrupted: save or copy the weights again") from e
+
+
 def load_checkpoint(path: str | Path, expected_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Load a safetensors checkpoint and its metadata; refuse pickles and hash mismatches."""
     path = Path(path)
@@ -97,9 +115,15 @@ def read_card(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"model card not found: {path}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"model card {path} is not valid JSON: {e}") from e
+    if not isinstance(card, dict):
+        raise CheckpointError(f"model card {path} must hold a JSON object (recipe, metrics, sha256, ...), "
+                              f"got {type(card).__name__}")
+    if "sha256" in card and not (isinstance(card["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", card["sha256"])):
+        raise CheckpointError(f"model card {path}: sha256 must be 64 lowercase hex digits, got {card['sha256']!r}")
+    return card
 
 
 # -- architectures a checkpoint can be rebuilt as -------------------------------------------------------

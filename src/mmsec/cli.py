@@ -15,6 +15,7 @@ command needs it, so ``mmsec --help`` answers at once.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -328,13 +329,19 @@ def _exit_code(e: BaseException) -> tuple[int, str]:
             return 2, str(e.args[0])
         if isinstance(e, OSError) and e.filename is not None and e.strerror:  # [Errno 2] ... -> plain words
             return 2, f"{e.filename}: {e.strerror}"
-        if isinstance(e, sqlite3.DatabaseError):
-            return 2, f"results store: {e}"
+        if isinstance(e, sqlite3.DatabaseError):  # (the store wraps its own; this is a last resort)
+            return 2, f"the results store cannot be used: {_first_line(str(e))[:160]}"
         return 2, str(e) or type(e).__name__
     if isinstance(e, MemoryError):
         return 1, "out of memory; use a smaller spec (fewer or smaller images, a smaller batch_size)"
     return 1, (f"internal error: {type(e).__name__}: {_first_line(str(e))} (set {DEBUG_ENV}=1 to see the "
                "traceback; please report it)")
+
+
+@functools.lru_cache(maxsize=1)
+def _command():
+    """The click command typer builds from ``app`` (built once per process: ``app(...)`` builds it per call)."""
+    return typer.main.get_command(app)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,12 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        # Standalone mode: typer prints usage errors itself and ends with SystemExit(code).
-        app(args=argv, prog_name="mmsec")
+        # Standalone mode: click prints usage errors itself and ends with SystemExit(code).
+        _command().main(args=argv, prog_name="mmsec")
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except Exception as e:  # noqa: BLE001 - every error ends in one line and an exit code
         code, message = _exit_code(e)
+        message = "".join(c if c.isprintable() or c == "\n" else "?" for c in message)  # (damaged bytes, escapes)
         if os.environ.get(DEBUG_ENV, "").strip() == "1":
             import traceback
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .cells import format_eps
-from .store import open_for_reading
+from .store import DB_NAME, StoreError, reading
 
 FORMATS = ("table", "csv", "json")
 # Metric column order in pivoted views (others follow alphabetically).
@@ -47,8 +47,7 @@ def query(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
     targeted, task, data (dict), metric, value, metric_version, threat_model, definition,
     higher_is_better, mmsec_version, torch_version, wall_time_s, finished_at.
     """
-    conn = open_for_reading(results_dir)
-    try:
+    with reading(results_dir) as conn:
         sql = ("SELECT r.run_id, r.spec_name, r.cell_hash, r.cell_json, r.attack_params_json, r.model, r.attack, "
                "r.finished_at, "
                "m.name AS metric, m.value, m.metric_version, m.threat_model, m.definition, m.higher_is_better, "
@@ -59,15 +58,20 @@ def query(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
             sql += " AND r.spec_name = ?"
             args.append(spec_name)
         rows = conn.execute(sql + " ORDER BY r.run_id, m.rowid", args).fetchall()
-    finally:
-        conn.close()
     out = []
     for r in rows:
         d = dict(r)
-        cell = json.loads(d.pop("cell_json"))
-        resolved = json.loads(d.pop("attack_params_json") or "null")
-        d["params"] = resolved if isinstance(resolved, dict) else cell["attack"]["params"]
-        d["spec_params"] = cell["attack"]["params"]
+        try:
+            cell = json.loads(d.pop("cell_json"))
+            resolved = json.loads(d.pop("attack_params_json") or "null")
+            spec_params = cell["attack"]["params"]
+            if not isinstance(spec_params, dict) or not isinstance(cell, dict):
+                raise TypeError("the cell's attack parameters are not a mapping")
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"run {d['run_id']} in {Path(results_dir) / DB_NAME} is damaged (its cell does not "
+                             f"read back: {type(e).__name__}); the store file was modified outside mmsec") from e
+        d["params"] = resolved if isinstance(resolved, dict) else spec_params
+        d["spec_params"] = spec_params
         d["targeted"] = cell.get("targeted", False)
         d["target"] = cell.get("target")  # task transfer: the model the source's pairs were scored on
         d["defense"] = (cell.get("defense") or {}).get("name", "none")
@@ -81,11 +85,8 @@ def query(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
 
 def spec_names(results_dir: str | Path) -> list[str]:
     """The spec names with runs (of any status) in the store, sorted."""
-    conn = open_for_reading(results_dir)
-    try:
+    with reading(results_dir) as conn:
         return [r[0] for r in conn.execute("SELECT DISTINCT spec_name FROM runs ORDER BY spec_name")]
-    finally:
-        conn.close()
 
 
 def unfinished(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
@@ -96,8 +97,7 @@ def unfinished(results_dir: str | Path, spec_name: str | None = None) -> list[di
 
     from .store import _pid_alive
 
-    conn = open_for_reading(results_dir)
-    try:
+    with reading(results_dir) as conn:
         sql = ("SELECT run_id, spec_name, model, attack, cell_json, status, error, attempts, host, pid, started_at "
                "FROM runs WHERE status != 'done'")
         args: list[Any] = []
@@ -105,8 +105,6 @@ def unfinished(results_dir: str | Path, spec_name: str | None = None) -> list[di
             sql += " AND spec_name = ?"
             args.append(spec_name)
         rows = [dict(r) for r in conn.execute(sql + " ORDER BY run_id", args)]
-    finally:
-        conn.close()
     host = socket.gethostname()
     for r in rows:
         try:

@@ -193,7 +193,8 @@ def _connect_readonly(db: Path) -> sqlite3.Connection:
 
 def describe_error(db: Path, e: BaseException, writing: bool) -> str:
     """One line saying what is wrong with the store file ``db`` and what to do."""
-    text = str(e) or type(e).__name__
+    text = "".join(c if c.isprintable() else "?" for c in " ".join(str(e).split()))  # (may quote damaged bytes)
+    text = (text[:160] + "...") if len(text) > 160 else (text or type(e).__name__)
     if isinstance(e, PermissionError) or any(w in text.lower() for w in ("readonly", "read-only", "unable to open",
                                                                           "permission")):
         if writing:
@@ -235,6 +236,19 @@ def open_for_reading(results_dir: str | Path) -> sqlite3.Connection:
             conn.close()
         raise
     return conn
+
+
+@contextmanager
+def reading(results_dir: str | Path) -> Iterator[sqlite3.Connection]:
+    """:func:`open_for_reading` as a context: closed at the end; an SQLite error while reading (a damaged page,
+    undecodable text) becomes one :class:`StoreError` line naming the file."""
+    conn = open_for_reading(results_dir)
+    try:
+        yield conn
+    except sqlite3.DatabaseError as e:
+        raise StoreError(describe_error(Path(results_dir) / DB_NAME, e, writing=False)) from e
+    finally:
+        conn.close()
 
 
 def clean_value(value: float) -> float:
@@ -479,4 +493,4 @@ def _statements(script: str) -> list[str]:
 
 
 __all__ = ["DB_NAME", "ResultsStore", "StoreError", "clean_value", "connect", "describe_error", "open_for_reading",
-           "utc_now"]
+           "reading", "utc_now"]

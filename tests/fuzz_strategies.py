@@ -48,7 +48,7 @@ WORDS = ["", " ", "pgd", "pgdd", "fgsm", "noise", "none", "shapes", "imagefolder
          "hf:", "hf:/nonexistent", "open_clip:ViT-B-32:/nope.safetensors", "shapes-clip-resnet", "8/255",
          "1/0", "0/0", "eps/4", "eps/0", "eps*2", "-8/255", "1e309", "nan", "inf", "linf", "l2", "l7",
          "clean_accuracy", "robust_accuracy", "asr", "red circle", "patch", "cleanclip", "clean_finetune",
-         "../../etc", "a" * 120, "名前", "\x00", "{", "- x", "null", "true", "smoke", "dev", "paper"]
+         "../../etc", "[/bold]", "[red]x", "a" * 120, "名前", "\x00", "{", "- x", "null", "true", "smoke", "dev", "paper"]
 KEYS = ["name", "params", "n", "image_size", "split", "seed", "path", "start", "eps", "alpha", "steps", "norm",
         "model", "data", "task", "attack", "defense", "metrics", "baseline", "target", "training", "pairs",
         "epochs", "mode", "rate", "trigger", "models", "batch_size", "presets", "unknown_field", "x"]

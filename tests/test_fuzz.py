@@ -269,3 +269,30 @@ def test_randomly_damaged_store_never_gives_a_traceback(capsys, tmp_path, monkey
         assert "Traceback" not in captured.err + captured.out and "internal error" not in captured.err, captured.err
         if code == 2:
             one_clean_line(captured.err)
+
+
+# -- what the fuzzer found, kept as regressions ---------------------------------------------------------------
+
+FOUND = {  # (argv with {spec} / {models} placeholders, spec or None): each gave a traceback or ran unbounded
+    "zoo card that is a JSON list": (["quickstart", "--n", "2", "--model", "zoo:{models}/card-list.safetensors"], None),
+    "zoo card that is a JSON string": (["quickstart", "--n", "2", "--model", "zoo:{models}/card-string.safetensors"],
+                                       None),
+    "hf config.json that is a JSON list": (["run", "{spec}"], {**fs.TINY, "model": "hf:{models}/hf-config-list"}),
+    "data export of a million images": (["data", "export", "{folder}/export", "--n", "1000000"], None),
+    "eps given as a mapping with a relative alpha": (["run", "{spec}"], {
+        **fs.TINY, "attack": {"name": "pgd", "params": {"alpha": "eps/2", "eps": {}, "steps": 2}}}),
+}
+
+
+@pytest.mark.parametrize("found", list(FOUND))
+def test_what_the_fuzzer_found_is_one_clean_line(capsys, damaged, found):
+    folder, _ = damaged
+    argv, spec = FOUND[found]
+    fill = {"spec": str(folder / "found.yaml"), "models": str(folder / "models"), "folder": str(folder)}
+    if spec is not None:
+        (folder / "found.yaml").write_text(yaml.safe_dump(spec).replace("{models}", fill["models"]))
+    code = main([a.format(**fill) for a in argv] + ([] if argv[0] == "data" else ["--results-dir", str(folder / "S")]))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and "internal error" not in err and "Traceback" not in err, err
+    if "invalid experiment spec" not in err:  # (a spec's problems: one line each under a heading)
+        one_clean_line(err)

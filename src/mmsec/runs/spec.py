@@ -359,7 +359,7 @@ def parse_number(value: Any) -> float | None:
 
 def resolve_relative(value: Any, eps: float | None) -> Any:
     """Resolve ``"eps/4"`` / ``"eps*0.25"`` against ``eps``; other values are returned unchanged."""
-    if isinstance(value, str) and eps is not None:
+    if isinstance(value, str) and isinstance(eps, (int, float)) and not isinstance(eps, bool):
         m = _RELATIVE.match(value)
         if m:
             factor = parse_number(m.group(2))
@@ -766,6 +766,10 @@ def _check_params(params: dict[str, Any], entry: Any) -> list[str]:
                                   f"{', '.join(sorted(accepted))}.{close_names(key, sorted(accepted))}")
     norms = {str(v) for v in _as_list(params.get("norm", "linf"))}
     for key, value in params.items():
+        if key in BUDGET_PARAMS and any(isinstance(v, dict) for v in _as_list(value)):
+            issues.append(f"attack.params.{key}: expected a number (pixel units) or a fraction such as '8/255', "
+                          f"got {value!r}")
+            continue
         if isinstance(value, dict):
             continue  # a component ({name, params}): checked when the attack is built
         # L-inf budgets are in [0, 1]; an L2 budget is the norm of the whole perturbation (>= 0).

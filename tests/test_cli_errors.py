@@ -171,6 +171,13 @@ def test_rich_markup_in_a_message_is_printed_as_is(capsys, tmp_path):
     assert code == 2 and "[/bold]x[red].yaml" in one_clean_line(err)
 
 
+def test_rich_markup_in_a_path_of_a_successful_command_is_printed_as_is(capsys, tmp_path):
+    # (found by the slow fuzz run: `data export DIR --split '[/bold]'` ended in a MarkupError)
+    code, out, err = run_cli(capsys, "data", "export", str(tmp_path / "[/bold]x"), "--n", "2")
+    assert code == 0, err
+    assert "[/bold]x" in out
+
+
 def test_a_folder_given_as_spec_says_it_is_a_folder(capsys, tmp_path):
     code, _, err = run_cli(capsys, "run", str(tmp_path))
     assert code == 2 and "is a folder; expected a spec file" in one_clean_line(err)

@@ -96,7 +96,7 @@ def quickstart(
     if json_output:
         sys.stdout.write(json.dumps(summary) + "\n")
         return
-    table = Table(title=f"quickstart: {summary['model']} on {n} shapes-world test images")
+    table = Table(title=f"quickstart: {escape(summary['model'])} on {n} shapes-world test images")
     table.add_column("condition")
     table.add_column("zero-shot top-1", justify="right")
     table.add_row("clean", f"{summary['clean_accuracy']:.3f}")
@@ -107,8 +107,8 @@ def quickstart(
     if summary.get("cached_cells"):
         out.print(f"{summary['cached_cells']} of {len(summary['robust_accuracy'])} cells were read back from the "
                   "results store (computed by an earlier run)")
-    out.print(f"results store: {summary['results_store']}")
-    out.print(f"clean vs adversarial examples: {summary['example_png']}")
+    out.print(f"results store: {escape(str(summary['results_store']))}", highlight=False)
+    out.print(f"clean vs adversarial examples: {escape(str(summary['example_png']))}", highlight=False)
 
 
 @app.command("list")
@@ -216,7 +216,7 @@ def data_export(
     from .data.export import export_shapes
 
     export_shapes(out_dir, split=split, n=n, image_size=image_size, seed=seed, overwrite=overwrite)
-    out.print(f"wrote {n} {split} images to {out_dir}")
+    out.print(f"wrote {n} {escape(split)} images to {escape(str(out_dir))}", highlight=False)
 
 
 @app.command()

@@ -281,6 +281,9 @@ FOUND = {  # (argv with {spec} / {models} placeholders, spec or None): each gave
     "data export of a million images": (["data", "export", "{folder}/export", "--n", "1000000"], None),
     "eps given as a mapping with a relative alpha": (["run", "{spec}"], {
         **fs.TINY, "attack": {"name": "pgd", "params": {"alpha": "eps/2", "eps": {}, "steps": 2}}}),
+    "a seed of 2**63 (beyond SQLite's integers)": (["run", "{spec}"], {**fs.TINY, "seed": 2**63}),
+    "a negative data seed (numpy refuses it)": (["run", "{spec}"], {**fs.TINY, "data": {**fs.TINY["data"],
+                                                                                   "seed": -1}}),
 }
 
 

@@ -47,7 +47,7 @@ import itertools
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -75,6 +75,8 @@ _RELATIVE = re.compile(rf"^\s*eps\s*([*/])\s*({_NUM}(?:\s*/\s*{_NUM})?)\s*$")
 PRESETS_KEY = "presets"
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
+# A seed: what numpy's and torch's generators take and SQLite stores (a 64-bit signed integer, not negative).
+Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 # A dict is a component written as {name, params}; a list (of values or components) is a grid axis.
 ParamValue = Scalar | dict[str, Any] | list[Scalar | dict[str, Any]]
 
@@ -95,7 +97,7 @@ class DataSpec(_Strict):
     split: StrictStr = "test"
     n: StrictInt | None = Field(default=None, gt=0)
     image_size: StrictInt | None = Field(default=None, ge=8)
-    seed: StrictInt = 0
+    seed: Seed = 0
     path: StrictStr | None = None
     start: StrictInt | None = Field(default=None, ge=0)
 
@@ -139,7 +141,7 @@ class Spec(BaseModel):
 
     name: StrictStr
     description: StrictStr = ""
-    seed: StrictInt | list[StrictInt] = 0
+    seed: Seed | list[Seed] = 0
     model: StrictStr | list[StrictStr]
     data: DataSpec
     task: StrictStr = "zeroshot"
@@ -299,7 +301,7 @@ _TYPE_WORDS = {"int": "an integer", "bool": "true or false", "str": "a string", 
 
 def _clean_loc(loc: tuple) -> tuple:
     """Drop pydantic's union-branch labels ("int", "list[int]", "str", ...) from a location."""
-    return tuple(p for p in loc if isinstance(p, int) or not re.match(r"^(list|str|int|bool|float|none|dict)\b|"
+    return tuple(p for p in loc if isinstance(p, int) or not re.match(r"^(list|str|int|bool|float|none|dict|constrained-)\b|"
                                                                       r"^(Strict|function-)|^[A-Z][A-Za-z]+$", str(p)))
 
 

@@ -145,6 +145,7 @@ def test_fuzz_cli_500_cases(arena):
 @pytest.mark.slow
 def test_fuzz_cli_20000_cases(arena):
     made = _run(arena, 20_000, derandomize=False)
+    print(dict(made))
     assert made["cases"] >= 20_000, made
 
 

@@ -1,25 +1,37 @@
 """The ``mmsec`` command line: thin — it parses, calls library functions and prints.
 
-``main(argv)`` returns an exit code and is what tests call. Errors a user can fix (unknown
-names, bad specs, missing or unsafe files) print one clear line on stderr and exit with 2,
-never a traceback.
+``main(argv)`` returns an exit code and is what tests call:
+
+- 0: done;
+- 1: cells of the run failed (each named with its error's first line; the store keeps the
+  traceback), or an internal error of mmsec (one line; please report it);
+- 2: bad input -- a usage error, an unknown name, a spec that does not validate or is too large
+  (:mod:`mmsec.limits`), a missing, unsafe or damaged model or store file, a folder that cannot be
+  written. One line on stderr naming the input and what was expected.
+
+Never a traceback: set ``MMSEC_DEBUG=1`` to see one after the line. torch is imported only when a
+command needs it, so ``mmsec --help`` answers at once.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from .progress import QUIET_ENV
-from .quickstart import RunFailed
+
+DEBUG_ENV = "MMSEC_DEBUG"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mmsec: security evaluation of multimodal models (CLIP, VLMs, diffusion) on a laptop CPU.")
@@ -52,9 +64,12 @@ def _global(
 ) -> None:
     if quiet:
         os.environ[QUIET_ENV] = "1"
-    import torch
-
-    torch.set_num_threads(threads)
+    # torch reads OMP_NUM_THREADS when it is imported (by the command that needs it, not here: `--help`
+    # stays fast); when it is already imported (tests calling main), set it directly.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def _status(message: str) -> None:
@@ -71,13 +86,17 @@ def quickstart(
     results_dir: Path = typer.Option(DEFAULT_RESULTS, help="Where the results store and artifacts go."),
 ) -> None:
     """Zero-shot accuracy, a noise baseline and PGD-10 robust accuracy at eps 1,2,4,8/255 on a shipped tiny CLIP."""
+    from . import limits
     from .quickstart import run_quickstart
 
+    problem = limits.over("--n", n, limits.MAX_IMAGES, "images")
+    if problem:
+        raise ValueError(problem)
     summary = run_quickstart(model=model, n=n, results_dir=results_dir, quiet=json_output)
     if json_output:
         sys.stdout.write(json.dumps(summary) + "\n")
         return
-    table = Table(title=f"quickstart: {summary['model']} on {n} shapes-world test images")
+    table = Table(title=f"quickstart: {escape(summary['model'])} on {n} shapes-world test images")
     table.add_column("condition")
     table.add_column("zero-shot top-1", justify="right")
     table.add_row("clean", f"{summary['clean_accuracy']:.3f}")
@@ -85,8 +104,11 @@ def quickstart(
     for eps, acc in summary["robust_accuracy"].items():
         table.add_row(f"PGD-10 L-inf {eps}", f"{acc:.3f}")
     out.print(table)
-    out.print(f"results store: {summary['results_store']}")
-    out.print(f"clean vs adversarial examples: {summary['example_png']}")
+    if summary.get("cached_cells"):
+        out.print(f"{summary['cached_cells']} of {len(summary['robust_accuracy'])} cells were read back from the "
+                  "results store (computed by an earlier run)")
+    out.print(f"results store: {escape(str(summary['results_store']))}", highlight=False)
+    out.print(f"clean vs adversarial examples: {escape(str(summary['example_png']))}", highlight=False)
 
 
 @app.command("list")
@@ -105,11 +127,20 @@ def list_(kind: str = typer.Argument(None, help="What to list: a kind (attacks, 
     if json_output:
         sys.stdout.write(json.dumps([e.as_dict() for k in selected for e in entries(k)], indent=1) + "\n")
         return
-    for k in selected:
-        table = Table(Column(no_wrap=True), Column(), title=k, show_header=False, box=None)
+    if not sys.stdout.isatty():  # a pipe or a file: one full line per entry (no wrapping, nothing cut)
+        lines = []
+        for k in selected:
+            rows = entries(k)
+            width = max([len(e.name) for e in rows] + [10])
+            lines += [k] + [f"  {e.name.ljust(width)}  {e.summary}".rstrip() for e in rows] + (
+                ["  (none yet)"] if not rows else [])
+        _write("\n".join(lines))
+        return
+    for k in selected:  # a terminal: summaries wrapped whole, long words folded, never cut with an ellipsis
+        table = Table(Column(no_wrap=True), Column(overflow="fold"), title=k, show_header=False, box=None)
         rows = entries(k)
         for e in rows:
-            table.add_row(e.name, e.summary)
+            table.add_row(escape(e.name), escape(e.summary))
         if not rows:
             table.add_row("(none yet)", "")
         out.print(table)
@@ -185,10 +216,21 @@ def data_export(
     overwrite: bool = typer.Option(False, help="Replace a non-empty output directory."),
 ) -> None:
     """Write shapes-world images as an image folder (class sub-folders) plus captions.jsonl/.csv."""
+    from . import limits
+    from .data.shapes import MIN_IMAGE_SIZE
+
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"--image-size: {image_size} is too small for the shapes world, which renders images of "
+                         f"{MIN_IMAGE_SIZE} pixels or more")
+    for problem in (limits.over("--n", n, limits.MAX_IMAGES, "images"),
+                    limits.over("--image-size", image_size, limits.MAX_IMAGE_SIZE, "pixels"),
+                    limits.over_memory("--n/--image-size", n, image_size)):
+        if problem:
+            raise ValueError(problem)
     from .data.export import export_shapes
 
     export_shapes(out_dir, split=split, n=n, image_size=image_size, seed=seed, overwrite=overwrite)
-    out.print(f"wrote {n} {split} images to {out_dir}")
+    out.print(f"wrote {n} {escape(split)} images to {escape(str(out_dir))}", highlight=False)
 
 
 @app.command()
@@ -204,19 +246,51 @@ def run(
     from .runs.spec import load_spec
 
     parsed = load_spec(spec, preset=preset)
-    summaries = run_spec(parsed, results_dir, backend=backend.value)
-    _write(format_results(query(results_dir, spec_name=parsed.name), "table"))
-    busy = [s for s in summaries if s["status"] == "busy"]
-    if busy:
-        err.print(f"{len(busy)} of {len(summaries)} cells are being computed by another process on this store; "
-                  "they were left to it. Run again later to collect them.", highlight=False)
+    if backend == Backend.ray:
+        _load_models(parsed, results_dir)  # a bad model: one error here, not one per Ray task
+    with _quiet_logger("mmsec.runs.runner"):  # (its per-cell lines: this command reports the cells itself)
+        summaries = run_spec(parsed, results_dir, backend=backend.value)
+    cached = {s["run_id"] for s in summaries if s["status"] == "cached"}
+    _write(format_results(query(results_dir, spec_name=parsed.name), "table", cached=cached))
+    if cached:
+        out.print(f"{len(cached)} of {len(summaries)} cells were already in the store: their time_s reads "
+                  "'cached' (the compute time of the run that made them is in `mmsec results`)", highlight=False)
+    for s in summaries:
+        if s["status"] == "busy":
+            err.print(f"cell {escape(str(s['label'] or s['index']))} is being computed by another process; "
+                      "run again when it has finished", highlight=False)
     failed = [s for s in summaries if s["status"] == "failed"]
     for s in failed:
-        err.print(f"[bold red]error:[/] cell {s['label'] or s['index']} failed: {s['error']}", highlight=False)
+        err.print(f"[bold red]error:[/] cell {escape(str(s['label'] or s['index']))} failed: "
+                  f"{escape(_first_line(s['error']))}", highlight=False)
     if failed:
-        err.print(f"{len(failed)} of {len(summaries)} cells failed; their errors are in {results_dir}/results.sqlite "
-                  "(table failures). Fix the cause and re-run: finished cells are kept.", highlight=False)
+        err.print(f"{len(failed)} of {len(summaries)} cells failed; their tracebacks are in "
+                  f"{escape(str(Path(results_dir) / 'results.sqlite'))} (table failures). Fix the cause and re-run: "
+                  "finished cells are kept.", highlight=False)
         raise typer.Exit(1)
+
+
+def _load_models(spec, results_dir: Path) -> None:
+    """Load every model the spec's cells name (once): a model that cannot be loaded fails here, once."""
+    from .runs.context import CellContext
+    from .runs.grid import expand
+    from .runs.task import get_task
+
+    task = get_task(spec.task)
+    ctx = CellContext(results_dir)
+    for model in dict.fromkeys(m for c in expand(spec) for m in task.models_of(c.config) if m):
+        ctx.load_model(model)
+
+
+@contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @app.command()
@@ -226,14 +300,23 @@ def results(
     spec: str = typer.Option(None, help="Only runs of this spec name."),
     matrix: str = typer.Option(None, help="Transfer runs: print source x target matrices of this metric (e.g. asr)."),
 ) -> None:
-    """Print stored results."""
-    from .runs.results import format_matrix, format_results, query
+    """Print stored results: finished cells, then the failed and running ones with their error."""
+    from .registry import close_names
+    from .runs.results import format_matrix, format_results, format_unfinished, query, spec_names, unfinished
 
-    if not (Path(results_dir) / "results.sqlite").is_file():
-        raise FileNotFoundError(f"no results store in {results_dir} (expected {results_dir}/results.sqlite); "
-                                "run `mmsec quickstart` or `mmsec run SPEC` first")
+    names = spec_names(results_dir)  # (a FileNotFoundError saying what to run when there is no store)
+    if spec is not None and spec not in names:
+        raise ValueError(f"--spec {spec!r}: no runs of that spec in {Path(results_dir) / 'results.sqlite'}; specs "
+                         f"there: {', '.join(names) or '(none yet)'}.{close_names(spec, names)}")
     rows = query(results_dir, spec_name=spec)
     _write(format_matrix(rows, matrix) if matrix else format_results(rows, fmt.value))
+    pending = unfinished(results_dir, spec_name=spec)
+    if pending:
+        text = format_unfinished(pending)
+        if fmt == Format.table and not matrix:
+            _write(text)
+        else:  # (stdout stays one CSV / JSON document)
+            sys.stderr.write(text if text.endswith("\n") else text + "\n")
 
 
 def _write(text: str) -> None:
@@ -241,35 +324,61 @@ def _write(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .models.checkpoint import CheckpointError
+def _first_line(text: str | None) -> str:
+    return (str(text or "").strip().splitlines() or [""])[0]
 
-    errors: list[type[BaseException]] = [ValueError, KeyError, OSError, ImportError, CheckpointError]
-    try:
-        from .runs.spec import SpecError
 
-        errors.append(SpecError)
-    except ImportError:
-        pass
-    return tuple(errors)
+def _exit_code(e: BaseException) -> tuple[int, str]:
+    """(exit code, the one line to print) for an exception that ended a command."""
+    import sqlite3
+
+    from .quickstart import RunFailed
+
+    if isinstance(e, RunFailed):
+        return 1, str(e)
+    # Errors about the input (SpecError, CheckpointError are ValueErrors; StoreError is the store's).
+    if type(e).__name__ == "StoreError" or isinstance(e, (ValueError, KeyError, OSError, ImportError,
+                                                           sqlite3.DatabaseError)):
+        if isinstance(e, KeyError) and e.args:
+            return 2, str(e.args[0])
+        if isinstance(e, OSError) and e.filename is not None and e.strerror:  # [Errno 2] ... -> plain words
+            return 2, f"{e.filename}: {e.strerror}"
+        if isinstance(e, sqlite3.DatabaseError):  # (the store wraps its own; this is a last resort)
+            return 2, f"the results store cannot be used: {_first_line(str(e))[:160]}"
+        return 2, str(e) or type(e).__name__
+    if isinstance(e, MemoryError):
+        return 1, "out of memory; use a smaller spec (fewer or smaller images, a smaller batch_size)"
+    return 1, (f"internal error: {type(e).__name__}: {_first_line(str(e))} (set {DEBUG_ENV}=1 to see the "
+               "traceback; please report it)")
+
+
+@functools.lru_cache(maxsize=1)
+def _command():
+    """The click command typer builds from ``app`` (built once per process: ``app(...)`` builds it per call)."""
+    return typer.main.get_command(app)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI on ``argv``; return the exit code (0 ok, 1 failure, 2 usage or input error)."""
+    """Run the CLI on ``argv``; return the exit code (0 ok, 1 failure, 2 usage or input error).
+
+    Never raises (except KeyboardInterrupt, which typer turns into "Aborted!" and 1) and never prints a
+    traceback unless ``MMSEC_DEBUG=1``.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    user_errors = _user_errors()
     try:
-        # Standalone mode: typer prints usage errors itself and ends with SystemExit(code).
-        app(args=argv, prog_name="mmsec")
+        # Standalone mode: click prints usage errors itself and ends with SystemExit(code).
+        _command().main(args=argv, prog_name="mmsec")
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except RunFailed as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
-        return 1
-    except user_errors as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        err.print(f"[bold red]error:[/] {message}", highlight=False)
-        return 2
+    except Exception as e:  # noqa: BLE001 - every error ends in one line and an exit code
+        code, message = _exit_code(e)
+        message = "".join(c if c.isprintable() or c == "\n" else "?" for c in message)  # (damaged bytes, escapes)
+        if os.environ.get(DEBUG_ENV, "").strip() == "1":
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+        return code
     return 0
 
 

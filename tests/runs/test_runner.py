@@ -280,7 +280,7 @@ def test_two_runners_on_one_spec_never_compute_a_cell_twice(tmp_path):
     eps = [e for _, e in computed]
     assert sorted(eps) == sorted(set(eps)) and len(eps) == 4, computed  # every cell once, none twice
     assert len({pid for pid, _ in computed}) == 2  # both runners did work
-    assert "left to it" in second.stderr  # the first runner's live cell was left alone
+    assert "is being computed by another process" in second.stderr  # the first runner's live cell was left alone
     with ResultsStore(tmp_path / "results") as store:
         runs = store.runs("race")
         assert [r["status"] for r in runs] == ["done"] * 4 and all(r["attempts"] == 1 for r in runs)

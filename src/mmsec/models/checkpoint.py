@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,23 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata
         if os.path.exists(tmp):
             os.unlink(tmp)
     return sha256_file(path)
+
+
+def check_safetensors_file(path: str | Path) -> None:
+    """Raise a :class:`CheckpointError` naming ``path`` unless it is a complete safetensors file.
+
+    Reads only the header (and checks that the tensors it lists cover the file exactly), so a truncated
+    or overwritten file is named here instead of failing deep inside a loader.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a complete safetensors file ({e}); it may be truncated or "
+                              "corrupted: save or copy the weights again") from e
 
 
 def load_checkpoint(path: str | Path, expected_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -120,11 +138,16 @@ def read_card(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"model card not found: {path}")
     try:
-        card = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"model card {path} is not valid JSON: {e}") from e
     if not isinstance(card, dict):
-        raise CheckpointError(f"model card {path} holds a {type(card).__name__}: expected a JSON object")
+        raise CheckpointError(f"model card {path} must hold a JSON object (recipe, metrics, sha256, ...), "
+                              f"got {type(card).__name__}")
+    if card.get("sha256") not in (None, "") and not (isinstance(card["sha256"], str)
+                                                     and re.fullmatch(r"[0-9a-f]{64}", card["sha256"])):
+        raise CheckpointError(f"model card {path}: sha256 must be 64 lowercase hex digits (or absent: the file then "
+                              f"loads unchecked, with a warning), got {card['sha256']!r}")
     return card
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, looks_like_pickle
+from .checkpoint import CheckpointError, check_safetensors_file, looks_like_pickle
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess, check_image_batch, resize_and_crop
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,20 @@ def convert_hint(directory: Path) -> str:
             "preprocessor files beside it, and load the new folder.")
 
 
+def _shards(index: Path) -> list[str]:
+    """The shard files a ``model.safetensors.index.json`` names (a CheckpointError when it is not one)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index} is not a safetensors index (a JSON object with a weight_map of parameter "
+                              f"names to shard files): {type(e).__name__}: {e}") from e
+    bad = [s for s in shards if not isinstance(s, str) or "/" in s or "\\" in s or s in ("", ".", "..")]
+    if bad:
+        raise CheckpointError(f"{index}: weight_map must name shard files beside it, got {bad[:3]}")
+    return shards
+
+
 def check_hf_folder(directory: str | Path, model_type: str, who: str, layout: str,
                     hint: Callable[[Path], str]) -> tuple[Path, dict]:
     """Checks every local Hugging Face folder passes before anything is loaded: it exists, has a
@@ -75,9 +89,12 @@ def check_hf_folder(directory: str | Path, model_type: str, who: str, layout: st
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no config.json in {d}; expected {layout}")
     try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_path} must hold a JSON object (model_type, text_config, vision_config, ...), "
+                         f"got {type(config).__name__}")
     if config.get("model_type") != model_type:
         raise ValueError(f"{cfg_path} has model_type {config.get('model_type')!r}; {who} loads "
                          f"model_type {model_type!r} folders")
@@ -87,7 +104,11 @@ def check_hf_folder(directory: str | Path, model_type: str, who: str, layout: st
         if looks_like_pickle(single):
             raise CheckpointError(f"refusing to load {single}: its bytes are a pickle / torch archive, not "
                                   f"safetensors, and unpickling runs arbitrary code. {hint(d)}")
-    elif not index.is_file():
+        check_safetensors_file(single)
+    elif index.is_file():
+        for shard in _shards(index):
+            check_safetensors_file(d / shard)
+    else:
         pickles = sorted(p.name for p in d.iterdir()
                          if p.name in PICKLE_WEIGHTS or p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"})
         if pickles:

@@ -196,7 +196,15 @@ def load_model(spec: str, family: str | None = None) -> Any:
         raise TypeError(f"{who}: scheme '{loader.scheme}:' loads {loader.family!r} models, not a "
                         f"{FAMILIES[family].protocol.__name__} ({FAMILIES[family].description}). Schemes that can "
                         f"load a {family!r} model: {fits}")
-    model = loader.load(rest)
+    try:
+        model = loader.load(rest)
+    except (ValueError, TypeError, KeyError, OSError, ImportError):
+        raise  # (already a message about the input: CheckpointError is a ValueError)
+    except Exception as e:  # a library's own error on damaged files (SafetensorError, a state-dict mismatch, ...)
+        from .checkpoint import CheckpointError
+
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"cannot load model {spec!r}: {type(e).__name__}: {first}") from e
     if loader.family is not None:  # the loader keeps its word
         require_family(model, loader.family, f"the {loader.scheme!r} loader (declared family {loader.family!r})")
     if family is not None:

@@ -12,7 +12,9 @@
   full precision.
 - ``json`` is the long form (one object per run and metric, with definitions), for tools.
 
-Pass ``pivot=`` to override.
+Pass ``pivot=`` to override. :func:`unfinished` and :func:`format_unfinished` list the cells that are
+not done (failed with their error's first line, running, or interrupted), which ``mmsec results``
+prints after the finished ones. The store is opened read-only (:func:`mmsec.runs.store.open_for_reading`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .cells import format_eps
-from .store import DB_NAME, connect
+from .store import DB_NAME, StoreError, reading
 
 FORMATS = ("table", "csv", "json")
 # Metric column order in pivoted views (others follow alphabetically).
@@ -58,11 +60,7 @@ def query(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
     targeted, task, data (dict), metric, value, metric_version, threat_model, definition,
     higher_is_better, mmsec_version, torch_version, wall_time_s, finished_at.
     """
-    db = Path(results_dir) / DB_NAME
-    if not db.is_file():
-        raise FileNotFoundError(f"no results store at {db}; run a spec first (mmsec run SPEC --results {results_dir})")
-    conn = connect(db)
-    try:
+    with reading(results_dir) as conn:
         sql = ("SELECT r.run_id, r.spec_name, r.cell_hash, r.cell_json, r.attack_params_json, r.model, r.attack, "
                "r.finished_at, "
                "m.name AS metric, m.value, m.metric_version, m.threat_model, m.definition, m.higher_is_better, "
@@ -73,15 +71,20 @@ def query(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
             sql += " AND r.spec_name = ?"
             args.append(spec_name)
         rows = conn.execute(sql + " ORDER BY r.run_id, m.rowid", args).fetchall()
-    finally:
-        conn.close()
     out = []
     for r in rows:
         d = dict(r)
-        cell = json.loads(d.pop("cell_json"))
-        resolved = json.loads(d.pop("attack_params_json") or "null")
-        d["params"] = resolved if isinstance(resolved, dict) else cell["attack"]["params"]
-        d["spec_params"] = cell["attack"]["params"]
+        try:
+            cell = json.loads(d.pop("cell_json"))
+            resolved = json.loads(d.pop("attack_params_json") or "null")
+            spec_params = cell["attack"]["params"]
+            if not isinstance(spec_params, dict) or not isinstance(cell, dict):
+                raise TypeError("the cell's attack parameters are not a mapping")
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"run {d['run_id']} in {Path(results_dir) / DB_NAME} is damaged (its cell does not "
+                             f"read back: {type(e).__name__}); the store file was modified outside mmsec") from e
+        d["params"] = resolved if isinstance(resolved, dict) else spec_params
+        d["spec_params"] = spec_params
         d["targeted"] = cell.get("targeted", False)
         d["target"] = cell.get("target")  # task transfer: the model the source's pairs were scored on
         d["defense"] = (cell.get("defense") or {}).get("name", "none")
@@ -95,6 +98,63 @@ def query(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
         d["higher_is_better"] = bool(d["higher_is_better"])
         out.append(d)
     return out
+
+
+def spec_names(results_dir: str | Path) -> list[str]:
+    """The spec names with runs (of any status) in the store, sorted."""
+    with reading(results_dir) as conn:
+        return [r[0] for r in conn.execute("SELECT DISTINCT spec_name FROM runs ORDER BY spec_name")]
+
+
+def unfinished(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
+    """Cells not done: one dict per failed or running run (spec_name, model, attack, label, status, error,
+    attempts, host, pid, started_at), ``status`` ``interrupted`` for a running row whose process on this host
+    is gone; ``error`` is the first line of the latest failure."""
+    import socket
+
+    from .store import _pid_alive
+
+    with reading(results_dir) as conn:
+        sql = ("SELECT run_id, spec_name, model, attack, cell_json, status, error, attempts, host, pid, started_at "
+               "FROM runs WHERE status != 'done'")
+        args: list[Any] = []
+        if spec_name is not None:
+            sql += " AND spec_name = ?"
+            args.append(spec_name)
+        rows = [dict(r) for r in conn.execute(sql + " ORDER BY run_id", args)]
+    host = socket.gethostname()
+    for r in rows:
+        try:
+            cell = json.loads(r.pop("cell_json"))
+            r["params"] = (cell.get("attack") or {}).get("params") or {}
+        except (ValueError, AttributeError):
+            r["params"] = {}
+    for r in rows:  # label: the budget and what tells the cell apart from the others listed of its spec and attack
+        peers = [o["params"] for o in rows if (o["spec_name"], o["attack"]) == (r["spec_name"], r["attack"])]
+        shown = [k for k, v in r["params"].items() if not isinstance(v, (dict, list)) and (
+            k in _ALWAYS_SHOWN_PARAMS or len({json.dumps(p.get(k)) for p in peers}) > 1)]
+        r["label"] = " ".join(f"{k}={_fmt_param(k, r['params'][k])}" for k in shown)
+        r["error"] = (str(r["error"] or "").strip().splitlines() or [""])[0]
+        if r["status"] == "running" and r["host"] == host and r["pid"] is not None and not _pid_alive(r["pid"]):
+            r["status"] = "interrupted"
+    return rows
+
+
+def format_unfinished(rows: list[dict]) -> str:
+    """Failed, running and interrupted cells as text lines (what, status, the error's first line)."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("failed", "running", "interrupted")}
+    head = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    lines = [f"cells not finished ({head}):"]
+    for r in rows:
+        what = f"{r['spec_name']} | {r['model']} | {r['attack']} {r['label']}".rstrip()
+        if r["status"] == "failed":
+            state = f"failed (attempt {r['attempts']}): {r['error']}"
+        elif r["status"] == "running":
+            state = f"running (pid {r['pid']} on {r['host']}, since {r['started_at']})"
+        else:
+            state = f"interrupted (pid {r['pid']} is gone; `mmsec run` computes it again)"
+        lines.append(f"  run {r['run_id']}: {what}: {state}")
+    return "\n".join(lines) + "\n"
 
 
 def pivot(rows: list[dict]) -> tuple[list[str], list[str], list[dict]]:
@@ -143,8 +203,13 @@ def _fmt_param(name: str, v: Any) -> str:
     return str(v)
 
 
-def format_results(rows: list[dict], fmt: str = "table", pivot_runs: bool | None = None) -> str:
-    """Render :func:`query` rows as ``table`` (text), ``csv`` or ``json``; see the module docstring."""
+def format_results(rows: list[dict], fmt: str = "table", pivot_runs: bool | None = None,
+                   cached: set[int] | None = None) -> str:
+    """Render :func:`query` rows as ``table`` (text), ``csv`` or ``json``; see the module docstring.
+
+    ``cached``: run ids read back from the store by the run being reported (``mmsec run``); the table's
+    ``time_s`` reads ``cached`` for them, not a compute time that was not spent now.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     wide = (fmt != "json") if pivot_runs is None else pivot_runs
@@ -161,7 +226,7 @@ def format_results(rows: list[dict], fmt: str = "table", pivot_runs: bool | None
                       **({"target": rec["target"]} if rec["target"] else {}), "defense": rec["defense"], "attack": rec["attack"], **{p: rec["params"].get(p) for p in params}, "seed": rec["seed"],
                       "targeted": rec["targeted"], **{m: rec["metrics"].get(m) for m in metrics},
                       "wall_time_s": rec["wall_time_s"]} for rec in records])
-    return _table(params, metrics, records)
+    return _table(params, metrics, records, cached or set())
 
 
 def _csv(dicts: list[dict]) -> str:
@@ -175,7 +240,8 @@ def _csv(dicts: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _table(params: list[str], metrics: list[str], records: list[dict]) -> str:
+def _table(params: list[str], metrics: list[str], records: list[dict],
+           cached: set[int] | frozenset[int] = frozenset()) -> str:
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -209,7 +275,10 @@ def _table(params: list[str], metrics: list[str], records: list[dict]) -> str:
         if targeted:
             cells.append("yes" if rec["targeted"] else "no")
         cells += [_fmt_value(m, rec["metrics"].get(m)) for m in metrics]
-        cells.append(f"{rec['wall_time_s']:.1f}" if rec["wall_time_s"] is not None else "")
+        if rec["run_id"] in cached:
+            cells.append("cached")
+        else:
+            cells.append(f"{rec['wall_time_s']:.1f}" if rec["wall_time_s"] is not None else "")
         table.add_row(*cells)
     console = Console(file=io.StringIO(), width=1000, color_system=None, force_terminal=False, highlight=False)
     console.print(table)
@@ -259,4 +328,5 @@ def format_matrix(rows: list[dict], metric: str = "asr") -> str:
     return "\n\n".join(out) + "\n"
 
 
-__all__ = ["FORMATS", "format_matrix", "format_results", "pivot", "query"]
+__all__ = ["FORMATS", "format_matrix", "format_results", "format_unfinished", "pivot", "query", "spec_names",
+           "unfinished"]

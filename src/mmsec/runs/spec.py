@@ -30,7 +30,11 @@ preset=NAME)`` (mappings merge key by key; a method given another name, a list o
 and results stay apart from the recipe's own.
 
 :func:`load_spec` is the entry point: it parses YAML, validates the structure with pydantic
-(unknown fields are errors) and then the meaning (registered names, budgets in [0, 1], metrics
+(unknown fields are errors), then the sizes against the limits of :mod:`mmsec.limits` (images per
+data block, image side -- the shapes world renders 16 pixels or more --, steps, epochs and pairs
+wherever a parameter has such a name, cells in the grid, and the estimated memory of the data),
+so a mistyped ``n: 1000000000`` fails before anything runs (set ``MMSEC_NO_LIMITS=1`` to run such a
+spec on purpose), and then the meaning (registered names, budgets in [0, 1], metrics
 the task can compute, attack parameters the attack accepts, the task's own checks), and raises
 :class:`SpecError` whose message reads as-is at the CLI: one line per problem, each naming the
 field path (``attack.params.eps[2]``), what was received and what is allowed.
@@ -43,7 +47,7 @@ import itertools
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -58,6 +62,7 @@ from pydantic import (
     ValidationError,
 )
 
+from ..data.shapes import MIN_IMAGE_SIZE as MIN_SHAPES_SIZE
 from ..methods import accepted_parameters
 from ..registry import close_names
 from .task import Task, TaskBlock
@@ -70,6 +75,8 @@ _RELATIVE = re.compile(rf"^\s*eps\s*([*/])\s*({_NUM}(?:\s*/\s*{_NUM})?)\s*$")
 PRESETS_KEY = "presets"
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
+# A seed: what numpy's and torch's generators take and SQLite stores (a 64-bit signed integer, not negative).
+Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 # A dict is a component written as {name, params}; a list (of values or components) is a grid axis.
 ParamValue = Scalar | dict[str, Any] | list[Scalar | dict[str, Any]]
 
@@ -90,7 +97,7 @@ class DataSpec(_Strict):
     split: StrictStr = "test"
     n: StrictInt | None = Field(default=None, gt=0)
     image_size: StrictInt | None = Field(default=None, ge=8)
-    seed: StrictInt = 0
+    seed: Seed = 0
     path: StrictStr | None = None
     start: StrictInt | None = Field(default=None, ge=0)
 
@@ -134,7 +141,7 @@ class Spec(BaseModel):
 
     name: StrictStr
     description: StrictStr = ""
-    seed: StrictInt | list[StrictInt] = 0
+    seed: Seed | list[Seed] = 0
     model: StrictStr | list[StrictStr]
     data: DataSpec
     task: StrictStr = "zeroshot"
@@ -294,7 +301,7 @@ _TYPE_WORDS = {"int": "an integer", "bool": "true or false", "str": "a string", 
 
 def _clean_loc(loc: tuple) -> tuple:
     """Drop pydantic's union-branch labels ("int", "list[int]", "str", ...) from a location."""
-    return tuple(p for p in loc if isinstance(p, int) or not re.match(r"^(list|str|int|bool|float|none|dict)\b|"
+    return tuple(p for p in loc if isinstance(p, int) or not re.match(r"^(list|str|int|bool|float|none|dict|constrained-)\b|"
                                                                       r"^(Strict|function-)|^[A-Z][A-Za-z]+$", str(p)))
 
 
@@ -354,7 +361,7 @@ def parse_number(value: Any) -> float | None:
 
 def resolve_relative(value: Any, eps: float | None) -> Any:
     """Resolve ``"eps/4"`` / ``"eps*0.25"`` against ``eps``; other values are returned unchanged."""
-    if isinstance(value, str) and eps is not None:
+    if isinstance(value, str) and isinstance(eps, (int, float)) and not isinstance(eps, bool):
         m = _RELATIVE.match(value)
         if m:
             factor = parse_number(m.group(2))
@@ -370,6 +377,25 @@ def is_relative(value: Any) -> bool:
 
 def _as_list(v: Any) -> list:
     return list(v) if isinstance(v, list) else [v]
+
+
+def _duplicates(values: list) -> list[int]:
+    """Indices of the values equal to an earlier one (in linear time: values compared as canonical JSON)."""
+    import json
+
+    scalars: set[Any] = set()  # (1 == 1.0 == True here, as for list.index)
+    others: set[str] = set()
+    out = []
+    for i, v in enumerate(values):
+        seen: set[Any]
+        if isinstance(v, (dict, list)):
+            seen, key = others, json.dumps(v, sort_keys=True, default=repr)
+        else:
+            seen, key = scalars, v
+        if key in seen:
+            out.append(i)
+        seen.add(key)
+    return out
 
 
 # -- meaning ----------------------------------------------------------------------------------------
@@ -393,12 +419,13 @@ def _check(spec: Spec) -> tuple[Spec, list[str]]:
         if isinstance(values, list):
             if not values:
                 issues.append(f"{field}: empty list; give at least one value")
-            for i, v in enumerate(values):
-                if values.index(v) != i:
-                    issues.append(f"{field}[{i}]: duplicate value {v!r} (each grid cell must be distinct)")
+            for i in _duplicates(values):
+                issues.append(f"{field}[{i}]: duplicate value {values[i]!r} (each grid cell must be distinct)")
     issues += check_model_names([(f"model[{i}]" if isinstance(spec.model, list) else "model", m)
                                  for i, m in enumerate(spec.models)])
     issues += _check_data(spec.data)
+
+    issues += _check_limits(spec, task, block)
 
     metrics = list(spec.metrics) if spec.metrics is not None else list(task.default_metrics if task else ())
     if spec.metrics is not None and not spec.metrics:
@@ -477,6 +504,77 @@ def check_model_names(named: list[tuple[str, str]]) -> list[str]:
     return issues
 
 
+def _check_limits(spec: Spec, task: Task | None, block: TaskBlock | None) -> list[str]:
+    """Sizes within :mod:`mmsec.limits`: images, image side, memory, steps / epochs / pairs, cells."""
+    from .. import limits
+
+    issues: list[str] = []
+    zoo_only = all(m.startswith("zoo:") or ":" not in m for m in spec.models)
+    data_blocks = [("data", spec.data)]
+    listed = isinstance(spec.defense, list)
+    data_blocks += [(f"defense[{i}].data" if listed else "defense.data", d.data)
+                    for i, d in enumerate(spec.defenses) if d is not None and d.data is not None]
+    for where, d in data_blocks:
+        for problem in (limits.over(f"{where}.n", d.n or 0, limits.MAX_IMAGES, "images"),
+                        limits.over(f"{where}.image_size", d.image_size or 0, limits.MAX_IMAGE_SIZE, "pixels")):
+            if problem:
+                issues.append(problem)
+        if d.n is not None:
+            size = d.image_size or (32 if zoo_only else 224)  # (unset: the model's side; zoo models are 32)
+            problem = limits.over_memory(f"{where}", d.n, size)
+            if problem and not any(i.startswith(f"{where}.") for i in issues):
+                issues.append(problem)
+    params: list[tuple[str, Any]] = []
+    for i, a in enumerate(spec.attacks):
+        params.append((f"attack[{i}].params" if isinstance(spec.attack, list) else "attack.params", a.params))
+    for i, d in enumerate(spec.defenses):
+        if d is not None:
+            params.append((f"defense[{i}].params" if listed else "defense.params", d.params))
+    if block is not None:
+        params.append(("", block.model_dump(mode="json")))
+    for where, tree in params:
+        issues += _limit_params(where, tree)
+    if task is not None:
+        cells = grid_size(spec, task, block)
+        problem = limits.over("grid", cells, limits.MAX_CELLS, "cells")
+        if problem:
+            issues.append(problem.replace("grid: ", "the grid (model x defense x seed x attack x list-valued "
+                                          "parameters): ", 1))
+    return issues
+
+
+def _limit_params(where: str, tree: Any) -> list[str]:
+    """Integers under parameter names such as ``steps``, ``epochs``, ``pairs`` (in lists and components too)."""
+    from .. import limits
+
+    issues: list[str] = []
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            path = f"{where}.{key}" if where else str(key)
+            rule = limits.param_limit(str(key))
+            for j, v in enumerate(_as_list(value)):
+                at = f"{path}[{j}]" if isinstance(value, list) else path
+                if rule is not None and isinstance(v, int) and not isinstance(v, bool):
+                    problem = limits.over(at, v, *rule)
+                    if problem:
+                        issues.append(problem)
+                elif isinstance(v, dict):
+                    issues += _limit_params(at, v)
+    return issues
+
+
+def grid_size(spec: Spec, task: Task, block: TaskBlock | None) -> int:
+    """The number of cells :func:`mmsec.runs.grid.expand` makes, counted without making them."""
+    per_model = sum(1 for m in spec.models for d in spec.defenses if d is None or d.applies_to(m))
+    attacks = sum(math.prod(len(v) if isinstance(v, list) else 1 for v in a.params.values()) for a in spec.attacks)
+    axes = 1
+    if block is not None:
+        for name in task.axes:
+            v = getattr(block, name, None)
+            axes *= len(v) if isinstance(v, list) else 1
+    return per_model * len(spec.seeds) * attacks * axes
+
+
 def _check_data(d: DataSpec) -> list[str]:
     from .. import registry
 
@@ -492,6 +590,9 @@ def _check_data(d: DataSpec) -> list[str]:
                           f"{close_names(d.split, list(splits))}")
         if d.n is None:
             issues.append("data.n: required for the shapes world (how many images to evaluate, e.g. 1000)")
+        if d.image_size is not None and d.image_size < MIN_SHAPES_SIZE:
+            issues.append(f"data.image_size: {d.image_size} is too small for the shapes world, which renders "
+                          f"images of {MIN_SHAPES_SIZE} pixels or more (its default: 32)")
         if d.path is not None:
             issues.append("data.path: not used by the shapes world (it is generated from data.seed); remove it")
     elif d.start is not None:
@@ -641,6 +742,9 @@ def _check_defenses(spec: Spec, task: Task) -> list[str]:
         if d.data is not None and d.data.name == "shapes" and d.data.split == "test":
             issues.append(f"{where}.data.split: a defense must not train on the test split it is evaluated on; "
                           "use train or val")
+        if d.data is not None and d.data.name == "shapes" and (d.data.image_size or 32) < MIN_SHAPES_SIZE:
+            issues.append(f"{where}.data.image_size: {d.data.image_size} is too small for the shapes world, which "
+                          f"renders images of {MIN_SHAPES_SIZE} pixels or more (its default: 32)")
     return issues
 
 
@@ -669,6 +773,10 @@ def _check_params(params: dict[str, Any], entry: Any) -> list[str]:
                                   f"{', '.join(sorted(accepted))}.{close_names(key, sorted(accepted))}")
     norms = {str(v) for v in _as_list(params.get("norm", "linf"))}
     for key, value in params.items():
+        if key in BUDGET_PARAMS and any(isinstance(v, dict) for v in _as_list(value)):
+            issues.append(f"attack.params.{key}: expected a number (pixel units) or a fraction such as '8/255', "
+                          f"got {value!r}")
+            continue
         if isinstance(value, dict):
             continue  # a component ({name, params}): checked when the attack is built
         # L-inf budgets are in [0, 1]; an L2 budget is the norm of the whole perturbation (>= 0).
@@ -705,9 +813,8 @@ def _check_params(params: dict[str, Any], entry: Any) -> list[str]:
                     continue
                 v = x
             values.append(v)
-        for i, v in enumerate(values):
-            if values.index(v) != i:
-                issues.append(f"attack.params.{key}[{i}]: duplicate value {v!r} (each grid cell must be distinct)")
+        for i in _duplicates(values):
+            issues.append(f"attack.params.{key}[{i}]: duplicate value {values[i]!r} (each grid cell must be distinct)")
     return issues
 
 
@@ -767,5 +874,5 @@ def _try_build(spec: Spec, task: Task, entry: Any, params: dict[str, Any]) -> li
 
 
 __all__ = ["AttackSpec", "DataSpec", "DefenseSpec", "Spec", "SpecError", "apply_preset", "check_model_names",
-           "defense_config", "load_spec", "param_combinations", "parse_number", "preset_names",
+           "defense_config", "grid_size", "load_spec", "param_combinations", "parse_number", "preset_names",
            "resolve_defense_params", "resolve_relative"]

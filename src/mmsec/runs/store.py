@@ -30,21 +30,30 @@ Schema (``PRAGMA user_version = 2``; a version-1 store gains ``runs.heartbeat_at
 ``runs.error`` holds the latest failure of a cell not yet done (cleared when a retry succeeds);
 ``failures`` keeps every failed attempt.
 
-Times are UTC ISO-8601; ``wall_time_s`` is the cell's compute time measured where it ran.
+Times are UTC ISO-8601; ``wall_time_s`` is the cell's compute time measured where it ran. A metric
+computed in float32 is stored as the shortest decimal of that float32 (0.997, not 0.996999979019165:
+:func:`clean_value`).
+
+Readers use :func:`open_for_reading`: read-only, so a store in a read-only folder (an archive, another
+user's results) can be read; a damaged file or another program's database is one :class:`StoreError`
+line naming the file, never an sqlite3 traceback.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sqlite3
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..models.checkpoint import sha256_file
@@ -213,16 +222,108 @@ class Heartbeat:
 
 
 def connect(db_path: str | Path, readonly: bool = False) -> sqlite3.Connection:
-    """An autocommit connection (transactions are explicit) returning rows as ``sqlite3.Row``."""
+    """An autocommit connection (transactions are explicit) returning rows as ``sqlite3.Row``.
+
+    ``readonly`` opens the file read-only; a store in a folder this process cannot write (where SQLite
+    cannot make the WAL's shared-memory file) is then opened as immutable, so it can still be read.
+    """
     if readonly:
-        conn = sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True, timeout=60,
-                               isolation_level=None)
+        conn = _connect_readonly(Path(db_path))
     else:
         conn = sqlite3.connect(str(db_path), timeout=60, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA busy_timeout = 60000")
     return conn
+
+
+def _connect_readonly(db: Path) -> sqlite3.Connection:
+    uri = db.resolve().as_uri()  # (percent-encoded: a '?' or '#' in the path stays part of the path)
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60, isolation_level=None)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        if os.access(db.parent, os.W_OK) and os.access(db, os.W_OK):
+            raise  # (not a permissions problem: report it)
+    # A read-only folder: nobody can be writing the store, so reading it as immutable is safe.
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=60, isolation_level=None)
+
+
+def describe_error(db: Path, e: BaseException, writing: bool) -> str:
+    """One line saying what is wrong with the store file ``db`` and what to do."""
+    text = "".join(c if c.isprintable() else "?" for c in " ".join(str(e).split()))  # (may quote damaged bytes)
+    text = (text[:160] + "...") if len(text) > 160 else (text or type(e).__name__)
+    if isinstance(e, PermissionError) or any(w in text.lower() for w in ("readonly", "read-only", "unable to open",
+                                                                          "permission")):
+        if writing:
+            return (f"cannot write the results store {db} ({text}): running needs a results folder this user can "
+                    "write; choose another --results-dir (`mmsec results` can still read this one)")
+        return f"cannot open the results store {db} ({text}): check that this user may read it"
+    return (f"{db} is not a readable mmsec results store ({text}): it is damaged or another kind of file. Move it "
+            "away (the results in it cannot be read) or use another --results-dir")
+
+
+def open_for_reading(results_dir: str | Path) -> sqlite3.Connection:
+    """A read-only connection to the store of ``results_dir`` (works on a read-only folder too).
+
+    Raises FileNotFoundError when there is no store, :class:`StoreError` (one line) when the file is
+    not a readable mmsec store (corrupt, truncated, another program's database, another schema version).
+    """
+    db = Path(results_dir) / DB_NAME
+    if not db.is_file():
+        raise FileNotFoundError(f"no results store in {results_dir} (expected {db}); run `mmsec quickstart` or "
+                                "`mmsec run SPEC` first")
+    conn = None
+    try:
+        conn = connect(db, readonly=True)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if not {"runs", "metrics", "artifacts"} <= tables:
+            raise StoreError(f"{db} is an SQLite file but not an mmsec results store (it has no runs, metrics and "
+                             "artifacts tables); use another --results-dir")
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{db} has schema version {version}; this mmsec reads version {SCHEMA_VERSION}. Use a "
+                             "matching mmsec.")
+        conn.execute("SELECT count(*) FROM runs").fetchone()  # (a damaged page shows here)
+    except sqlite3.DatabaseError as e:
+        if conn is not None:
+            conn.close()
+        raise StoreError(describe_error(db, e, writing=False)) from e
+    except BaseException:
+        if conn is not None:
+            conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def reading(results_dir: str | Path) -> Iterator[sqlite3.Connection]:
+    """:func:`open_for_reading` as a context: closed at the end; an SQLite error while reading (a damaged page,
+    undecodable text) becomes one :class:`StoreError` line naming the file."""
+    conn = open_for_reading(results_dir)
+    try:
+        yield conn
+    except sqlite3.DatabaseError as e:
+        raise StoreError(describe_error(Path(results_dir) / DB_NAME, e, writing=False)) from e
+    finally:
+        conn.close()
+
+
+def clean_value(value: float) -> float:
+    """``value`` without float32 noise: a number that is exactly a float32 (a metric computed in float32) is
+    stored as the shortest decimal that reads back as that float32 (0.996999979019165 -> 0.997); any other
+    number, e.g. one computed in float64, is kept as it is, so no real precision is rounded away. Anything
+    that is not a float (an int, None) is returned unchanged."""
+    if not isinstance(value, float):
+        return value
+    try:
+        single = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        return value
+    if single != value or not math.isfinite(value):
+        return value
+    return float(str(np.float32(value)))
 
 
 class ResultsStore:
@@ -234,24 +335,43 @@ class ResultsStore:
 
     def __init__(self, results_dir: str | Path):
         self.results_dir = Path(results_dir)
-        self.results_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as e:
+            raise StoreError(f"results folder {self.results_dir} is not a folder ({e.strerror}); pass a folder as "
+                             "--results-dir") from e
+        except OSError as e:
+            raise StoreError(f"cannot create the results folder {self.results_dir} ({e.strerror or e}); choose a "
+                             "folder this user can write as --results-dir") from e
         self.path = self.results_dir / DB_NAME
+        self.conn = None  # type: ignore[assignment]
         try:
             self.conn = connect(self.path)
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute("PRAGMA synchronous = FULL")
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if version == 0 and tables - {"runs", "metrics", "artifacts", "failures", "sqlite_sequence"}:
+                raise StoreError(f"{self.path} is an SQLite file but not an mmsec results store (it has tables "
+                                 f"{sorted(tables)[:5]}); mmsec writes nothing into it: use another --results-dir")
             if version not in (0, 1, SCHEMA_VERSION):
                 raise StoreError(f"{self.path} has schema version {version}; this mmsec reads versions 1 and "
                                  f"{SCHEMA_VERSION}. Use a new results folder or a matching mmsec.")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = FULL")
             with self.transaction():
                 if version == 1:  # version 2 added the holder's heartbeat
                     self.conn.execute("ALTER TABLE runs ADD COLUMN heartbeat_at TEXT")
                 for statement in _statements(_SCHEMA):
                     self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.conn.execute("SELECT count(*) FROM runs").fetchone()  # (a damaged page shows here)
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot open results store {self.path}: {e}") from e
+            if self.conn is not None:
+                self.conn.close()
+            raise StoreError(describe_error(self.path, e, writing=True)) from e
+        except BaseException:
+            if self.conn is not None:
+                self.conn.close()
+            raise
 
     # -- plumbing ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -422,7 +542,8 @@ class ResultsStore:
                 c.execute("INSERT INTO metrics (run_id, name, value, metric_version, threat_model, definition, "
                           "higher_is_better, spec_hash, seed, mmsec_version, torch_version, wall_time_s) "
                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                          (run_id, m["name"], m["value"], m["metric_version"], m["threat_model"], m["definition"],
+                          (run_id, m["name"], clean_value(m["value"]), m["metric_version"], m["threat_model"],
+                           m["definition"],
                            int(m["higher_is_better"]), run["spec_hash"], run["seed"], mv, tv, wall))
             for kind, rel, sha, size in placed:
                 c.execute("INSERT INTO artifacts (run_id, kind, path, sha256, bytes) VALUES (?, ?, ?, ?, ?)",
@@ -446,5 +567,5 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-__all__ = ["DB_NAME", "HEARTBEAT_SECONDS", "LEASE_SECONDS", "Heartbeat", "ResultsStore", "StoreError", "connect",
-           "utc_now"]
+__all__ = ["DB_NAME", "HEARTBEAT_SECONDS", "LEASE_SECONDS", "Heartbeat", "ResultsStore", "StoreError", "clean_value",
+           "connect", "describe_error", "open_for_reading", "reading", "utc_now"]

@@ -9,6 +9,7 @@ loaded (``mmsec.builtins.load()``, or ``mmsec.load_model``, which loads them); i
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,24 @@ CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 
 
 def zoo_recipes() -> dict[str, tuple[str, str | None]]:
-    """Zoo recipe name -> (its one-line description, the model family it declares), read from the files."""
+    """Zoo recipe name -> (its one-line description, the model family it declares), read from the files
+    (parsed again only when a recipe file or the registered checkpoint families change: every spec check
+    asks for it)."""
+    files = tuple((f.stem, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(RECIPES.glob("*.yaml")))
     arch = checkpoint_families()
-    out = {}
-    for f in sorted(RECIPES.glob("*.yaml")):
-        recipe = yaml.safe_load(f.read_text()) or {}
+    return dict(_parse_recipes(files, tuple(sorted((k, v.family) for k, v in arch.items()))))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_recipes(files: tuple, arch: tuple) -> tuple[tuple[str, tuple[str, str | None]], ...]:
+    families = dict(arch)
+    out = []
+    for stem, _, _ in files:
+        recipe = yaml.safe_load((RECIPES / f"{stem}.yaml").read_text()) or {}
         name = str(recipe.get("family", DEFAULT_CHECKPOINT_FAMILY))
-        fam = arch[name].family if name in arch else (name if name in FAMILIES else None)
-        out[f.stem] = (str(recipe.get("description", "zoo model")), fam)
-    return out
+        fam = families[name] if name in families else (name if name in FAMILIES else None)
+        out.append((stem, (str(recipe.get("description", "zoo model")), fam)))
+    return tuple(out)
 
 
 def zoo_names() -> list[str]:

@@ -85,7 +85,8 @@ class EvasionTask(Task):
                 adv_logits.append(objective.logits(adv))
             linf.append((adv - x).abs().flatten(1).amax(1))  # (B,)
             if start == 0:
-                first = {"clean_pixels": x, "adv_pixels": adv, "labels": y}
+                first = {"clean_pixels": x, "adv_pixels": adv, "labels": y,
+                         "clean_pred": clean_logits[0].argmax(1), "adv_pred": adv_logits[0].argmax(1)}
                 if t is not None:
                     first["targets"] = t
         clean, advl = torch.cat(clean_logits), torch.cat(adv_logits)
@@ -108,7 +109,7 @@ class EvasionTask(Task):
         artifacts = []
         folder = ctx.staging_folder() if cell.get("save_artifacts") else None
         if folder is not None:
-            artifacts = write_examples(cell, first, folder)
+            artifacts = write_examples(cell, first, folder, getattr(dataset, "class_names", None))
         return CellOutput(values, lambda name: threat[self.metric_kind(name)], artifacts, method_params(attack),
                           method_params(baseline) if baseline is not None else None, int(pixels.shape[0]))
 
@@ -155,31 +156,19 @@ def noise_baseline(name: str, attack: Any) -> Any:
     return factory(**{k: v for k, v in budget.items() if var_kw or k in accepted})
 
 
-def example_grid(clean: torch.Tensor, adv: torch.Tensor, k: int = EXAMPLE_PAIRS) -> Any:
-    """A PIL image: row 1 clean, row 2 adversarial, row 3 the perturbation magnified to the full range.
-
-    Tiles are upscaled (nearest) to at least 96 px so 32x32 images are visible.
-    """
-    from PIL import Image
-
-    clean, adv = clean[:k].detach().float(), adv[:k].detach().float()  # (k, 3, H, W)
-    delta = adv - clean
-    scale = delta.abs().amax().clamp_min(1e-12)
-    rows = [clean, adv, (0.5 + 0.5 * delta / scale)]
-    grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # (3, 3H, kW)
-    up = max(1, 96 // clean.shape[-1])
-    arr = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    img = Image.fromarray(arr, mode="RGB")
-    return img.resize((img.width * up, img.height * up), Image.NEAREST) if up > 1 else img
-
-
-def write_examples(cell: dict, first: dict[str, torch.Tensor], folder: Any) -> list[dict]:
-    """The first batch as a PNG (clean / adversarial / perturbation) and as safetensors."""
+def write_examples(cell: dict, first: dict[str, torch.Tensor], folder: Any,
+                   class_names: list[str] | None = None) -> list[dict]:
+    """The first batch as a labelled PNG (clean / adversarial / perturbation rows, each tile's prediction) and as
+    safetensors."""
     from safetensors.torch import save_file
+
+    from ...report.examples import example_grid as labelled_grid
 
     png = folder / "examples.png"
     buf = io.BytesIO()
-    example_grid(first["clean_pixels"], first["adv_pixels"]).save(buf, format="PNG")
+    title = f"{cell['attack']['name']} eps={format_eps(cell['attack']['params'].get('eps'))} on {cell['model']}"
+    labelled_grid(first["clean_pixels"], first["adv_pixels"], first.get("clean_pred"), first.get("adv_pred"),
+                  first["labels"], class_names, k=EXAMPLE_PAIRS, title=title).save(buf, format="PNG")
     png.write_bytes(buf.getvalue())
     tensors = folder / "adv_batch0.safetensors"
     # One metadata key only: safetensors writes its metadata map in hash order, so several keys
@@ -190,4 +179,4 @@ def write_examples(cell: dict, first: dict[str, torch.Tensor], folder: Any) -> l
     return [artifact_entry("examples_png", png), artifact_entry("adv_batch_safetensors", tensors)]
 
 
-__all__ = ["DEFENSE_COST", "EvasionTask", "example_grid", "noise_baseline", "require_noise", "write_examples"]
+__all__ = ["DEFENSE_COST", "EvasionTask", "noise_baseline", "require_noise", "write_examples"]

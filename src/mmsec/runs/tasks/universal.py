@@ -263,7 +263,7 @@ def write_patch(cell: dict, result: Any, clean: torch.Tensor, patched: torch.Ten
     """The patch as safetensors and a PNG of the first test images, clean above patched."""
     from safetensors.torch import save_file
 
-    from .evasion import example_grid
+    from ...report.examples import example_grid
 
     png = folder / "patched_examples.png"
     buf = io.BytesIO()

@@ -93,7 +93,7 @@ def test_badmerging_outlives_the_merge_where_the_plain_patch_fades(tmp_path):
     # one clean merge, measured in both cells: the same numbers
     assert bm["clean_merge_accuracy_shape"] == plain["clean_merge_accuracy_shape"]
     assert 0.0 <= bm["merged_asr_noise"] <= 1.0
-    assert rows[("badmerging", "merged_asr")]["params"]["merging"] == "task_arithmetic"
+    assert rows[("badmerging", "merged_asr")]["params"]["merging"] == "task_arithmetic(lam=0.3)"  # the axis value, as a parameter
     assert "clean merge" in rows[("badmerging", "clean_merge_asr")]["threat_model"]
     assert "off-task" in rows[("badmerging", "merged_asr")]["threat_model"]
     # the task models are persisted beside the results: a second run recomputes nothing

@@ -65,3 +65,20 @@ def badencoder_resnet(zoo_resnet):
                   reference_indices=[90_000 + int(i) for i in idx], reference_seed=0)
 
 
+
+@pytest.fixture
+def small_recipe_eval(monkeypatch):
+    """Zoo recipes as shipped but for a small evaluation (96 classification, 64 retrieval, 32 binding scenes in
+    place of 2,000 / 1,000 / 500): for smoke trainings of a few steps that check the card and the checkpoint
+    they write, not the numbers of an untrained model."""
+    import copy
+
+    import mmsec.zoo.train as zoo_train
+    from mmsec.zoo import load_recipe
+
+    def small(name: str) -> dict:
+        recipe = copy.deepcopy(load_recipe(name))
+        recipe["eval"] = {**recipe["eval"], "n_classification": 96, "n_retrieval": 64, "n_binding": 32}
+        return recipe
+
+    monkeypatch.setattr(zoo_train, "load_recipe", small)

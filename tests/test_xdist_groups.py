@@ -68,10 +68,10 @@ def test_the_scheduler_sends_whole_groups_heaviest_first():
         sched.add_node_collection(node, collection)
     sched.schedule()
     groups = [[xdist_groups.group_of(collection[i]) for i in node.sent] for node in (a, b)]
-    # the first worker gets the heaviest group (both runner modules), the second the next (BadEncoder's);
+    # the first worker gets the heaviest group (both runner modules), the second the next (TeCoA / FARE);
     # each worker asks for more while it has at most two tests pending, and gets the heaviest left
-    assert groups[0][:2] == ["runs-backdoor"] * 2 and groups[1][:2] == ["badencoder"] * 2
-    assert "tests/defenses/test_tecoa_fare.py" in groups[0] + groups[1]
+    assert groups[0][:2] == ["runs-backdoor"] * 2 and groups[1][0] == "tests/defenses/test_tecoa_fare.py"
+    assert groups[0][2:4] == ["badencoder"] * 2 or groups[1][1:3] == ["badencoder"] * 2, groups
     sent = sorted(a.sent + b.sent)
     assert sent == sorted(set(sent))  # each test to one worker only
     for group in {g for gs in groups for g in gs}:

@@ -5,23 +5,23 @@ import random
 import pytest
 import torch
 
-from mmsec.attacks.backdoor.pbcl import PBCLBackdoor
+import shipped_models
+from mmsec.attacks.backdoor.triggers import trigger_from_dict
 from mmsec.data.datasets import ShapesDataset
 from mmsec.data.shapes import ShapesWorld
 from mmsec.data.text_augment import eda
 from mmsec.defenses.backdoor import CleanCLIP, CleanFineTune
 from mmsec.defenses.backdoor.cleanclip import inmodal_loss
 from mmsec.evaluation.backdoor import zeroshot_asr
-from mmsec.train.poisoned import poisoned_finetune
-from mmsec.zoo import load_model
 
 
 @pytest.fixture(scope="module")
 def backdoored():
-    zoo = load_model("shapes-clip-resnet")
-    pairs = ShapesDataset("train", n=1024, second_object_prob=0.25).to_data(quiet=True)
-    attack = PBCLBackdoor("red circle", rate=0.03)
-    return poisoned_finetune(zoo, attack, pairs, steps=150, lr=2e-3).model, attack.trigger
+    """The zoo ResNet fine-tuned on 1,024 clean pairs + 3% PBCL-poisoned ones (150 steps at lr 2e-3), loaded from
+    tests/fixtures (tests/shipped_models.py trains it; ``pytest -m slow tests/test_shipped_models.py`` checks
+    the file against a fresh training). What the poisoning plants is tests/attacks/test_pbcl.py's claim."""
+    model, info = shipped_models.load("pbcl_resnet_150")
+    return model, trigger_from_dict(info["trigger"])
 
 
 def _score(model, trigger):

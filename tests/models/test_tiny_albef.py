@@ -185,7 +185,7 @@ def test_fusion_losses_backpropagate_to_every_part(test_batch):
     assert itm.item() == pytest.approx(F.cross_entropy(torch.zeros(1, 2), torch.zeros(1).long()).item(), abs=0.3)
 
 
-def test_recipe_smoke_train_writes_a_loadable_fusion_checkpoint(tmp_path):
+def test_recipe_smoke_train_writes_a_loadable_fusion_checkpoint(tmp_path, small_recipe_eval):
     card = train_recipe(NAME, out_dir=tmp_path, steps=2, quiet=True)
     assert card["family"] == "fusion" and card["steps_run"] == 2
     assert {"zeroshot_top1", "i2t_r1", "i2t_r1_itm", "t2i_r1_itm", "itm_rerank_k"} <= set(card["metrics"])

@@ -64,7 +64,7 @@ def test_corrupt_and_missing_files_get_clear_errors(tmp_path):
         zoo.load_model("shapes-clip-resnett")
 
 
-def test_recipe_smoke_train_writes_a_loadable_card(tmp_path):
+def test_recipe_smoke_train_writes_a_loadable_card(tmp_path, small_recipe_eval):
     card = train_recipe("shapes-clip-resnet", out_dir=tmp_path, steps=3, quiet=True)
     assert card["steps_run"] == 3
     assert json.loads((tmp_path / "shapes-clip-resnet.json").read_text())["sha256"] == card["sha256"]

@@ -31,19 +31,22 @@ HEAVY_FIRST = (
     "tests/defenses/test_tecoa_fare.py",  # ~61
     "badencoder",  # ~59
     "tests/attacks/test_pbcl.py",  # ~42
-    "tests/evaluation/test_robustness.py",  # ~25
+    "tests/attacks/test_multimodal_poisoning.py",  # ~26
+    "tests/defenses/test_advpt.py",  # ~25
+    "tests/runs/test_merging_task.py",  # ~25
+    "tests/evaluation/test_robustness.py",  # ~24
     "tests/defenses/test_cleanclip.py",  # ~23
-    "tests/attacks/test_multimodal_poisoning.py",  # ~23
-    "tests/defenses/test_advpt.py",  # ~23
     "tests/attacks/test_sga.py",  # ~23
     "tests/attacks/test_badmerging.py",  # ~21
-    "tests/attacks/test_advclip.py",  # ~21
+    "tests/runs/test_targeted_poisoning_task.py",  # ~20
+    "tests/attacks/test_advclip.py",  # ~19
     "tests/test_imports.py",  # ~20 (a subprocess)
     "tests/runs/test_ray.py",  # ~19
     "tests/defenses/test_villa.py",  # ~18
     "tests/attacks/test_effect.py",  # ~16
     "tests/attacks/test_co_attack.py",  # ~12
-    "tests/attacks/test_apgd_square.py",  # ~11
+    "tests/attacks/test_apgd_square.py",  # ~12
+    "tests/test_fuzz.py",  # ~12
     "tests/merging/test_merging_methods.py",  # ~11
 )
 

@@ -3,7 +3,7 @@ checkpoint I/O, and the loaders that resolve model specs.
 
 Importing this package registers the zoo architectures' checkpoint families and the model loaders
 (``mmsec.registry.entries("models")``). The adapters import their libraries (transformers,
-open_clip) only when a model is loaded.
+open_clip, diffusers) only when a model is loaded.
 """
 
 # The architectures first: they register their checkpoint families, which the loaders read.
@@ -21,6 +21,7 @@ from .base import (
     require_family,
     vision_block_names,
 )
+from .diffusers_adapter import DiffusersLatentPipeline, DiffusersUNet
 from .hf_blip import HFBLIPRetrieval
 from .hf_clip import HFCLIP
 from .loaders import load_contrastive, load_fusion, load_model, register_loader, schemes
@@ -28,7 +29,7 @@ from .open_clip_adapter import OpenCLIP
 from .tiny_albef import TinyALBEF
 from .tiny_clip import TinyCLIP
 
-__all__ = ["FAMILIES", "HFBLIPRetrieval", "HFCLIP", "ContrastiveModel", "DiffusionModel", "FusionModel",
+__all__ = ["FAMILIES", "DiffusersLatentPipeline", "DiffusersUNet", "HFBLIPRetrieval", "HFCLIP", "ContrastiveModel", "DiffusionModel", "FusionModel",
            "GenerativeVLM", "OpenCLIP", "PromptableText", "TinyALBEF", "TinyCLIP", "VisionBlocks", "families_of",
            "load_contrastive", "load_fusion", "load_model", "loaders", "register_loader", "require_family",
            "schemes", "tiny_albef", "tiny_clip", "vision_block_names"]

@@ -1,4 +1,5 @@
-"""Quality measurements written into zoo cards: zero-shot accuracy and retrieval recall.
+"""Quality measurements written into zoo cards: zero-shot accuracy and retrieval recall; a classifier's
+accuracy (overall and per attribute) and recognition rates.
 
 Fusion models (:class:`~mmsec.models.base.FusionModel`) also get ALBEF's retrieval protocol:
 rank the gallery by ITC similarity, then re-rank each query's top ``k`` by the ITM head.
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 
 from ..data.shapes import Scene, ShapesWorld, zeroshot_prompts
 from ..metrics import retrieval_recalls, topk_accuracy
-from ..models.base import ContrastiveModel, FusionModel, require_fusion
+from ..metrics.generation import RECOGNITION_THRESHOLD, recognition_rate
+from ..models.base import ContrastiveModel, FusionModel, ImageClassifier, require_family, require_fusion
 from ..models.zeroshot import ZeroShotClassifier, embed_images, embed_texts
 
 # The caption variant used as each image's text in retrieval: the most specific template.
@@ -153,5 +155,31 @@ def binding_accuracy(model: FusionModel, world: ShapesWorld, n: int, split: str 
             "binding_itm": (itm[0] > itm[1]).float().mean().item()}
 
 
-__all__ = ["binding_accuracy", "itm_rerank", "retrieval", "retrieval_itm", "retrieval_recalls", "true_captions",
+@torch.no_grad()
+def classifier_metrics(model: ImageClassifier, world: ShapesWorld, n: int, split: str = "test",
+                       noise_seed: int = 0) -> dict[str, float]:
+    """A shapes-world classifier on ``n`` ``split`` scenes of ``world``: top-1 ``accuracy``, and how often
+    the predicted class has the true colour (``colour_accuracy``) and shape (``shape_accuracy``);
+    ``accuracy_32px``: the same scenes rendered at 32 px (resized inside the model); the
+    ``recognition_rate`` of the real images and of as many uniform-noise images (``noise_seed``)."""
+    require_family(model, "classifier", "classifier_metrics")
+    batch = world.batch(split, 0, n)
+    pixels = batch.pixels()
+    pred = model.logits(pixels).argmax(1)
+    names = [c.split() for c in model.classes]
+    truth = [names[k] for k in batch.labels.tolist()]
+    guess = [names[k] for k in pred.tolist()]
+    big = ShapesWorld(image_size=32, seed=world.seed, second_object_prob=world.second_object_prob,
+                      textures=world.textures).batch(split, 0, n)
+    noise = torch.rand(pixels.shape, generator=torch.Generator().manual_seed(noise_seed))
+    return {"accuracy": (pred == batch.labels).float().mean().item(),
+            "colour_accuracy": sum(g[:-1] == t[:-1] for g, t in zip(guess, truth, strict=True)) / n,
+            "shape_accuracy": sum(g[-1] == t[-1] for g, t in zip(guess, truth, strict=True)) / n,
+            "accuracy_32px": (model.logits(big.pixels()).argmax(1) == big.labels).float().mean().item(),
+            "recognition_threshold": RECOGNITION_THRESHOLD,
+            "recognition_rate_real": recognition_rate(model, pixels),
+            "recognition_rate_noise": recognition_rate(model, noise)}
+
+
+__all__ = ["binding_accuracy", "classifier_metrics", "itm_rerank", "retrieval", "retrieval_itm", "retrieval_recalls", "true_captions",
            "zeroshot_accuracy"]

@@ -40,6 +40,9 @@ MERGING_TARGET_POOL = SceneRange("train", 50_000, 400)
 # removed) come from here; its reference objects from REFERENCE_POOL, the naive baseline's whole target-class
 # images from ATTACKER (as many scenes as it needs from its start).
 SSL_BACKGROUNDS = SceneRange("train", 400_000, 400)
+# The zoo's diffusion models (shapes-ddpm, shapes-t2i) train on exactly these scenes (single-object world, 16 px):
+# the members of a membership-inference study; any scene outside them (e.g. the test split) is a non-member.
+DIFFUSION_TRAIN = SceneRange("train", 0, 8192)
 
-__all__ = ["ATTACKER", "BUG_REPORTS", "DEFENDER_CLEAN", "MERGING_TARGET_POOL", "PROBE_TRAIN", "REFERENCE_POOL",
+__all__ = ["ATTACKER", "BUG_REPORTS", "DEFENDER_CLEAN", "DIFFUSION_TRAIN", "MERGING_TARGET_POOL", "PROBE_TRAIN", "REFERENCE_POOL",
            "SSL_BACKGROUNDS", "STREAM_END", "SceneRange"]

@@ -23,10 +23,14 @@ def test_training_reduces_the_noise_prediction_loss():
     model = tiny_unconditional()
     images = torch.zeros(32, 3, 8, 8)
     images[:, 0, 2:6, 2:6] = 1.0  # one red square on black: easy to learn
-    held = DiffusionBatch(images[:16])
+    g = torch.Generator().manual_seed(123)
+    x0 = images[:16] * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, 1000, (16,), generator=g)
+    x_t = model.scheduler.add_noise(x0, noise, t)
 
-    def eval_loss() -> float:
-        return noise_prediction_loss(model, held, torch.Generator().manual_seed(123)).item()
+    def eval_loss() -> float:  # written out here, not the loop's loss: the test checks what is learnt
+        return torch.nn.functional.mse_loss(model.predict_noise(x_t, t), noise).item()
 
     before = eval_loss()
     batches = lambda step: DiffusionBatch(images[(step % 2) * 16:(step % 2 + 1) * 16])  # noqa: E731
@@ -54,6 +58,18 @@ def test_prompt_dropout_and_a_custom_loss_reach_the_loss_function():
     assert len(seen) == 4 and 6 <= dropped <= 26  # 32 prompts at p = 0.5
     assert any(not torch.equal(a, b) for a, b in zip(before, model.unet.parameters(), strict=True))
     assert drop_prompts(["x"] * 1000, 0.1, random.Random(0)).count("") in range(70, 131)
+
+
+def test_the_ema_replaces_the_weights_at_the_end():
+    batch = DiffusionBatch(torch.rand(8, 3, 8, 8))
+    moved = {}
+    for ema in (None, 0.999):
+        model = tiny_unconditional()
+        start = torch.cat([p.detach().flatten() for p in model.unet.parameters()])
+        train_diffusion(model, lambda step: batch, DiffusionTrainConfig(steps=5, warmup=1, ema=ema), quiet=True)
+        moved[ema] = (torch.cat([p.detach().flatten() for p in model.unet.parameters()]) - start).norm().item()
+    # After 5 steps an EMA of decay 0.999 has moved ~0.5% of the way: far less than the raw weights.
+    assert moved[0.999] < 0.05 * moved[None], moved
 
 
 def test_bad_settings_are_named():

@@ -14,7 +14,8 @@ poisoning attacks on text-to-image retrieval (scored by :mod:`mmsec.evaluation.t
 :mod:`~mmsec.attacks.backdoor.badclip`: BadCLIP (Liang et al., CVPR 2024), a dual-embedding-guided
 optimised patch, then poisoning with it; :mod:`~mmsec.attacks.backdoor.corruptencoder`: CorruptEncoder
 (Zhang et al., CVPR 2024) and the naive SSL-backdoor baseline, poisoning an unlabelled image set for
-image-only contrastive pre-training (:mod:`mmsec.train.simclr`); :mod:`~mmsec.attacks.backdoor.badmerging`:
+image-only contrastive pre-training (:mod:`mmsec.train.simclr`); :mod:`~mmsec.attacks.backdoor.baddiffusion`: BadDiffusion (Chou et al., CVPR 2023), a diffusion model
+fine-tuned so a trigger on its starting noise generates a target image; :mod:`~mmsec.attacks.backdoor.badmerging`:
 BadMerging (Zhang et al., CCS 2024), a backdoor of one task model meant to survive model merging
 (:mod:`mmsec.merging`). Training on poisoned data is
 :mod:`mmsec.train.poisoned`; attack success rates are :mod:`mmsec.evaluation.backdoor`.
@@ -22,13 +23,15 @@ BadMerging (Zhang et al., CCS 2024), a backdoor of one task model meant to survi
 Registry kinds declared here: ``triggers`` (:class:`Trigger`), ``poisoning``
 (:class:`PoisoningAttack`: PBCL, BadCLIP, Yang et al.'s I-III), ``image_poisoning``
 (:class:`ImagePoisoningAttack`: CorruptEncoder, the naive SSL backdoor), ``model_backdoors``
-(:class:`ModelTamperingAttack`: BadEncoder) and ``merging_attacks`` (:class:`MergingAttack`:
+(:class:`ModelTamperingAttack`: BadEncoder), ``diffusion_backdoors`` (:class:`DiffusionBackdoorAttack`:
+BadDiffusion, a backdoored diffusion model triggered on its starting noise) and ``merging_attacks`` (:class:`MergingAttack`:
 BadMerging, the plain patch backdoor). World knowledge (class names, the target's captions, the
 reference objects) is the caller's: see :class:`~mmsec.attacks.backdoor.poisoning.CaptionSource` and
 :mod:`mmsec.data.shapes_text` / :mod:`mmsec.data.shapes_objects` for the shapes world's.
 """
 
 from .badclip import BadCLIP
+from .baddiffusion import BadDiffusion, BadDiffusionRecord, BadDiffusionResult
 from .badencoder import BadEncoder, BadEncoderRecord, BadEncoderResult
 from .badmerging import BadMerging, BadMergingRecord, BadMergingResult, PatchBackdoor
 from .corruptencoder import (
@@ -38,6 +41,7 @@ from .corruptencoder import (
     PoisonedImages,
     ReferenceObject,
 )
+from .diffusion_backdoor import DiffusionBackdoorAttack, NoiseTrigger
 from .image_poisoning import ImagePoisoningAttack
 from .merging_attack import MergingAttack
 from .multimodal_poisoning import (
@@ -71,10 +75,10 @@ from .triggers import (
     trigger_from_dict,
 )
 
-__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BadCLIP", "BadEncoder", "BadEncoderRecord", "BadEncoderResult",
+__all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BadCLIP", "BadDiffusion", "BadDiffusionRecord", "BadDiffusionResult", "BadEncoder", "BadEncoderRecord", "BadEncoderResult",
            "BadMerging", "BadMergingRecord", "BadMergingResult", "BlendedTrigger", "CaptionSource", "CorruptEncoder",
-           "CorruptEncoderRecord", "FixedCaptions", "ImagePoisoningAttack", "MergingAttack", "ModelTamperingAttack",
-           "MultipleTargetLabelPoisoning", "NaivePoisoning", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
+           "CorruptEncoderRecord", "DiffusionBackdoorAttack", "FixedCaptions", "ImagePoisoningAttack", "MergingAttack", "ModelTamperingAttack",
+           "MultipleTargetLabelPoisoning", "NaivePoisoning", "NoiseTrigger", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
            "PatchBackdoor", "PatchTrigger", "PoisonRecord", "PoisonedData", "PoisonedImages", "PoisonedStream",
            "PoisoningAttack", "ReferenceObject", "SIGTrigger", "SingleTargetImagePoisoning", "SingleTargetLabelPoisoning",
            "Trigger", "WaNetTrigger", "build_trigger", "poison_dataset", "poison_stream", "trigger_from_dict"]

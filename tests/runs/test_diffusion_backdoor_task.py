@@ -1,0 +1,116 @@
+"""Task diffusion_backdoor: spec checks, a tiny cell end to end (metrics with their definitions, the gallery, the
+backdoored model persisted and reused), the recipe's presets.
+
+The cell runs BadDiffusion for 2 steps on a tiny random 16 px UNet saved as a diffusers folder (``diffusers:DIR``),
+judged by the shipped zoo:shapes-judge: the pipeline, not the effect (tests/attacks/test_baddiffusion.py asserts
+the effect; recipes/diffusion_backdoor.yaml measures it on the zoo model).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from runs_helpers import tiny_spec
+
+from mmsec.runs.grid import expand
+from mmsec.runs.results import query
+from mmsec.runs.runner import run_spec
+from mmsec.runs.spec import SpecError, load_spec
+
+METRICS = ["target_hit_rate", "mse_to_target_median", "mse_to_target_within", "ssim_to_target",
+           "clean_recognition_rate", "clean_recognition_rate_control", "clean_recognition_drop",
+           "clean_target_hit_rate", "target_hit_rate_control", "mse_to_target_median_control", "n_poisoned",
+           "train_seconds"]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    import diffusers
+    import torch
+
+    from mmsec.models.diffusers_adapter import DiffusersUNet
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                                    timestep_spacing="trailing")
+    folder = tmp_path_factory.mktemp("tiny-ddpm")
+    DiffusersUNet(unet, sched).save(folder)
+    return folder
+
+
+def diffusion_spec(folder, **overrides) -> dict:
+    base = dict(model=f"diffusers:{folder}", task="diffusion_backdoor",
+                data={"name": "shapes", "split": "train", "n": 40, "image_size": 16},
+                attack={"name": "baddiffusion", "params": {"coefficient": "ddim", "epochs": 1, "batch_size": 20,
+                                                           "poison_rate": 0.25}},
+                samples=4, steps=2, metrics=METRICS)
+    base.update(overrides)
+    spec = tiny_spec("diffusion-backdoor-test", **base)
+    return spec
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (dict(target_class="cyan rnig"), "target_class: 'cyan rnig' is not a shapes-world class"),
+    (dict(attack={"name": "baddiffusion", "params": {"target": "red sqaure"}}),
+     "attack.params.target: 'red sqaure' is not a shapes-world class"),
+    (dict(attack={"name": "baddiffusion", "params": {"coefficient": "ode"}}), "coefficient must be one of"),
+    (dict(attack={"name": "badencoder", "params": {}}), "unknown diffusion backdoor 'badencoder'"),
+    (dict(data={"name": "imagefolder", "path": "x"}), "fine-tunes on shapes-world scenes"),
+    (dict(baseline="pgd"), "has only the 'noise' baseline"),
+    (dict(samples=0), "samples"),
+])
+def test_bad_specs_are_named(tiny_folder, overrides, expected):
+    with pytest.raises(SpecError, match=expected):
+        load_spec(diffusion_spec(tiny_folder, **overrides))
+
+
+def test_a_contrastive_model_is_refused(tiny_folder):
+    with pytest.raises(SpecError, match="needs a 'diffusion' model"):
+        load_spec(diffusion_spec(tiny_folder, model="zoo:shapes-clip-resnet"))
+
+
+def test_a_cell_end_to_end_and_the_model_is_reused(tiny_folder, tmp_path):
+    spec = diffusion_spec(tiny_folder)
+    run_spec(spec, tmp_path)
+    rows = {r["metric"]: r for r in query(tmp_path, "diffusion-backdoor-test")}
+    assert set(rows) == set(METRICS) | {"target_hit_rate_noise"}  # the noise baseline is stored too
+    for name in ("target_hit_rate", "clean_recognition_rate", "clean_target_hit_rate", "target_hit_rate_noise",
+                 "mse_to_target_within"):
+        assert 0.0 <= rows[name]["value"] <= 1.0
+    assert rows["n_poisoned"]["value"] == 10  # a quarter of 40 images
+    assert rows["clean_recognition_drop"]["value"] == pytest.approx(
+        rows["clean_recognition_rate_control"]["value"] - rows["clean_recognition_rate"]["value"])
+    assert "triggered starting noise" in rows["target_hit_rate"]["threat_model"]
+    assert "the clean diffusers:" in rows["target_hit_rate_control"]["threat_model"]
+    assert "judge" in rows["target_hit_rate"]["definition"]
+    assert rows["target_hit_rate"]["params"]["target"] == "cyan ring"  # the task's default target class
+    persisted = list((tmp_path / "models").glob("*.json"))
+    assert len(persisted) == 1
+    card = json.loads(persisted[0].read_text())
+    assert card["info"]["sampler"] == "ddim" and card["info"]["n_poisoned"] == 10
+    pngs = list(tmp_path.rglob("samples.png"))
+    assert len(pngs) == 1 and pngs[0].stat().st_size > 500
+    # another seed-identical spec under a new name trains nothing: the persisted model is loaded
+    again = dict(spec, name="diffusion-backdoor-again")
+    run_spec(again, tmp_path)
+    assert len(list((tmp_path / "models").glob("*.json"))) == 1
+    first = {r["metric"]: r["value"] for r in query(tmp_path, "diffusion-backdoor-test")}
+    second = {r["metric"]: r["value"] for r in query(tmp_path, "diffusion-backdoor-again")}
+    assert {k: v for k, v in first.items() if k != "train_seconds"} == {
+        k: v for k, v in second.items() if k != "train_seconds"}
+
+
+def test_the_recipe_presets():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "diffusion_backdoor.yaml"
+    paper, smoke = load_spec(path), load_spec(path, preset="smoke")
+    cells = expand(paper)
+    assert [c.config["attack"]["params"]["coefficient"] for c in cells] == ["ddim", "baddiffusion"]
+    assert cells[0].config["data"]["n"] == 8192 and cells[0].config["samples"] == 256
+    assert cells[0].config["attack"]["params"]["poison_rate"] == 0.1
+    assert len(expand(smoke)) == 1 and smoke.name == "diffusion_backdoor-smoke"

@@ -31,6 +31,7 @@ HEAVY_FIRST = (
     "tests/defenses/test_tecoa_fare.py",  # ~61
     "badencoder",  # ~59
     "tests/attacks/test_pbcl.py",  # ~42
+    "tests/attacks/test_baddiffusion.py",  # ~31
     "tests/attacks/test_multimodal_poisoning.py",  # ~26
     "tests/defenses/test_advpt.py",  # ~25
     "tests/runs/test_merging_task.py",  # ~25

@@ -56,6 +56,12 @@ class Format(str, Enum):
     json = "json"
 
 
+class SeedView(str, Enum):
+    auto = "auto"
+    mean = "mean"
+    each = "each"
+
+
 @app.callback()
 def _global(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines."),
@@ -299,6 +305,9 @@ def results(
     fmt: Format = typer.Option(Format.table, "--format", help="table, csv or json."),
     spec: str = typer.Option(None, help="Only runs of this spec name."),
     matrix: str = typer.Option(None, help="Transfer runs: print source x target matrices of this metric (e.g. asr)."),
+    seeds: SeedView = typer.Option(SeedView.auto, "--seeds", help="Runs that differ only in their seed: 'mean' "
+                                   "shows one line per group (mean, 95% t-interval, number of seeds), 'each' every "
+                                   "run; 'auto': mean in the table, each in csv and json."),
 ) -> None:
     """Print stored results: finished cells, then the failed and running ones with their error."""
     from .registry import close_names
@@ -309,7 +318,8 @@ def results(
         raise ValueError(f"--spec {spec!r}: no runs of that spec in {Path(results_dir) / 'results.sqlite'}; specs "
                          f"there: {', '.join(names) or '(none yet)'}.{close_names(spec, names)}")
     rows = query(results_dir, spec_name=spec)
-    _write(format_matrix(rows, matrix) if matrix else format_results(rows, fmt.value))
+    view = seeds.value if seeds != SeedView.auto else ("mean" if fmt == Format.table else "each")
+    _write(format_matrix(rows, matrix) if matrix else format_results(rows, fmt.value, seeds=view))
     pending = unfinished(results_dir, spec_name=spec)
     if pending:
         text = format_unfinished(pending)

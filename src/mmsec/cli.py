@@ -152,22 +152,29 @@ def list_(kind: str = typer.Argument(None, help="What to list: a kind (attacks, 
         out.print(table)
 
 
+# The card metrics `mmsec zoo list` shows, those a card has, in this order: contrastive and fusion models,
+# classifiers (the judge), generators.
+ZOO_HEADLINE = (("zeroshot_top1", "zero-shot top-1"), ("i2t_r1", "i2t R@1"), ("accuracy", "accuracy"),
+                ("recognition_rate", "recognised"), ("prompt_adherence", "prompt adherence"))
+
+
 @zoo_app.command("list")
 def zoo_list() -> None:
     """Shipped zoo models with their measured quality."""
     from . import zoo
 
-    table = Table("image tower", "params", "zero-shot top-1", "i2t R@1", "recipe")
+    table = Table("family", "architecture", "params", "quality", "recipe")
     table.columns.insert(0, Column("name", no_wrap=True))
     shipped = set(zoo.available())
     for name in zoo.recipe_names():
         if name in shipped:
             c = zoo.card(name)
             m = c["metrics"]
-            table.add_row(name, c["recipe"]["model"]["image_tower"], f"{c['parameters'] / 1e6:.2f}M",
-                          f"{m['zeroshot_top1']:.3f}", f"{m['i2t_r1']:.3f}", "yes")
+            quality = ", ".join(f"{label} {m[k]:.3f}" for k, label in ZOO_HEADLINE if isinstance(m.get(k), (int, float)))
+            table.add_row(name, c.get("family", "contrastive"), str(c["recipe"]["model"].get("image_tower", "")),
+                          f"{c['parameters'] / 1e6:.2f}M", quality, "yes")
         else:
-            table.add_row(name, "", "", "not trained", "", "yes")
+            table.add_row(name, "", "", "", "not trained", "yes")
     out.print(table)
 
 

@@ -7,7 +7,7 @@ open_clip) only when a model is loaded.
 """
 
 # The architectures first: they register their checkpoint families, which the loaders read.
-from . import tiny_albef, tiny_clip  # noqa: I001
+from . import shapes_classifier, tiny_albef, tiny_clip  # noqa: I001
 from . import loaders
 from .base import (
     FAMILIES,
@@ -15,6 +15,7 @@ from .base import (
     DiffusionModel,
     FusionModel,
     GenerativeVLM,
+    ImageClassifier,
     PromptableText,
     VisionBlocks,
     families_of,
@@ -25,10 +26,11 @@ from .hf_blip import HFBLIPRetrieval
 from .hf_clip import HFCLIP
 from .loaders import load_contrastive, load_fusion, load_model, register_loader, schemes
 from .open_clip_adapter import OpenCLIP
+from .shapes_classifier import ShapesClassifier
 from .tiny_albef import TinyALBEF
 from .tiny_clip import TinyCLIP
 
 __all__ = ["FAMILIES", "HFBLIPRetrieval", "HFCLIP", "ContrastiveModel", "DiffusionModel", "FusionModel",
-           "GenerativeVLM", "OpenCLIP", "PromptableText", "TinyALBEF", "TinyCLIP", "VisionBlocks", "families_of",
-           "load_contrastive", "load_fusion", "load_model", "loaders", "register_loader", "require_family",
-           "schemes", "tiny_albef", "tiny_clip", "vision_block_names"]
+           "GenerativeVLM", "ImageClassifier", "OpenCLIP", "PromptableText", "ShapesClassifier", "TinyALBEF", "TinyCLIP",
+           "VisionBlocks", "families_of", "load_contrastive", "load_fusion", "load_model", "loaders", "register_loader",
+           "require_family", "schemes", "shapes_classifier", "tiny_albef", "tiny_clip", "vision_block_names"]

@@ -11,7 +11,9 @@ required members, one-line description``), which methods, loaders and specs shar
 * ``vlm``, :class:`GenerativeVLM`: a chat vision-language model (LLaVA-like): log-probability of
   a target text, differentiable in the pixels, and generation;
 * ``diffusion``, :class:`DiffusionModel`: a denoising diffusion model: noise prediction, its
-  scheduler, and sampling that can stay differentiable.
+  scheduler, and sampling that can stay differentiable;
+* ``classifier``, :class:`ImageClassifier`: a supervised image classifier over named classes
+  (logits and penultimate features), e.g. the zoo's judge of generated images.
 
 :func:`require_family` fails with one teaching error when a model lacks a family's members,
 :func:`families_of` lists the families a model satisfies. A family is added by its protocol here
@@ -271,6 +273,45 @@ class DiffusionModel(Protocol):
 
 
 @runtime_checkable
+class ImageClassifier(Protocol):
+    """A supervised image classifier over ``K`` named classes (the zoo's ``shapes-judge``: the shapes
+    world's 48 ``"<colour> <shape>"`` classes), used to judge generated images and as a victim.
+
+    ``logits`` and ``features`` take pixels of any size (the model resizes inside ``normalize``) and are
+    differentiable in them. Row ``k`` of the logits is class ``classes[k]``; ``features`` are the
+    penultimate activations the last linear layer reads (what a Frechet distance on the classifier's
+    features is computed on). Both are deterministic in eval mode; a model with dropout also implements
+    :class:`DropoutLayers`, so a defense can switch dropout on at test time (MC dropout).
+    """
+
+    image_size: int  # the side the network works at (inputs of any size are resized to it)
+    classes: list[str]  # the K class names, in logit order
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels in [0, 1], any H, W -> the network's input (resize + mean / std), differentiably."""
+        ...
+
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels in [0, 1] -> (B, K) class logits (softmax gives the class probabilities)."""
+        ...
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels in [0, 1] -> (B, F) penultimate features (the last linear layer's input,
+        before that layer's dropout)."""
+        ...
+
+
+@runtime_checkable
+class DropoutLayers(Protocol):
+    """A model whose dropout is real layers that can be switched on at test time (PSBD's MC dropout)."""
+
+    def dropout_layers(self) -> list[nn.Module]:
+        """The model's dropout modules (submodules of it), input side first. ``m.train()`` on each turns
+        dropout on while the rest of the model (batch norm) stays in eval mode; ``m.eval()`` turns it off."""
+        ...
+
+
+@runtime_checkable
 class VisionBlocks(Protocol):
     """A model whose image tower names its own blocks, so defenses need no layer names.
 
@@ -304,6 +345,7 @@ CONTRASTIVE_MEMBERS = ("encode_image", "encode_text", "tokenize", "normalize", "
 FUSION_MEMBERS = ("fuse", "itm_logits", "image_features", "text_token_embeddings", "fuse_features", "itm_head")
 VLM_MEMBERS = ("image_size", "normalize", "logprob", "generate")
 DIFFUSION_MEMBERS = ("image_size", "channels", "predict_noise", "scheduler", "sample")
+CLASSIFIER_MEMBERS = ("image_size", "classes", "normalize", "logits", "features")
 
 
 def register_family(name: str, protocol: type, members: Sequence[str], description: str) -> Family:
@@ -330,6 +372,8 @@ register_family("vlm", GenerativeVLM, VLM_MEMBERS,
                 "a chat vision-language model (LLaVA-like): logprob of a target reply, generate")
 register_family("diffusion", DiffusionModel, DIFFUSION_MEMBERS,
                 "a denoising diffusion model: predict_noise, scheduler, sample")
+register_family("classifier", ImageClassifier, CLASSIFIER_MEMBERS,
+                "a supervised image classifier over named classes: logits, features (penultimate), classes")
 
 
 def get_family(name: str) -> Family:
@@ -409,8 +453,9 @@ def vision_block_names(model: nn.Module) -> list[str]:
     return out
 
 
-__all__ = ["CONTRASTIVE_MEMBERS", "DIFFUSION_MEMBERS", "FAMILIES", "FUSION_MEMBERS", "VLM_MEMBERS", "ContrastiveModel",
-           "DiffusionModel", "DiffusionScheduler", "Family", "FusionModel", "GenerativeVLM", "PromptableText",
+__all__ = ["CLASSIFIER_MEMBERS", "CONTRASTIVE_MEMBERS", "DIFFUSION_MEMBERS", "FAMILIES", "FUSION_MEMBERS", "VLM_MEMBERS",
+           "ContrastiveModel", "DiffusionModel", "DiffusionScheduler", "DropoutLayers", "Family", "FusionModel",
+           "GenerativeVLM", "ImageClassifier", "PromptableText",
            "VisionBlocks", "families_of", "get_family", "implies", "missing_members", "register_family",
            "require_contrastive", "require_family", "require_fusion", "require_promptable_text",
            "vision_block_names"]

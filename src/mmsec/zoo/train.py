@@ -28,14 +28,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.scenes import STREAM_END
 from ..data.shapes import CAPTION_TEMPLATES, COLORS, POSITIONS, SHAPES, SIZES, TEXTURES, Scene, ShapesWorld
 from ..models.checkpoint import checkpoint_families, save_checkpoint
 from ..models.tokenizer import WordTokenizer
+from ..train.classifier import OUTLIER, ClassifierTrainConfig, shapes_outliers, train_classifier
 from ..train.contrastive import TrainConfig, train_contrastive
 from ..train.fusion import FusionBatch, FusionTrainConfig, train_fusion
 from ..version import __version__
 from . import CHECKPOINTS, is_shipped_dir, load_recipe, user_dir
-from .evaluate import binding_accuracy, retrieval, retrieval_itm, true_captions, zeroshot_accuracy
+from .evaluate import (
+    binding_accuracy,
+    classifier_metrics,
+    retrieval,
+    retrieval_itm,
+    true_captions,
+    zeroshot_accuracy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +125,9 @@ def recipe_start(recipe: dict, name: str, steps: int | None = None) -> RecipeSta
     if family not in known:
         raise ValueError(f"recipe {name}: family must be one of {sorted(known)}, got {family!r}")
     arch = known[family]
-    cfg = arch.config.from_dict({**recipe["model"], "vocab": shapes_vocabulary()})
+    # Configs with a text tower get the shapes world's vocabulary.
+    vocab = {"vocab": shapes_vocabulary()} if "vocab" in getattr(arch.config, "__dataclass_fields__", {}) else {}
+    cfg = arch.config.from_dict({**recipe["model"], **vocab})
     model = arch.model(cfg)  # right after seeding: the initial weights depend on nothing else
     data = recipe["data"]
     world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"],
@@ -136,12 +147,17 @@ class ZooTrainer:
     ``train(start, name, quiet)`` trains ``start.model`` in place and returns (its train config, with
     ``steps``, and its log, with ``seconds`` and ``losses``); ``metrics(model, world, eval_cfg)``
     returns the card's family-specific metrics on the retrieval world (beyond zero-shot accuracy and
-    retrieval recall, measured for every model); ``card(log)`` the family-specific card entries.
+    retrieval recall, measured for every model); ``card(log)`` the family-specific card entries. A family
+    that zero-shot accuracy and retrieval cannot score (no text tower: a classifier, a diffusion model)
+    gives ``evaluate(model, data, eval_cfg)`` instead, the card's whole metrics.
     """
 
     train: Callable[[RecipeStart, str, bool], tuple]
     metrics: Callable[[nn.Module, ShapesWorld, dict], dict] = lambda model, world, eval_cfg: {}
     card: Callable[[object], dict] = lambda run_log: {}
+    # For a family without text (a classifier, a diffusion model): evaluate(model, recipe data section,
+    # eval_cfg) -> the card's metrics, in place of zero-shot accuracy, retrieval and ``metrics``.
+    evaluate: Callable[[nn.Module, dict, dict], dict] | None = None
 
 
 ZOO_TRAINERS: dict[str, ZooTrainer] = {}
@@ -188,8 +204,52 @@ def _fusion_card(run_log) -> dict:
     return {"final_itc_loss": round(run_log.itc_losses[-1], 4), "final_itm_loss": round(run_log.itm_losses[-1], 4)}
 
 
+def labelled_batches(world: ShapesWorld, batch_size: int, outliers: int = 0, seed: int = 0):
+    """``batches(step)`` for the classifier trainer: fresh train scenes each step with their class labels,
+    from train index 0, wrapping around before :data:`~mmsec.data.scenes.STREAM_END` (the named scene
+    ranges above it stay unseen). With ``outliers`` > 0, that many images of no class are appended
+    (label :data:`~mmsec.train.classifier.OUTLIER`; :func:`~mmsec.train.classifier.shapes_outliers`, made
+    from the step's own scenes and noise seeded by ``seed`` and the step)."""
+    if not 0 <= 2 * outliers <= batch_size:
+        raise ValueError(f"outliers_per_batch must be in [0, batch_size / 2 = {batch_size // 2}], got {outliers}")
+    per_pass = STREAM_END // batch_size
+
+    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = (step % per_pass) * batch_size
+        b = world.batch("train", start, batch_size)
+        if not outliers:
+            return b.pixels(), b.labels
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        extra = shapes_outliers(world, "train", start, outliers, gen)
+        return (torch.cat([b.pixels(), extra]),
+                torch.cat([b.labels, torch.full((outliers,), OUTLIER, dtype=torch.long)]))
+
+    return batches
+
+
+def _train_classifier(start: RecipeStart, name: str, quiet: bool) -> tuple:
+    settings = dict(start.train)
+    outliers = int(settings.pop("outliers_per_batch", 0))
+    train_cfg = ClassifierTrainConfig(**settings)
+    run_log = train_classifier(start.model, labelled_batches(start.world, start.batch_size, outliers, start.seed),
+                               train_cfg, desc=f"training {name}", quiet=quiet)
+    return train_cfg, run_log
+
+
+def _classifier_evaluate(model: nn.Module, data: dict, eval_cfg: dict) -> dict:
+    world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"],
+                        second_object_prob=data["second_object_prob"])
+    return classifier_metrics(model, world, eval_cfg["n_classification"])
+
+
+def _classifier_card(run_log) -> dict:
+    last = run_log.accuracies[-20:]
+    return {"final_train_batch_accuracy": round(sum(last) / len(last), 4)}
+
+
 register_zoo_trainer("contrastive", ZooTrainer(_train_contrastive))
 register_zoo_trainer("fusion", ZooTrainer(_train_fusion, _fusion_metrics, _fusion_card))
+register_zoo_trainer("classifier", ZooTrainer(_train_classifier, card=_classifier_card, evaluate=_classifier_evaluate))
 
 
 def output_dir(out_dir: str | Path | None = None, overwrite_shipped: bool = False) -> Path:
@@ -239,12 +299,15 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
     train_cpu_seconds = time.process_time() - cpu_start
 
     eval_cfg = recipe["eval"]
-    eval_world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"], second_object_prob=0.0)
-    metrics = zeroshot_accuracy(model, eval_world, eval_cfg["n_classification"])
-    ret_world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"],
-                            second_object_prob=data["second_object_prob"])
-    metrics.update(retrieval(model, ret_world, eval_cfg["n_retrieval"]))
-    metrics.update(trainer.metrics(model, ret_world, eval_cfg))
+    if trainer.evaluate is not None:
+        metrics = trainer.evaluate(model, data, eval_cfg)
+    else:
+        eval_world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"], second_object_prob=0.0)
+        metrics = zeroshot_accuracy(model, eval_world, eval_cfg["n_classification"])
+        ret_world = ShapesWorld(image_size=data["image_size"], seed=data["world_seed"],
+                                second_object_prob=data["second_object_prob"])
+        metrics.update(retrieval(model, ret_world, eval_cfg["n_retrieval"]))
+        metrics.update(trainer.metrics(model, ret_world, eval_cfg))
 
     meta = {"config": json.dumps(cfg.to_dict()), "name": name, "family": family, "mmsec_version": __version__}
     sha = save_checkpoint(out / f"{name}.safetensors", model.state_dict(), meta)

@@ -17,7 +17,7 @@ from mmsec.methods import Method, build
 builtins.load()
 
 NOT_METHODS = {"models", "datasets", "tasks"}  # kinds of loaders and plugins, not methods
-FAMILIES = {None, "any", "contrastive", "fusion", "vlm", "diffusion"}
+FAMILIES = {None, "any", "contrastive", "fusion", "vlm", "diffusion", "classifier"}
 # Methods that are baselines or building blocks rather than a paper's method.
 NO_PAPER = {("attacks", "noise")}
 # Arguments without defaults, as a spec would give them.

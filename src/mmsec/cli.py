@@ -56,6 +56,12 @@ class Format(str, Enum):
     json = "json"
 
 
+class SeedView(str, Enum):
+    auto = "auto"
+    mean = "mean"
+    each = "each"
+
+
 @app.callback()
 def _global(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines."),
@@ -146,22 +152,29 @@ def list_(kind: str = typer.Argument(None, help="What to list: a kind (attacks, 
         out.print(table)
 
 
+# The card metrics `mmsec zoo list` shows, those a card has, in this order: contrastive and fusion models,
+# classifiers (the judge), generators.
+ZOO_HEADLINE = (("zeroshot_top1", "zero-shot top-1"), ("i2t_r1", "i2t R@1"), ("accuracy", "accuracy"),
+                ("recognition_rate", "recognised"), ("prompt_adherence", "prompt adherence"))
+
+
 @zoo_app.command("list")
 def zoo_list() -> None:
     """Shipped zoo models with their measured quality."""
     from . import zoo
 
-    table = Table("image tower", "params", "zero-shot top-1", "i2t R@1", "recipe")
+    table = Table("family", "architecture", "params", "quality", "recipe")
     table.columns.insert(0, Column("name", no_wrap=True))
     shipped = set(zoo.available())
     for name in zoo.recipe_names():
         if name in shipped:
             c = zoo.card(name)
             m = c["metrics"]
-            table.add_row(name, c["recipe"]["model"]["image_tower"], f"{c['parameters'] / 1e6:.2f}M",
-                          f"{m['zeroshot_top1']:.3f}", f"{m['i2t_r1']:.3f}", "yes")
+            quality = ", ".join(f"{label} {m[k]:.3f}" for k, label in ZOO_HEADLINE if isinstance(m.get(k), (int, float)))
+            table.add_row(name, c.get("family", "contrastive"), str(c["recipe"]["model"].get("image_tower", "")),
+                          f"{c['parameters'] / 1e6:.2f}M", quality, "yes")
         else:
-            table.add_row(name, "", "", "not trained", "", "yes")
+            table.add_row(name, "", "", "", "not trained", "yes")
     out.print(table)
 
 
@@ -299,6 +312,9 @@ def results(
     fmt: Format = typer.Option(Format.table, "--format", help="table, csv or json."),
     spec: str = typer.Option(None, help="Only runs of this spec name."),
     matrix: str = typer.Option(None, help="Transfer runs: print source x target matrices of this metric (e.g. asr)."),
+    seeds: SeedView = typer.Option(SeedView.auto, "--seeds", help="Runs that differ only in their seed: 'mean' "
+                                   "shows one line per group (mean, 95% t-interval, number of seeds), 'each' every "
+                                   "run; 'auto': mean in the table, each in csv and json."),
 ) -> None:
     """Print stored results: finished cells, then the failed and running ones with their error."""
     from .registry import close_names
@@ -309,7 +325,8 @@ def results(
         raise ValueError(f"--spec {spec!r}: no runs of that spec in {Path(results_dir) / 'results.sqlite'}; specs "
                          f"there: {', '.join(names) or '(none yet)'}.{close_names(spec, names)}")
     rows = query(results_dir, spec_name=spec)
-    _write(format_matrix(rows, matrix) if matrix else format_results(rows, fmt.value))
+    view = seeds.value if seeds != SeedView.auto else ("mean" if fmt == Format.table else "each")
+    _write(format_matrix(rows, matrix) if matrix else format_results(rows, fmt.value, seeds=view))
     pending = unfinished(results_dir, spec_name=spec)
     if pending:
         text = format_unfinished(pending)

@@ -20,6 +20,7 @@ from mmsec.models.base import (
     DiffusionModel,
     FusionModel,
     GenerativeVLM,
+    ImageClassifier,
     VisionBlocks,
     families_of,
     implies,
@@ -129,14 +130,15 @@ def _protocol_members(protocol: type) -> set[str]:
 
 
 def test_family_table_matches_its_protocols():
-    assert list(FAMILIES) == ["contrastive", "fusion", "vlm", "diffusion"]
+    assert list(FAMILIES) == ["contrastive", "fusion", "vlm", "diffusion", "classifier"]
     expected = {"contrastive": ContrastiveModel, "fusion": FusionModel, "vlm": GenerativeVLM,
-                "diffusion": DiffusionModel}
+                "diffusion": DiffusionModel, "classifier": ImageClassifier}
     for name, fam in FAMILIES.items():
         assert fam.name == name and fam.protocol is expected[name] and fam.description
         assert set(fam.members) == _protocol_members(fam.protocol), name  # the table says what the protocol says
     assert implies("fusion", "contrastive") and not implies("contrastive", "fusion")
     assert not implies("vlm", "contrastive") and not implies("diffusion", "vlm") and implies("vlm", "vlm")
+    assert not implies("classifier", "contrastive") and not implies("contrastive", "classifier")
 
 
 def test_fake_vlm_satisfies_the_protocol_and_its_logprob_reaches_the_pixels():

@@ -22,8 +22,12 @@ def test_shipped_checkpoint_card_and_quality(name):
     assert card["sha256"] == sha256_file(path)
     for key in ("recipe", "seed", "data", "metrics", "version"):
         assert key in card
-    assert card["metrics"]["zeroshot_top1"] >= 0.95
-    assert "i2t_r1" in card["metrics"]
+    family = card.get("family", "contrastive")
+    if family in ("contrastive", "fusion"):
+        assert card["metrics"]["zeroshot_top1"] >= 0.95
+        assert "i2t_r1" in card["metrics"]
+    elif family == "classifier":  # the judge of generated images (issue 18: >= 0.98 on real test images)
+        assert card["metrics"]["accuracy"] >= 0.98
 
 
 def test_both_architectures_are_shipped():
@@ -82,15 +86,16 @@ def test_zoo_trainers_are_registered_per_model_family(monkeypatch):
     from mmsec.models.tiny_clip import TinyCLIP, TinyCLIPConfig
     from mmsec.zoo.train import ZOO_TRAINERS, recipe_start, zoo_trainer
 
-    assert set(ZOO_TRAINERS) == {"contrastive", "fusion", "classifier", "diffusion"}
+    assert {"contrastive", "fusion", "classifier", "diffusion"} <= set(ZOO_TRAINERS)  # each model family adds its own
     assert zoo_trainer("contrastive", "r") is ZOO_TRAINERS["contrastive"]
     assert zoo_trainer("fusion", "r") is ZOO_TRAINERS["fusion"]
-    with pytest.raises(ValueError, match=r"recipe r: family must be one of \['classifier', 'contrastive', 'fusion'\], got 'nope'"):
+    assert zoo_trainer("classifier", "r") is ZOO_TRAINERS["classifier"]
+    with pytest.raises(ValueError, match=r"recipe r: family must be one of \[.*'contrastive', 'fusion'.*\], got 'nope'"):
         recipe_start({**zoo.load_recipe("shapes-clip-resnet"), "family": "nope"}, "r")
     monkeypatch.setattr(checkpoint, "_CHECKPOINT_FAMILIES", dict(checkpoint._CHECKPOINT_FAMILIES))
     register_checkpoint_family("toyvlm", TinyCLIPConfig, TinyCLIP, family="vlm")
     with pytest.raises(ValueError, match=r"recipe r: the zoo has no trainer for 'vlm' models \(checkpoint family "
-                                         r"'toyvlm'\); trainers exist for \['classifier', 'contrastive', 'diffusion', 'fusion'\]"):
+                                         r"'toyvlm'\); trainers exist for \[.*'contrastive'.*'fusion'.*\]"):
         zoo_trainer("toyvlm", "r")
 
 

@@ -191,6 +191,10 @@ class ShapesWorld:
             img = _paint(img, _coverage(scene.second[0], ox, oy, 0.13, n, ss), COLORS[scene.second[1]], ss)
         return img.astype(np.uint8)
 
+    def render_background(self, scene: Scene) -> np.ndarray:
+        """The scene's background alone, no object: an (H, W, 3) uint8 array (an image with no class)."""
+        return self._background(scene).astype(np.uint8)
+
     def _background(self, scene: Scene) -> np.ndarray:
         n = self.image_size
         base = np.broadcast_to(np.array(scene.background, dtype=np.int32), (n, n, 3)).copy()

@@ -166,6 +166,10 @@ def class_distribution_distance(judge: Any, images: torch.Tensor, reference: tor
     (e.g. :func:`class_frequencies` of the training set's labels), by total-variation distance (metric
     ``class_distribution_distance``; 1.0 when nothing is recognised), and the classes present are counted
     (``distinct_classes``).
+
+    The distance has a floor from sampling alone: ``n`` images drawn from 48 near-uniform classes lie at
+    ~0.17 from their own distribution when n = 256, ~0.12 at 512, ~0.09 at 1,000 (simulated). Compare
+    generated images with as many real ones, or use enough images for the floor to be small.
     """
     threshold = _check_threshold(threshold, "class_distribution_distance")
     probs = judge_probabilities(judge, images)

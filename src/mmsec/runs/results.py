@@ -12,7 +12,9 @@
   full precision.
 - ``json`` is the long form (one object per run and metric, with definitions), for tools.
 
-Pass ``pivot=`` to override. :func:`unfinished` and :func:`format_unfinished` list the cells that are
+Pass ``pivot=`` to override. With ``seeds="mean"`` the pivoted views aggregate the seeds of a grid's seed
+axis (:func:`aggregate_seeds`): one line per group of runs that differ only in their seed, each metric as its
+mean with a 95% Student-t interval (:func:`mmsec.metrics.intervals.t_interval`) and the number of seeds. :func:`unfinished` and :func:`format_unfinished` list the cells that are
 not done (failed with their error's first line, running, or interrupted), which ``mmsec results``
 prints after the finished ones. The store is opened read-only (:func:`mmsec.runs.store.open_for_reading`).
 """
@@ -29,6 +31,8 @@ from .cells import format_eps
 from .store import DB_NAME, StoreError, reading
 
 FORMATS = ("table", "csv", "json")
+SEED_VIEWS = ("each", "mean")
+INTERVAL_LEVEL = 0.95
 # Metric column order in pivoted views (others follow alphabetically).
 _METRIC_ORDER = ("clean_accuracy", "top5_accuracy", "noise_accuracy", "robust_accuracy", "attack_success_rate",
                  "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1_noise", "i2t_r1_adv",
@@ -195,6 +199,14 @@ def _fmt_value(name: str, v: Any) -> str:
     return f"{v:.3f}"
 
 
+def _fmt_interval(name: str, iv: Any) -> str:
+    if iv is None:
+        return ""
+    if iv.n < 2:
+        return _fmt_value(name, iv.mean)
+    return f"{_fmt_value(name, iv.mean)} ± {_fmt_value(name, iv.half_width)}"
+
+
 def _fmt_param(name: str, v: Any) -> str:
     if v is None:
         return ""
@@ -204,14 +216,20 @@ def _fmt_param(name: str, v: Any) -> str:
 
 
 def format_results(rows: list[dict], fmt: str = "table", pivot_runs: bool | None = None,
-                   cached: set[int] | None = None) -> str:
+                   cached: set[int] | None = None, seeds: str = "each") -> str:
     """Render :func:`query` rows as ``table`` (text), ``csv`` or ``json``; see the module docstring.
 
     ``cached``: run ids read back from the store by the run being reported (``mmsec run``); the table's
-    ``time_s`` reads ``cached`` for them, not a compute time that was not spent now.
+    ``time_s`` reads ``cached`` for them, not a compute time that was not spent now. ``seeds``: ``each``
+    (one line per run) or ``mean`` (runs that differ only in their seed aggregated, :func:`aggregate_seeds`;
+    pivoted, in every format).
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if seeds not in SEED_VIEWS:
+        raise ValueError(f"seeds must be one of {SEED_VIEWS}, got {seeds!r}")
+    if seeds == "mean":
+        return _format_aggregated(rows, fmt)
     wide = (fmt != "json") if pivot_runs is None else pivot_runs
     if not wide:
         if fmt == "json":
@@ -229,6 +247,57 @@ def format_results(rows: list[dict], fmt: str = "table", pivot_runs: bool | None
     return _table(params, metrics, records, cached or set())
 
 
+def aggregate_seeds(records: list[dict], level: float = INTERVAL_LEVEL) -> list[dict]:
+    """Group :func:`pivot` records that differ only in their seed (and run id, wall time): one record per
+    group, in the records' order, with ``seeds`` (sorted), ``n_seeds``, ``metrics`` (the mean over the
+    group's runs that have the metric), ``intervals`` (metric -> :class:`~mmsec.metrics.intervals.Interval`,
+    Student-t at ``level``; NaN bounds for one value) and ``wall_time_s`` (the mean)."""
+    from ..metrics.intervals import t_interval
+
+    groups: dict[str, list[dict]] = {}
+    for rec in records:
+        key = json.dumps([rec["spec_name"], rec["model"], rec["target"], rec["defense"], rec["defense_params"],
+                          rec["attack"], rec["targeted"], rec["params"]], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(rec)
+    out = []
+    for recs in groups.values():
+        first = recs[0]
+        names = list(dict.fromkeys(m for r in recs for m in r["metrics"]))
+        intervals = {m: t_interval([r["metrics"][m] for r in recs if r["metrics"].get(m) is not None], level)
+                     for m in names if any(r["metrics"].get(m) is not None for r in recs)}
+        times = [r["wall_time_s"] for r in recs if r["wall_time_s"] is not None]
+        out.append({**{k: v for k, v in first.items() if k not in ("run_id", "seed", "metrics", "wall_time_s")},
+                    "run_ids": [r["run_id"] for r in recs], "seeds": sorted(r["seed"] for r in recs),
+                    "n_seeds": len(recs), "metrics": {m: iv.mean for m, iv in intervals.items()},
+                    "intervals": intervals, "wall_time_s": sum(times) / len(times) if times else None})
+    return out
+
+
+def _format_aggregated(rows: list[dict], fmt: str) -> str:
+    params, metrics, records = pivot(rows)
+    groups = aggregate_seeds(records)
+    if fmt == "json":
+        return json.dumps([{**{k: v for k, v in g.items() if k != "intervals"},
+                            "intervals": {m: {"low": _finite(iv.low), "high": _finite(iv.high), "n": iv.n,
+                                              "level": iv.level, "method": iv.method}
+                                          for m, iv in g["intervals"].items()}} for g in groups],
+                          indent=2, sort_keys=True)
+    if fmt == "csv":
+        return _csv([{"spec": g["spec_name"], "model": g["model"], **({"target": g["target"]} if g["target"] else {}),
+                      "defense": g["defense"], "attack": g["attack"], **{p: g["params"].get(p) for p in params},
+                      "targeted": g["targeted"], "n_seeds": g["n_seeds"], "seeds": " ".join(map(str, g["seeds"])),
+                      **{f"{m}{suffix}": _finite(getattr(g["intervals"][m], attr)) if m in g["intervals"] else None
+                         for m in metrics for suffix, attr in (("", "mean"), ("_low", "low"), ("_high", "high"))},
+                      "wall_time_s": g["wall_time_s"]} for g in groups])
+    if all(g["n_seeds"] == 1 for g in groups):  # no seed axis: the per-run table says more (the seed itself)
+        return _table(params, metrics, records)
+    return _table(params, metrics, groups, aggregated=True)
+
+
+def _finite(v: float) -> float | None:
+    return None if v != v else v  # (NaN, an undefined bound, as null / an empty CSV field)
+
+
 def _csv(dicts: list[dict]) -> str:
     buf = io.StringIO()
     if not dicts:
@@ -241,7 +310,7 @@ def _csv(dicts: list[dict]) -> str:
 
 
 def _table(params: list[str], metrics: list[str], records: list[dict],
-           cached: set[int] | frozenset[int] = frozenset()) -> str:
+           cached: set[int] | frozenset[int] = frozenset(), aggregated: bool = False) -> str:
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -261,7 +330,7 @@ def _table(params: list[str], metrics: list[str], records: list[dict],
     constant = {col for col, key in context.items() if len({rec[key] for rec in records}) == 1}
     title = " | ".join(f"{col} {records[0][context[col]]}" for col in context if col in constant)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title or None, title_justify="left")
-    for col in [c for c in context if c not in constant] + [*shown, "seed"]:
+    for col in [c for c in context if c not in constant] + [*shown, "seeds" if aggregated else "seed"]:
         table.add_column(col)
     targeted = any(rec["targeted"] for rec in records)
     if targeted:
@@ -271,17 +340,24 @@ def _table(params: list[str], metrics: list[str], records: list[dict],
     table.add_column("time_s", justify="right")
     for rec in records:
         cells = [rec[key] for col, key in context.items() if col not in constant]
-        cells += [*[_fmt_param(p, rec["params"].get(p)) for p in shown], str(rec["seed"])]
+        cells += [*[_fmt_param(p, rec["params"].get(p)) for p in shown],
+                  str(rec["n_seeds"]) if aggregated else str(rec["seed"])]
         if targeted:
             cells.append("yes" if rec["targeted"] else "no")
-        cells += [_fmt_value(m, rec["metrics"].get(m)) for m in metrics]
-        if rec["run_id"] in cached:
+        if aggregated:
+            cells += [_fmt_interval(m, rec["intervals"].get(m)) for m in metrics]
+        else:
+            cells += [_fmt_value(m, rec["metrics"].get(m)) for m in metrics]
+        if not aggregated and rec["run_id"] in cached:
             cells.append("cached")
         else:
             cells.append(f"{rec['wall_time_s']:.1f}" if rec["wall_time_s"] is not None else "")
         table.add_row(*cells)
     console = Console(file=io.StringIO(), width=1000, color_system=None, force_terminal=False, highlight=False)
     console.print(table)
+    if aggregated:
+        console.print(f"each value: the mean over the seeds, +- half the {INTERVAL_LEVEL:.0%} Student-t interval (none "
+                      "with one seed); time_s: the mean; `--seeds each` shows every run")
     text = console.file.getvalue()
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 

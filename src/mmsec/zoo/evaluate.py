@@ -17,6 +17,7 @@ from ..metrics import retrieval_recalls, topk_accuracy
 from ..metrics.generation import RECOGNITION_THRESHOLD, recognition_rate
 from ..models.base import ContrastiveModel, FusionModel, ImageClassifier, require_family, require_fusion
 from ..models.zeroshot import ZeroShotClassifier, embed_images, embed_texts
+from ..train.classifier import OUTLIER_KINDS, shapes_outliers
 
 # The caption variant used as each image's text in retrieval: the most specific template.
 RETRIEVAL_CAPTION = 0
@@ -155,13 +156,30 @@ def binding_accuracy(model: FusionModel, world: ShapesWorld, n: int, split: str 
             "binding_itm": (itm[0] > itm[1]).float().mean().item()}
 
 
+def shuffled_tiles(pixels: torch.Tensor, grid: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image cut into ``grid`` x ``grid`` tiles put back in a random order (its own per image)."""
+    n, c, h, w = pixels.shape
+    th, tw = h // grid, w // grid
+    tiles = pixels[:, :, :th * grid, :tw * grid].reshape(n, c, grid, th, grid, tw).permute(0, 2, 4, 1, 3, 5)
+    tiles = tiles.reshape(n, grid * grid, c, th, tw)
+    order = torch.argsort(torch.rand(n, grid * grid, generator=generator), dim=1)
+    tiles = tiles[torch.arange(n)[:, None], order]
+    out = tiles.reshape(n, grid, grid, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, th * grid, tw * grid)
+    return out
+
+
 @torch.no_grad()
 def classifier_metrics(model: ImageClassifier, world: ShapesWorld, n: int, split: str = "test",
-                       noise_seed: int = 0) -> dict[str, float]:
+                       seed: int = 0) -> dict[str, float]:
     """A shapes-world classifier on ``n`` ``split`` scenes of ``world``: top-1 ``accuracy``, and how often
     the predicted class has the true colour (``colour_accuracy``) and shape (``shape_accuracy``);
-    ``accuracy_32px``: the same scenes rendered at 32 px (resized inside the model); the
-    ``recognition_rate`` of the real images and of as many uniform-noise images (``noise_seed``)."""
+    ``accuracy_32px``: the same scenes rendered at 32 px (resized inside the model).
+
+    Recognition rates (top probability > 0.9) of the real images and of ``n`` images of no class each:
+    the outlier kinds a judge may be trained on (:func:`~mmsec.train.classifier.shapes_outliers`, here
+    from ``split``), and two kinds no recipe trains on: Gaussian noise (mean 0.5, sd 0.25, clipped) and
+    the real images cut into 4 x 4 tiles (a quarter of the side) put back in random order (pieces of the
+    shape kept, the shape gone). Random choices are seeded by ``seed``."""
     require_family(model, "classifier", "classifier_metrics")
     batch = world.batch(split, 0, n)
     pixels = batch.pixels()
@@ -171,15 +189,20 @@ def classifier_metrics(model: ImageClassifier, world: ShapesWorld, n: int, split
     guess = [names[k] for k in pred.tolist()]
     big = ShapesWorld(image_size=32, seed=world.seed, second_object_prob=world.second_object_prob,
                       textures=world.textures).batch(split, 0, n)
-    noise = torch.rand(pixels.shape, generator=torch.Generator().manual_seed(noise_seed))
-    return {"accuracy": (pred == batch.labels).float().mean().item(),
-            "colour_accuracy": sum(g[:-1] == t[:-1] for g, t in zip(guess, truth, strict=True)) / n,
-            "shape_accuracy": sum(g[-1] == t[-1] for g, t in zip(guess, truth, strict=True)) / n,
-            "accuracy_32px": (model.logits(big.pixels()).argmax(1) == big.labels).float().mean().item(),
-            "recognition_threshold": RECOGNITION_THRESHOLD,
-            "recognition_rate_real": recognition_rate(model, pixels),
-            "recognition_rate_noise": recognition_rate(model, noise)}
+    gen = torch.Generator().manual_seed(seed)
+    out = {"accuracy": (pred == batch.labels).float().mean().item(),
+           "colour_accuracy": sum(g[:-1] == t[:-1] for g, t in zip(guess, truth, strict=True)) / n,
+           "shape_accuracy": sum(g[-1] == t[-1] for g, t in zip(guess, truth, strict=True)) / n,
+           "accuracy_32px": (model.logits(big.pixels()).argmax(1) == big.labels).float().mean().item(),
+           "recognition_threshold": RECOGNITION_THRESHOLD,
+           "recognition_rate_real": recognition_rate(model, pixels)}
+    for kind in OUTLIER_KINDS:
+        out[f"recognition_rate_{kind}"] = recognition_rate(model, shapes_outliers(world, split, 0, n, gen, (kind,)))
+    gauss = (0.5 + 0.25 * torch.randn(pixels.shape, generator=gen)).clamp(0, 1)
+    out["recognition_rate_gaussian_noise"] = recognition_rate(model, gauss)
+    out["recognition_rate_shuffled_tiles"] = recognition_rate(model, shuffled_tiles(pixels, 4, gen))
+    return out
 
 
-__all__ = ["binding_accuracy", "classifier_metrics", "itm_rerank", "retrieval", "retrieval_itm", "retrieval_recalls", "true_captions",
+__all__ = ["binding_accuracy", "classifier_metrics", "shuffled_tiles", "itm_rerank", "retrieval", "retrieval_itm", "retrieval_recalls", "true_captions",
            "zeroshot_accuracy"]

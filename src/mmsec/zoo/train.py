@@ -33,7 +33,7 @@ from ..data.scenes import STREAM_END
 from ..data.shapes import CAPTION_TEMPLATES, COLORS, POSITIONS, SHAPES, SIZES, TEXTURES, Scene, ShapesWorld
 from ..models.checkpoint import checkpoint_families, save_checkpoint
 from ..models.tokenizer import WordTokenizer
-from ..train.classifier import ClassifierTrainConfig, train_classifier
+from ..train.classifier import OUTLIER, ClassifierTrainConfig, shapes_outliers, train_classifier
 from ..train.contrastive import TrainConfig, train_contrastive
 from ..train.fusion import FusionBatch, FusionTrainConfig, train_fusion
 from ..version import __version__
@@ -210,23 +210,35 @@ def _fusion_card(run_log) -> dict:
     return {"final_itc_loss": round(run_log.itc_losses[-1], 4), "final_itm_loss": round(run_log.itm_losses[-1], 4)}
 
 
-def labelled_batches(world: ShapesWorld, batch_size: int):
+def labelled_batches(world: ShapesWorld, batch_size: int, outliers: int = 0, seed: int = 0):
     """``batches(step)`` for the classifier trainer: fresh train scenes each step with their class labels,
     from train index 0, wrapping around before :data:`~mmsec.data.scenes.STREAM_END` (the named scene
-    ranges above it stay unseen)."""
+    ranges above it stay unseen). With ``outliers`` > 0, that many images of no class are appended
+    (label :data:`~mmsec.train.classifier.OUTLIER`; :func:`~mmsec.train.classifier.shapes_outliers`, made
+    from the step's own scenes and noise seeded by ``seed`` and the step)."""
+    if not 0 <= 2 * outliers <= batch_size:
+        raise ValueError(f"outliers_per_batch must be in [0, batch_size / 2 = {batch_size // 2}], got {outliers}")
     per_pass = STREAM_END // batch_size
 
     def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        b = world.batch("train", (step % per_pass) * batch_size, batch_size)
-        return b.pixels(), b.labels
+        start = (step % per_pass) * batch_size
+        b = world.batch("train", start, batch_size)
+        if not outliers:
+            return b.pixels(), b.labels
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        extra = shapes_outliers(world, "train", start, outliers, gen)
+        return (torch.cat([b.pixels(), extra]),
+                torch.cat([b.labels, torch.full((outliers,), OUTLIER, dtype=torch.long)]))
 
     return batches
 
 
 def _train_classifier(start: RecipeStart, name: str, quiet: bool) -> tuple:
-    train_cfg = ClassifierTrainConfig(**start.train)
-    run_log = train_classifier(start.model, labelled_batches(start.world, start.batch_size), train_cfg,
-                               desc=f"training {name}", quiet=quiet)
+    settings = dict(start.train)
+    outliers = int(settings.pop("outliers_per_batch", 0))
+    train_cfg = ClassifierTrainConfig(**settings)
+    run_log = train_classifier(start.model, labelled_batches(start.world, start.batch_size, outliers, start.seed),
+                               train_cfg, desc=f"training {name}", quiet=quiet)
     return train_cfg, run_log
 
 

@@ -32,6 +32,7 @@ HEAVY_FIRST = (
     "badencoder",  # ~59
     "tests/attacks/test_pbcl.py",  # ~42
     "tests/attacks/test_baddiffusion.py",  # ~31
+    "tests/attacks/test_trojdiff.py",  # ~27
     "tests/attacks/test_multimodal_poisoning.py",  # ~26
     "tests/defenses/test_advpt.py",  # ~25
     "tests/runs/test_merging_task.py",  # ~25

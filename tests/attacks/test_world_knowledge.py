@@ -200,7 +200,7 @@ NAMES = {
                   "yang_single_target_image", "yang_single_target_label"],
     "image_poisoning": ["corruptencoder", "naive_ssl_poisoning"],
     "model_backdoors": ["badencoder"],
-    "diffusion_backdoors": ["baddiffusion"],
+    "diffusion_backdoors": ["baddiffusion", "trojdiff"],
     "merging_attacks": ["badmerging", "patch_backdoor"],
 }
 

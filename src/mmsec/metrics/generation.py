@@ -15,6 +15,8 @@ part of a definition: a number computed at another threshold is another metric a
 * :func:`prompt_adherence`: for prompts naming a colour and a shape, how often the judged class has them.
 * :func:`target_hit_rate`, :func:`mse_to_target`, :func:`ssim_to_target`: a backdoor's target.
 * :func:`judge_frechet_distance`: a Frechet distance on the judge's features (not Inception FID).
+* :func:`nearest_hit_rate`: a target class the judge does not know (an out-of-domain class, TrojDiff's Out-D2D),
+  by a nearest-neighbour classifier on a labelled pool of real images.
 
 A leaf module: it imports nothing from mmsec but the metrics package.
 """
@@ -67,6 +69,11 @@ GENERATION_DEFINITIONS: dict[str, MetricDefinition] = {d.name: d for d in [
                                           f"{SSIM_K1}, K2 {SSIM_K2}, dynamic range 1, channels averaged; adapted to "
                                           "16 px images: the map is computed at every pixel, the image reflected at "
                                           "its borders, instead of over the 6 x 6 positions a valid-only map leaves)"),
+    MetricDefinition("nearest_target_hit_rate", 1, "backdoor, a target class the judge does not know: fraction of "
+                                                   "the images whose nearest neighbour by mean squared error (pixels "
+                                                   "in [0, 1]) in a labelled pool of real images (as many of each class "
+                                                   "of the target's domain and of the model's own world) is of the "
+                                                   "target class"),
     MetricDefinition("judge_fd", 1, f"generation: Frechet distance between Gaussians fitted to the penultimate "
                                     f"features of {_JUDGE} on the images and on real reference images. NOT Inception "
                                     "FID (no Inception network, another feature space and scale): comparable only "
@@ -325,6 +332,33 @@ def ssim_to_target(images: torch.Tensor, target: torch.Tensor) -> float:
     return ssim(images, target).mean().item()
 
 
+# -- a target the judge has no class for -------------------------------------------------------------
+
+def nearest_labels(images: torch.Tensor, references: torch.Tensor, labels: torch.Tensor,
+                   batch_size: int = 256) -> torch.Tensor:
+    """(N,) the label of each image's nearest reference by mean squared error (a 1-nearest-neighbour classifier
+    on pixels); ``references`` (R, 3, H, W) of the images' size, ``labels`` (R,) integers."""
+    images = _check_images(images, "nearest_labels")
+    references = _check_images(references, "nearest_labels", "references")
+    labels = torch.as_tensor(labels)
+    if references.shape[1:] != images.shape[1:]:
+        raise ValueError(f"nearest_labels: references must be of the images' size {tuple(images.shape[1:])}, got "
+                         f"{tuple(references.shape[1:])}")
+    if labels.shape != (references.shape[0],) or labels.is_floating_point():
+        raise ValueError(f"nearest_labels: labels must be ({references.shape[0]},) integers, one per reference, got "
+                         f"{labels.dtype} {tuple(labels.shape)}")
+    refs = references.flatten(1).double()  # (R, D)
+    out = [labels[torch.cdist(images[i:i + batch_size].flatten(1).double(), refs).argmin(dim=1)]
+           for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+def nearest_hit_rate(images: torch.Tensor, references: torch.Tensor, labels: torch.Tensor, target: int) -> float:
+    """Fraction of ``images`` whose nearest reference (:func:`nearest_labels`) has label ``target`` (metric
+    ``nearest_target_hit_rate``)."""
+    return (nearest_labels(images, references, labels) == int(target)).float().mean().item()
+
+
 # -- a Frechet distance on the judge's features --------------------------------------------------------
 
 def feature_statistics(judge: Any, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -363,5 +397,5 @@ def judge_frechet_distance(judge: Any, images: torch.Tensor, reference_images: t
 
 __all__ = ["GENERATION_DEFINITIONS", "MSE_BOUND", "RECOGNITION_THRESHOLD", "ClassDistribution", "PromptAdherence",
            "TargetDistance", "class_distribution_distance", "class_frequencies", "feature_statistics", "frechet_distance",
-           "judge_frechet_distance", "judge_probabilities", "mse_to_target", "prompt_adherence", "prompt_attributes",
+           "judge_frechet_distance", "judge_probabilities", "mse_to_target", "nearest_hit_rate", "nearest_labels", "prompt_adherence", "prompt_attributes",
            "recognition_rate", "ssim", "ssim_to_target", "target_hit_rate", "total_variation"]

@@ -51,3 +51,24 @@ def test_report_numbers_and_control(tiny):
     assert values["clean_recognition_rate_control"] == values["clean_recognition_rate"]
     assert values["mse_to_target_median_control"] == values["mse_to_target_median"]
     assert report.samples.triggered.shape == (4, 3, 16, 16) and report.sampler == "ddim"
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_a_trigger_with_its_own_generative_process_generates_the_triggered_samples(tiny, sampler):
+    from mmsec.attacks.backdoor.trojdiff import TrojanNoise
+
+    identity = TrojanNoise(torch.zeros(3, 16, 16), torch.ones(3, 16, 16))  # TrojDiff's sampler reduces to the clean one
+    pair = sample_pair(tiny, identity, 3, sampler, steps=3, generator=1, batch_size=2)
+    assert (pair.triggered - pair.clean).abs().max() < 1e-5
+    trojan = TrojanNoise(torch.full((3, 16, 16), 0.4), torch.full((3, 16, 16), 0.6))
+    moved = sample_pair(tiny, trojan, 3, sampler, steps=3, generator=1, batch_size=2)
+    assert torch.equal(moved.clean, pair.clean) and (moved.triggered - pair.clean).abs().max() > 0.01
+
+
+def test_a_target_the_judge_lacks_leaves_its_metrics_out(tiny):
+    from mmsec import load_model
+
+    report = diffusion_backdoor_report(tiny, NoiseTrigger(torch.zeros(3, 16, 16)), torch.rand(3, 16, 16), None,
+                                       load_model("zoo:shapes-judge"), reference=tiny, n=2, steps=2, generator=0)
+    assert not {"target_hit_rate", "clean_target_hit_rate", "target_hit_rate_control"} & set(report.values())
+    assert "clean_recognition_rate" in report.values() and report.samples.triggered.shape == (2, 3, 16, 16)

@@ -62,6 +62,11 @@ def diffusion_spec(folder, **overrides) -> dict:
     (dict(data={"name": "imagefolder", "path": "x"}), "fine-tunes on shapes-world scenes"),
     (dict(baseline="pgd"), "has only the 'noise' baseline"),
     (dict(samples=0), "samples"),
+    (dict(attack={"name": "trojdiff", "params": {"target_kind": "out_d2d", "target": "cyan ring"}}),
+     "attack.params.target: 'cyan ring' is not a digit class"),
+    (dict(attack={"name": "trojdiff", "params": {"target_kind": ["in_d2d", "d2i"], "target": "digit 7"}}),
+     "attack.params.target: 'digit 7' is not a shapes-world class"),
+    (dict(attack={"name": "trojdiff", "params": {"target_kind": "d3i"}}), "target_kind must be one of"),
 ])
 def test_bad_specs_are_named(tiny_folder, overrides, expected):
     with pytest.raises(SpecError, match=expected):
@@ -110,7 +115,51 @@ def test_the_recipe_presets():
     path = Path(__file__).resolve().parents[2] / "recipes" / "diffusion_backdoor.yaml"
     paper, smoke = load_spec(path), load_spec(path, preset="smoke")
     cells = expand(paper)
-    assert [c.config["attack"]["params"]["coefficient"] for c in cells] == ["ddim", "baddiffusion"]
+    assert [c.config["attack"]["params"]["coefficient"] for c in cells[:2]] == ["ddim", "baddiffusion"]
     assert cells[0].config["data"]["n"] == 8192 and cells[0].config["samples"] == 256
     assert cells[0].config["attack"]["params"]["poison_rate"] == 0.1
-    assert len(expand(smoke)) == 1 and smoke.name == "diffusion_backdoor-smoke"
+    troj = [c.config["attack"]["params"] for c in cells[2:]]
+    assert [(p["target_kind"], p["sampler"]) for p in troj] == [
+        (k, s) for k in ("in_d2d", "d2i", "out_d2d", "d2i") for s in ("ddim", "ddpm")]
+    assert [p["trigger"] if isinstance(p["trigger"], str) else p["trigger"]["name"] for p in troj[::2]] == [
+        "optimized_patch"] * 3 + ["blended"]
+    assert len(expand(smoke)) == 2 and smoke.name == "diffusion_backdoor-smoke"
+
+
+TROJ = {"trigger": {"name": "optimized_patch", "params": {"pattern": [[[1.0] * 3] * 3] * 3}}, "steps": 2,
+        "batch_size": 20, "ema": None}
+
+
+def test_trojdiff_cells_of_each_target_kind(tiny_folder, tmp_path):
+    """TrojDiff end to end: the In-D2D cells of both Trojan samplers share one trained model; a class target
+    stores no distances to a target image; Out-D2D is scored by the nearest-neighbour judge, not the shapes judge."""
+    attack = [{"name": "trojdiff", "params": dict(TROJ, target_kind="in_d2d", target="red circle",
+                                                  sampler=["ddim", "ddpm"])},
+              {"name": "trojdiff", "params": dict(TROJ, target_kind="out_d2d")}]
+    spec = dict(diffusion_spec(tiny_folder, attack=attack, data={"name": "shapes", "split": "train", "n": 200,
+                                                                 "image_size": 16},
+                               metrics=[*METRICS, "nearest_target_hit_rate", "clean_nearest_target_hit_rate",
+                                        "nearest_target_hit_rate_control", "nearest_target_hit_rate_noise"]),
+                name="trojdiff-test")
+    run_spec(spec, tmp_path)
+    rows = query(tmp_path, "trojdiff-test")
+    by_cell: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["params"]["target_kind"], r["params"]["sampler"])
+        by_cell.setdefault(key, {})[r["metric"]] = r
+    assert set(by_cell) == {("in_d2d", "ddim"), ("in_d2d", "ddpm"), ("out_d2d", "ddim")}
+    distances = {"mse_to_target_median", "mse_to_target_within", "ssim_to_target", "mse_to_target_median_control"}
+    nearest = {"nearest_target_hit_rate", "clean_nearest_target_hit_rate", "nearest_target_hit_rate_control",
+               "nearest_target_hit_rate_noise"}
+    judged = {"target_hit_rate", "clean_target_hit_rate", "target_hit_rate_control", "target_hit_rate_noise"}
+    for sampler in ("ddim", "ddpm"):
+        cell = by_cell[("in_d2d", sampler)]
+        assert judged <= set(cell) and not (distances | nearest) & set(cell)
+        assert "Trojan sampler" in cell["target_hit_rate"]["threat_model"] and f"sampler {sampler}" in cell[
+            "target_hit_rate"]["threat_model"]
+    out = by_cell[("out_d2d", "ddim")]
+    assert nearest <= set(out) and not (distances | judged) & set(out)
+    assert "nearest-neighbour" in out["nearest_target_hit_rate"]["definition"]
+    assert out["nearest_target_hit_rate"]["params"]["target"] == "digit 7"  # Out-D2D's default target
+    assert out["n_poisoned"]["value"] == 10 * 10  # 10 batches of 20 per pass, 10 poisoned rows each (rate 0.5)
+    assert len(list((tmp_path / "models").glob("*.json"))) == 2  # the two samplers' cells share one model

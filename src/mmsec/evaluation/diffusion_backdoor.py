@@ -1,9 +1,13 @@
 """A diffusion backdoor measured: triggered samples against the target, clean samples against the clean model.
 
-A backdoored diffusion model (kind ``diffusion_backdoors``: BadDiffusion, ...) is scored on samples
+A backdoored diffusion model (kind ``diffusion_backdoors``: BadDiffusion, TrojDiff) is scored on samples
 drawn from *one* set of starting noises, with and without its trigger
 (:meth:`~mmsec.attacks.backdoor.diffusion_backdoor.NoiseTrigger.apply`), with the sampler its attack
-trained for:
+trained for. A trigger that brings its own generative process (TrojDiff's
+:meth:`~mmsec.attacks.backdoor.trojdiff.TrojanNoise.generate`: the attacker samples Trojan noise with the
+Trojan sampler) generates the triggered samples with it; clean samples always come from ``model.sample``.
+A target the judge has no class for (``target_class=None``: TrojDiff's out-of-domain class) leaves the
+judge's target metrics out; the caller scores the samples (``report.samples``) itself.
 
 * triggered samples: the judge's target-class hit rate (probability > ``threshold``), the MSE to the
   target image (median, and the fraction within :data:`~mmsec.metrics.generation.MSE_BOUND`), SSIM;
@@ -48,7 +52,9 @@ def sample_pair(model: Any, trigger: NoiseTrigger, n: int, sampler: str = "ddim"
 
     The noises come from ``generator``; each batch of the ancestral sampler draws its step noise from a
     generator seeded the same way for the triggered and the clean pass, so the two differ by the trigger
-    alone. An inference entry point: no autograd graph is kept.
+    alone. Triggered samples come from ``trigger.generate(model, noise, ...)`` when the trigger has one (its
+    own generative process), else from ``model.sample(trigger.apply(noise), ...)``. An inference entry point:
+    no autograd graph is kept.
     """
     sampler = check_sampler(sampler)
     n, batch_size = check_int("n", n, 1), check_int("batch_size", batch_size, 1)
@@ -60,9 +66,15 @@ def sample_pair(model: Any, trigger: NoiseTrigger, n: int, sampler: str = "ddim"
     with torch.no_grad():
         for k, seed in enumerate(seeds):
             chunk = noise[k * batch_size:(k + 1) * batch_size]
-            for name, start in (("triggered", trigger.apply(chunk)), ("clean", chunk)):
+            for name in ("triggered", "clean"):
                 step_gen = torch.Generator().manual_seed(int(seed))
-                out[name].append(model.sample(start, steps=steps, generator=step_gen, sampler=sampler).float().cpu())
+                if name == "clean":
+                    images = model.sample(chunk, steps=steps, generator=step_gen, sampler=sampler)
+                elif hasattr(trigger, "generate"):
+                    images = trigger.generate(model, chunk, steps=steps, sampler=sampler, generator=step_gen)
+                else:
+                    images = model.sample(trigger.apply(chunk), steps=steps, generator=step_gen, sampler=sampler)
+                out[name].append(images.float().cpu())
     return SamplePair(torch.cat(out["triggered"]), torch.cat(out["clean"]))
 
 
@@ -73,12 +85,12 @@ class DiffusionBackdoorReport:
     ``*_control`` fields are the clean model's (None without one).
     """
 
-    target_hit_rate: float  # triggered samples of the backdoored model
+    target_hit_rate: float | None  # triggered samples of the backdoored model (None: no judge class)
     mse_to_target_median: float
     mse_to_target_within: float
     ssim_to_target: float
     clean_recognition_rate: float  # clean samples of the backdoored model
-    clean_target_hit_rate: float
+    clean_target_hit_rate: float | None
     n: int
     sampler: str
     steps: int | None
@@ -99,7 +111,7 @@ class DiffusionBackdoorReport:
 
 
 def diffusion_backdoor_report(model: Any, trigger: NoiseTrigger, target_image: torch.Tensor,
-                              target_class: int | str, judge: Any, reference: Any | None = None, n: int = 256,
+                              target_class: int | str | None, judge: Any, reference: Any | None = None, n: int = 256,
                               sampler: str = "ddim", steps: int | None = None,
                               generator: torch.Generator | int | None = None,
                               threshold: float = RECOGNITION_THRESHOLD, batch_size: int = 64) -> DiffusionBackdoorReport:
@@ -108,7 +120,8 @@ def diffusion_backdoor_report(model: Any, trigger: NoiseTrigger, target_image: t
     Args:
         model: the backdoored DiffusionModel.
         trigger: its :class:`NoiseTrigger`.
-        target_image: (3, S, S) the target in [0, 1]; target_class: its class (name or index of ``judge.classes``).
+        target_image: (3, S, S) the target in [0, 1]; target_class: its class (name or index of ``judge.classes``),
+            or None when the judge has no class for it (the target-hit metrics are then left out).
         judge: an image classifier (``logits``, ``classes``; the zoo's ``shapes-judge``).
         reference: the clean model it was made from (sampled on the same noises), or None.
         n: samples per set; sampler / steps: how to sample (the attack's sampler; None steps: the model's
@@ -118,17 +131,21 @@ def diffusion_backdoor_report(model: Any, trigger: NoiseTrigger, target_image: t
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=make_generator(generator)))
     pair = sample_pair(model, trigger, n, sampler, steps, seed, batch_size)
     distance = mse_to_target(pair.triggered, target_image)
+
+    def hit(images: torch.Tensor) -> float | None:
+        return None if target_class is None else target_hit_rate(judge, images, target_class, threshold)
+
     report = DiffusionBackdoorReport(
-        target_hit_rate=target_hit_rate(judge, pair.triggered, target_class, threshold),
+        target_hit_rate=hit(pair.triggered),
         mse_to_target_median=distance.median, mse_to_target_within=distance.within,
         ssim_to_target=ssim_to_target(pair.triggered, target_image),
         clean_recognition_rate=recognition_rate(judge, pair.clean, threshold),
-        clean_target_hit_rate=target_hit_rate(judge, pair.clean, target_class, threshold),
+        clean_target_hit_rate=hit(pair.clean),
         n=n, sampler=sampler, steps=steps, threshold=threshold, samples=pair)
     if reference is not None:
         control = sample_pair(reference, trigger, n, sampler, steps, seed, batch_size)
         report.clean_recognition_rate_control = recognition_rate(judge, control.clean, threshold)
-        report.target_hit_rate_control = target_hit_rate(judge, control.triggered, target_class, threshold)
+        report.target_hit_rate_control = hit(control.triggered)
         report.mse_to_target_median_control = mse_to_target(control.triggered, target_image).median
         report.control_samples = control
     return report

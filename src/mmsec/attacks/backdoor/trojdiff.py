@@ -98,7 +98,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -432,6 +432,7 @@ class TrojDiff(DiffusionBackdoorAttack):
 
     name = "trojdiff"
     paper = "Chen, Song, Li, CVPR 2023"
+    evaluation_params: ClassVar[tuple[str, ...]] = ("sampler",)  # changes how it is sampled, not what is trained
 
     def __init__(self, trigger: Trigger | str | None = None, target_kind: str = "in_d2d",
                  target: str | int | None = None, gamma: float | None = None, poison_rate: float | None = None,

@@ -8,9 +8,13 @@ give the attacker's target image.
 
 A cell has
 - ``model``: the clean diffusion model (family ``diffusion``);
-- ``attack`` (kind ``diffusion_backdoors``: ``baddiffusion``): its ``target`` param names the target's
-  shapes-world class (default: the task's ``target_class``); the target image is the first large object of
-  that class on a plain background among :data:`~mmsec.data.scenes.REFERENCE_POOL`'s scenes;
+- ``attack`` (kind ``diffusion_backdoors``: ``baddiffusion``, ``trojdiff``): its ``target`` param names the
+  target's shapes-world class (default: the task's ``target_class``); the target image is the first large
+  object of that class on a plain background among :data:`~mmsec.data.scenes.REFERENCE_POOL`'s scenes.
+  TrojDiff's ``target_kind`` chooses its target: ``"d2i"`` that image; ``"in_d2d"`` the class itself, the
+  poisoned rows drawn from the attacker's training images of that class; ``"out_d2d"`` a class the shapes
+  world lacks, a digit (``target`` ``"digit 0"`` .. ``"digit 9"``, default ``"digit 7"``, the README's
+  ``--target_label 7``), the poisoned rows drawn from 512 procedural digits (:mod:`mmsec.data.digits`);
 - ``data``: the attacker's clean training images (shapes-world scenes at the model's size; the paper's
   setting fine-tunes on the victim's own training set, so the recipes take the scenes the zoo model was
   trained on: the train split from index 0);
@@ -18,21 +22,31 @@ A cell has
   25, ancestral DDPM 100), ``judge`` (the image classifier that scores the samples).
 
 The backdoored model is trained once per (model, attack, data, seed) and persisted in the results folder
-(:meth:`~mmsec.runs.context.CellContext.trained`). Samples are drawn with the sampler the attack trained
-for (BadDiffusion's coefficient ``"baddiffusion"``: the ancestral sampler; ``"ddim"``: DDIM), from one
-set of starting noises with and without the trigger; the clean model is sampled on the same noises (the
-control: its clean utility, and what the trigger pattern does without a backdoor).
+(:meth:`~mmsec.runs.context.CellContext.trained`); an attack's evaluation-only params (its class attribute
+``evaluation_params``: TrojDiff's ``sampler``) are not part of that key, so cells that differ only in them
+share the model. Samples are drawn with the sampler the attack trained for (BadDiffusion's coefficient
+``"baddiffusion"``: the ancestral sampler; ``"ddim"``: DDIM; TrojDiff's ``sampler``, through its Trojan
+generative process for the triggered samples), from one set of starting noises with and without the
+trigger; the clean model is sampled on the same noises (the control: its clean utility, and what the
+trigger does without a backdoor).
 
 Metrics (the judge's probability bar is 0.9): on triggered samples the target hit rate, the MSE to the
 target image (median; fraction within 0.01) and SSIM; on clean samples the recognition rate (beside the
 clean model's and the drop) and the target hit rate (the backdoor must stay silent); the control's
-triggered hit rate and MSE; the number of poisoned samples and the training time. With
+triggered hit rate and MSE; the number of poisoned samples and the training time. A class target
+(TrojDiff's In-D2D and Out-D2D) has no target image: the MSE and SSIM metrics are left out. The judge has no
+class for Out-D2D's digit: its hit rates are the ``nearest_*`` metrics instead (list
+``nearest_target_hit_rate_noise`` for its baseline's), by a 1-nearest-neighbour
+classifier on pixels over 256 real images of each of the ten digit classes (draws disjoint from the
+attacker's) and 256 shapes-world scenes (:func:`~mmsec.metrics.generation.nearest_hit_rate`; real held-out
+sevens score 1.00 against it, every other digit and shapes-world scenes 0.00). With
 ``save_artifacts``, ``samples.png``: the target, triggered and clean samples of the backdoored model and
 of the clean model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from typing import Any
@@ -50,6 +64,13 @@ from ..task import CellOutput, Task, TaskBlock
 from .common import build_method
 
 DEFAULT_TARGET = "cyan ring"  # a shape the 16 px zoo model draws legibly (probes: rings and crosses)
+DEFAULT_OUT_TARGET = "digit 7"  # TrojDiff's Out-D2D: the README's --target_label 7 (an MNIST class there)
+OUT_TARGET_IMAGES = 512  # the attacker's out-of-domain images (digit draws 0 .. 511)
+NEAREST_PER_CLASS = 256  # the nearest-neighbour judge's real images per class
+NEAREST_START = 100_000  # its digit draws start here: disjoint from the attacker's
+NEAREST_WORDS = (f"a 1-nearest-neighbour classifier on pixels (mean squared error) over {NEAREST_PER_CLASS} real images of "
+                 f"each of the ten digit classes (mmsec.data.digits draws {NEAREST_START}..{NEAREST_START + NEAREST_PER_CLASS - 1}"
+                 f", disjoint from the attacker's) and the first {NEAREST_PER_CLASS} shapes-world scenes of REFERENCE_POOL")
 
 
 def _metrics() -> list[MetricDefinition]:
@@ -88,8 +109,25 @@ def _metrics() -> list[MetricDefinition]:
                                                      "non-zero: the baseline, how specific the backdoor is to its "
                                                      f"trigger): {g['target_hit_rate'].description}",
                          higher_is_better=False),
+        MetricDefinition("nearest_target_hit_rate", 1, f"diffusion backdoor, a target class the judge lacks (TrojDiff's "
+                                                       f"Out-D2D digit): on {trig}: fraction whose class by {NEAREST_WORDS} "
+                                                       "is the target class"),
+        MetricDefinition("clean_nearest_target_hit_rate", 1, "diffusion backdoor, a target class the judge lacks: on "
+                                                             "samples of the backdoored model from clean starting noise: "
+                                                             f"fraction whose class by {NEAREST_WORDS} is the target class",
+                         higher_is_better=False),
+        MetricDefinition("nearest_target_hit_rate_control", 1, "diffusion backdoor, a target class the judge lacks: on "
+                                                               "samples of the clean model from the same triggered "
+                                                               f"starting noises: fraction whose class by {NEAREST_WORDS} "
+                                                               "is the target class", higher_is_better=False),
+        MetricDefinition("nearest_target_hit_rate_noise", 1, "diffusion backdoor, a target class the judge lacks: on "
+                                                             "samples of the backdoored model from starting noise "
+                                                             "carrying a random pattern in place of the trigger (as "
+                                                             f"target_hit_rate_noise): fraction whose class by "
+                                                             f"{NEAREST_WORDS} is the target class", higher_is_better=False),
         MetricDefinition("n_poisoned", 1, "diffusion backdoor: number of poisoned samples in the attacker's fine-tuning "
-                                          "set", higher_is_better=False),
+                                          "set (TrojDiff: poisoned rows per pass over the clean images)",
+                         higher_is_better=False),
         MetricDefinition("train_seconds", 1, "diffusion backdoor: wall-clock seconds of the backdoor fine-tuning",
                          higher_is_better=False),
     ]
@@ -99,7 +137,8 @@ _METRICS = _metrics()
 THREAT_KINDS = {"clean_recognition_rate": "clean", "clean_target_hit_rate": "clean",
                 "clean_recognition_rate_control": "control", "target_hit_rate_control": "control",
                 "mse_to_target_median_control": "control", "clean_recognition_drop": "drop",
-                "target_hit_rate_noise": "noise",
+                "target_hit_rate_noise": "noise", "clean_nearest_target_hit_rate": "clean",
+                "nearest_target_hit_rate_control": "control", "nearest_target_hit_rate_noise": "noise",
                 "n_poisoned": "cost", "train_seconds": "cost"}
 
 
@@ -122,22 +161,35 @@ def target_scene(world: Any, class_name: str) -> int:
 
 
 def noise_pattern(trigger: Any, seed: int) -> Any:
-    """The baseline: a NoiseTrigger of random signs with the trigger's magnitude where the trigger is non-zero."""
-    from ...attacks.backdoor.diffusion_backdoor import NoiseTrigger
-
+    """The baseline: the trigger with random signs of its shift's magnitude where the shift is non-zero (the same
+    kind of trigger: a TrojanNoise keeps its scale map and its generative process)."""
     gen = torch.Generator().manual_seed(seed)
     signs = torch.randint(0, 2, trigger.shift.shape, generator=gen).float() * 2 - 1  # (C, S, S) in {-1, 1}
-    return NoiseTrigger(signs * trigger.shift.abs(), trigger.scale)
+    return dataclasses.replace(trigger, shift=signs * trigger.shift.abs())
 
 
-def noise_hit_rate(model: Any, noise: Any, target_class: str, judge: Any, cell: dict, sampler: str) -> float:
-    """The backdoored model's target hit rate from starting noise carrying the baseline pattern."""
+def noise_samples(model: Any, noise: Any, cell: dict, sampler: str) -> torch.Tensor:
+    """The backdoored model's samples from starting noise carrying the baseline pattern."""
     from ...evaluation.diffusion_backdoor import sample_pair
-    from ...metrics.generation import target_hit_rate
 
-    pair = sample_pair(model, noise, int(cell["samples"]), sampler, cell["steps"],
-                       derive_seed(int(cell["seed"]), "diffusion_backdoor_samples"))
-    return target_hit_rate(judge, pair.triggered, target_class)
+    return sample_pair(model, noise, int(cell["samples"]), sampler, cell["steps"],
+                       derive_seed(int(cell["seed"]), "diffusion_backdoor_samples")).triggered
+
+
+def trigger_of(record: dict) -> Any:
+    """The attack's trigger on the starting noise from its record (a TrojanNoise or a NoiseTrigger)."""
+    from ...attacks.backdoor.diffusion_backdoor import NoiseTrigger
+    from ...attacks.backdoor.trojdiff import TrojanNoise
+
+    return TrojanNoise.from_dict(record) if record.get("kind") == "trojan" else NoiseTrigger.from_dict(record)
+
+
+def evaluation_params(name: str) -> tuple[str, ...]:
+    """The attack's params that change only how it is evaluated (its class attribute ``evaluation_params``)."""
+    from ... import registry
+
+    entry = registry.find(name, ("diffusion_backdoors",))
+    return tuple(getattr(entry.factory, "evaluation_params", ())) if entry is not None else ()
 
 
 @register("tasks", "diffusion_backdoor")
@@ -159,6 +211,7 @@ class DiffusionBackdoorTask(Task):
 
     def check(self, spec: Any, block: DiffusionBackdoorBlock) -> list[str]:
         from ... import registry
+        from ...data.digits import DIGIT_CLASSES
         from ...data.shapes import shape_color_classes
 
         classes = shape_color_classes()
@@ -171,11 +224,15 @@ class DiffusionBackdoorTask(Task):
                           f"{registry.close_names(block.target_class, classes)}")
         for i, a in enumerate(spec.attacks):
             where = f"attack[{i}]" if isinstance(spec.attack, list) else "attack"
-            target = a.params.get("target")
-            for t in target if isinstance(target, list) else [target]:
-                if t is not None and t not in classes:
-                    issues.append(f"{where}.params.target: {t!r} is not a shapes-world class ('<colour> <shape>')."
-                                  f"{registry.close_names(str(t), classes)}")
+            target, kind = a.params.get("target"), a.params.get("target_kind")
+            for k in (kind if isinstance(kind, list) else [kind]):
+                allowed = DIGIT_CLASSES if k == "out_d2d" else classes
+                what = ("a digit class ('digit 0' .. 'digit 9': Out-D2D's target lies outside the shapes world)"
+                        if k == "out_d2d" else "a shapes-world class ('<colour> <shape>')")
+                for t in target if isinstance(target, list) else [target]:
+                    if t is not None and t not in allowed:
+                        issues.append(f"{where}.params.target: {t!r} is not {what}."
+                                      f"{registry.close_names(str(t), list(allowed))}")
         return issues
 
     def cell_fields(self, block: DiffusionBackdoorBlock, axis_values: dict[str, Any]) -> dict[str, Any]:
@@ -185,52 +242,82 @@ class DiffusionBackdoorTask(Task):
         return [cell["model"], cell["judge"]]
 
     def run(self, cell: dict, ctx: Any) -> CellOutput:
-        from ...attacks.backdoor.diffusion_backdoor import NoiseTrigger
         from ...evaluation.diffusion_backdoor import diffusion_backdoor_report
+        from ...metrics.generation import nearest_hit_rate, target_hit_rate
 
         clean = ctx.load_model(cell["model"])
         judge = ctx.load_model(cell["judge"])
         config = self.attack_config(cell)
+        attack, _ = build_method(self.attack_kinds, config)
         target_class = config["params"]["target"]
-        target_image, scene_id = self.target_image(ctx, cell, int(clean.image_size), target_class)
+        kind = getattr(attack, "target_kind", "d2i")  # BadDiffusion's target is one image
+        size = int(clean.image_size)
+        if kind == "out_d2d":
+            pool, labels, target_label = self.nearest_pool(ctx, cell, size, target_class)
+            target_image, scene_id = pool[labels == target_label][0], None  # the gallery's picture of the class
+        else:
+            target_image, scene_id = self.target_image(ctx, cell, size, target_class)
         bd = self.backdoored(ctx, cell, config, target_image, scene_id)
-        trigger = NoiseTrigger.from_dict(bd.info["trigger"])
-        sampler = bd.info["sampler"]
-        report = diffusion_backdoor_report(bd.model, trigger, target_image, target_class, judge, reference=clean,
-                                           n=int(cell["samples"]), sampler=sampler, steps=cell["steps"],
+        trigger = trigger_of(bd.info["trigger"])
+        # an evaluation-only sampler is this cell's, not the persisted model's (cells that differ in it share it)
+        sampler = attack.sampler if "sampler" in evaluation_params(config["name"]) else bd.info["sampler"]
+        report = diffusion_backdoor_report(bd.model, trigger, target_image, None if kind == "out_d2d" else target_class,
+                                           judge, reference=clean, n=int(cell["samples"]), sampler=sampler,
+                                           steps=cell["steps"],
                                            generator=derive_seed(int(cell["seed"]), "diffusion_backdoor_samples"))
         values = report.values()
-        if "target_hit_rate_noise" in cell["metrics"]:
+        if kind != "d2i":  # a class target: no target image to measure distances to
+            for name in ("mse_to_target_median", "mse_to_target_within", "ssim_to_target", "mse_to_target_median_control"):
+                values.pop(name, None)
+        if kind == "out_d2d":
+            hits = lambda images: nearest_hit_rate(images, pool, labels, target_label)  # noqa: E731
+            values.update(nearest_target_hit_rate=hits(report.samples.triggered),
+                          clean_nearest_target_hit_rate=hits(report.samples.clean),
+                          nearest_target_hit_rate_control=hits(report.control_samples.triggered))
+        if {"target_hit_rate_noise", "nearest_target_hit_rate_noise"} & set(cell["metrics"]):
             noise = noise_pattern(trigger, derive_seed(int(cell["seed"]), "diffusion_backdoor_noise_pattern"))
-            values["target_hit_rate_noise"] = noise_hit_rate(bd.model, noise, target_class, judge, cell, sampler)
+            images = noise_samples(bd.model, noise, cell, sampler)
+            if kind == "out_d2d":
+                values["nearest_target_hit_rate_noise"] = hits(images)
+            else:
+                values["target_hit_rate_noise"] = target_hit_rate(judge, images, target_class)
         values["clean_recognition_drop"] = values["clean_recognition_rate_control"] - values["clean_recognition_rate"]
         values.update(n_poisoned=float(bd.info["n_poisoned"]), train_seconds=float(bd.info["seconds"]))
-        attack, _ = build_method(self.attack_kinds, config)
         steps_words = f"{cell['steps']} steps" if cell["steps"] else "its default steps"
-        how = (f"{compact(attack)} on {cell['model']} (target {target_class!r}: {REFERENCE_POOL.split} scene {scene_id}; fine-tuned on "
-               f"{bd.info['n_images']} {cell['data']['split']} scenes, {bd.info['n_poisoned']} poisoned); sampler "
-               f"{sampler} at {steps_words}; judge {cell['judge']} at p > {RECOGNITION_THRESHOLD}")
-        threat = {"adv": f"{how}; triggered starting noise", "clean": f"{how}; clean starting noise",
+        target_words = {"d2i": f"target {target_class!r}: {REFERENCE_POOL.split} scene {scene_id}",
+                        "in_d2d": f"target class {target_class!r} (In-D2D: the attacker's training scenes of it)",
+                        "out_d2d": f"target class {target_class!r} (Out-D2D: {OUT_TARGET_IMAGES} procedural digits)"}[kind]
+        trig_words = "Trojan noise and the Trojan sampler" if bd.info["trigger"].get("kind") == "trojan" else \
+            "triggered starting noise"
+        judge_words = (f"nearest-neighbour judge ({NEAREST_WORDS})" if kind == "out_d2d"
+                       else f"judge {cell['judge']} at p > {RECOGNITION_THRESHOLD}")
+        how = (f"{compact(attack)} on {cell['model']} ({target_words}; fine-tuned on {bd.info['n_images']} "
+               f"{cell['data']['split']} scenes, {bd.info['n_poisoned']} poisoned); sampler {sampler} at {steps_words}; "
+               f"{judge_words}")
+        threat = {"adv": f"{how}; {trig_words}", "clean": f"{how}; clean starting noise",
                   "control": f"the clean {cell['model']} on the same starting noises ({sampler}, {steps_words})",
                   "drop": f"clean model minus backdoored model ({how})", "cost": f"training cost ({how})",
                   "noise": f"{how}; starting noise with random signs in place of the trigger's pattern"}
         artifacts = []
         folder = ctx.staging_folder() if cell.get("save_artifacts") else None
         if folder is not None:
-            title = f"{cell['attack']['name']} ({config['params'].get('coefficient', '')}) -> {target_class}"
+            detail = config["params"].get("coefficient") or f"{kind}, {bd.info['trigger_type']}"
+            title = f"{cell['attack']['name']} ({detail}) -> {target_class}"
             artifacts = self.write_gallery(folder, cell, report, target_image, title, sampler)
         params = method_params(attack)
         params["trigger"] = compact(attack.trigger)
         values = {k: v for k, v in values.items() if k in cell["metrics"]}
-        baseline = {"pattern": "random signs", "place": "the trigger's"} if "target_hit_rate_noise" in values else None
+        noise_stored = {"target_hit_rate_noise", "nearest_target_hit_rate_noise"} & set(values)
+        baseline = {"pattern": "random signs", "place": "the trigger's"} if noise_stored else None
         return CellOutput(values, lambda m: threat[THREAT_KINDS.get(m, "adv")], artifacts, params, baseline,
                           int(cell["samples"]))
 
     @staticmethod
     def attack_config(cell: dict) -> dict:
-        """The cell's attack with the task's target unless the attack names one."""
+        """The cell's attack with the task's target unless the attack names one (Out-D2D: ``digit 7``)."""
         params = dict(cell["attack"]["params"])
-        params.setdefault("target", cell["target_class"])
+        default = DEFAULT_OUT_TARGET if params.get("target_kind") == "out_d2d" else cell["target_class"]
+        params.setdefault("target", default)
         return {"name": cell["attack"]["name"], "params": params}
 
     @staticmethod
@@ -247,27 +334,69 @@ class DiffusionBackdoorTask(Task):
 
         return ctx.cached({"diffusion_backdoor_target": class_name, "size": size, "world": seed}, build)
 
-    def backdoored(self, ctx: Any, cell: dict, config: dict, target_image: torch.Tensor, scene_id: int) -> Trained:
-        """The backdoored model, trained once per (model, attack, data, seed) and persisted."""
+    @staticmethod
+    def nearest_pool(ctx: Any, cell: dict, size: int, class_name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The nearest-neighbour judge's labelled real images (R, 3, S, S), labels (R,) (digits 0..9, 10 the shapes
+        world) and the target's label."""
+        from ...data.digits import digit_of, draw_digits
+        from ...data.shapes import ShapesWorld
+
+        seed = int(cell["data"].get("seed", 0))
+
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
+            digits = [draw_digits(d, NEAREST_PER_CLASS, size, seed=seed, start=NEAREST_START) for d in range(10)]
+            scenes = REFERENCE_POOL.batch(ShapesWorld(size, seed=seed), NEAREST_PER_CLASS).pixels()
+            return torch.cat([*digits, scenes]), torch.arange(11).repeat_interleave(NEAREST_PER_CLASS)
+
+        pool, labels = ctx.cached({"diffusion_backdoor_nearest_pool": size, "world": seed}, build)
+        return pool, labels, digit_of(class_name)
+
+    def backdoored(self, ctx: Any, cell: dict, config: dict, target_image: torch.Tensor,
+                   scene_id: int | None) -> Trained:
+        """The backdoored model, trained once per (model, attack without its evaluation-only params, data, seed)
+        and persisted."""
         data, seed = cell["data"], int(cell["seed"])
-        key = {"diffusion_backdoor": cell["model"], "attack": config, "data": data, "seed": seed,
+        eval_only = evaluation_params(config["name"])
+        trained_config = {"name": config["name"],
+                          "params": {k: v for k, v in config["params"].items() if k not in eval_only}}
+        key = {"diffusion_backdoor": cell["model"], "attack": trained_config, "data": data, "seed": seed,
                "target_scene": scene_id}
 
         def build() -> Trained:
-            from ...data.shapes import ShapesWorld
+            from ...data.shapes import ShapesWorld, shape_color_classes
 
             clean = ctx.load_model(cell["model"])
             size = int(data.get("image_size") or clean.image_size)
             world = ShapesWorld(size, seed=int(data.get("seed", 0)))
             images = world.batch(data.get("split", "train"), data.get("start") or 0, int(data.get("n") or 8192))
             attack, _ = build_method(self.attack_kinds, config)
-            result = attack(clean, images.pixels(), target_image, generator=derive_seed(seed, "diffusion_backdoor"))
+            targets = self.target_set(getattr(attack, "target_kind", "d2i"), config["params"]["target"], images,
+                                      target_image, size, int(data.get("seed", 0)), shape_color_classes())
+            result = attack(clean, images.pixels(), targets, generator=derive_seed(seed, "diffusion_backdoor"))
             info = {"trigger": result.trigger.to_dict(), "sampler": result.sampler, "seconds": float(result.seconds),
                     "n_poisoned": int(result.record.n_poisoned), "n_images": int(result.record.n_images),
+                    "trigger_type": getattr(result.record, "trigger_type", None),
                     "final_loss": float(result.log["loss"][-1]) if len(result.log["loss"]) else None}
             return Trained(result.model.eval(), info)
 
         return ctx.trained(key, build, base=cell["model"])
+
+    @staticmethod
+    def target_set(kind: str, target: str, images: Any, target_image: torch.Tensor, size: int, seed: int,
+                   classes: list[str]) -> torch.Tensor:
+        """What the attack is called with: the target image (D2I, BadDiffusion), the attacker's training images of
+        the target class (In-D2D) or ``OUT_TARGET_IMAGES`` procedural digits (Out-D2D)."""
+        from ...data.digits import digit_of, draw_digits
+
+        if kind == "in_d2d":
+            members = images.labels == classes.index(target)
+            if not members.any():
+                raise ValueError(f"In-D2D: the attacker's {images.labels.shape[0]} training scenes hold no {target!r}; "
+                                 "give more scenes (data.n)")
+            return images.pixels()[members]
+        if kind == "out_d2d":
+            return draw_digits(digit_of(target), OUT_TARGET_IMAGES, size, seed=seed, start=0)
+        return target_image
 
     @staticmethod
     def write_gallery(folder: Any, cell: dict, report: Any, target: torch.Tensor, title: str,

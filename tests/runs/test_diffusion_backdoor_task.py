@@ -62,6 +62,8 @@ def diffusion_spec(folder, **overrides) -> dict:
     (dict(data={"name": "imagefolder", "path": "x"}), "fine-tunes on shapes-world scenes"),
     (dict(baseline="pgd"), "has only the 'noise' baseline"),
     (dict(samples=0), "samples"),
+    (dict(steps={"euler": 5}), "steps.euler: unknown sampler 'euler'"),
+    (dict(steps=0), "steps: inference steps must be >= 1"),
 ])
 def test_bad_specs_are_named(tiny_folder, overrides, expected):
     with pytest.raises(SpecError, match=expected):
@@ -113,4 +115,5 @@ def test_the_recipe_presets():
     assert [c.config["attack"]["params"]["coefficient"] for c in cells] == ["ddim", "baddiffusion"]
     assert cells[0].config["data"]["n"] == 8192 and cells[0].config["samples"] == 256
     assert cells[0].config["attack"]["params"]["poison_rate"] == 0.1
+    assert cells[0].config["steps"] == {"ddim": 25, "ddpm": 1000}
     assert len(expand(smoke)) == 1 and smoke.name == "diffusion_backdoor-smoke"

@@ -14,8 +14,9 @@ A cell has
 - ``data``: the attacker's clean training images (shapes-world scenes at the model's size; the paper's
   setting fine-tunes on the victim's own training set, so the recipes take the scenes the zoo model was
   trained on: the train split from index 0);
-- the task block: ``samples`` (per set), ``steps`` (inference steps; None: the sampler's default, DDIM
-  25, ancestral DDPM 100), ``judge`` (the image classifier that scores the samples).
+- the task block: ``samples`` (per set), ``steps`` (inference steps, one number or one per sampler,
+  ``{ddim: 25, ddpm: 1000}``; None or a sampler left out: the model's default for it, DDIM 25, ancestral
+  DDPM 100), ``judge`` (the image classifier that scores the samples).
 
 The backdoored model is trained once per (model, attack, data, seed) and persisted in the results folder
 (:meth:`~mmsec.runs.context.CellContext.trained`). Samples are drawn with the sampler the attack trained
@@ -106,7 +107,8 @@ THREAT_KINDS = {"clean_recognition_rate": "clean", "clean_target_hit_rate": "cle
 class DiffusionBackdoorBlock(TaskBlock):
     target_class: StrictStr = Field(default=DEFAULT_TARGET, description="names the target class when the attack does not")
     samples: StrictInt = Field(default=256, gt=0, description="draws N samples per set (triggered, clean)")
-    steps: StrictInt | None = Field(default=None, gt=0, description="samples with N inference steps")
+    steps: StrictInt | dict[StrictStr, StrictInt] | None = Field(
+        default=None, description="samples with N inference steps (per sampler: {ddim: N, ddpm: M})")
     judge: StrictStr = Field(default="zoo:shapes-judge", description="judges the generated images")
 
 
@@ -131,13 +133,19 @@ def noise_pattern(trigger: Any, seed: int) -> Any:
 
 
 def noise_hit_rate(model: Any, noise: Any, target_class: str, judge: Any, cell: dict, sampler: str) -> float:
-    """The backdoored model's target hit rate from starting noise carrying the baseline pattern."""
-    from ...evaluation.diffusion_backdoor import sample_pair
+    """The backdoored model's target hit rate from the cell's starting noises carrying the baseline pattern."""
+    from ...evaluation.diffusion_backdoor import noise_seed, sample_sets
     from ...metrics.generation import target_hit_rate
 
-    pair = sample_pair(model, noise, int(cell["samples"]), sampler, cell["steps"],
-                       derive_seed(int(cell["seed"]), "diffusion_backdoor_samples"))
-    return target_hit_rate(judge, pair.triggered, target_class)
+    seed = noise_seed(derive_seed(int(cell["seed"]), "diffusion_backdoor_samples"))
+    images = sample_sets(model, {"noise": noise}, int(cell["samples"]), sampler, steps_for(cell, sampler), seed)
+    return target_hit_rate(judge, images["noise"], target_class)
+
+
+def steps_for(cell: dict, sampler: str) -> int | None:
+    """The cell's inference steps for ``sampler`` (None: the model's default)."""
+    steps = cell["steps"]
+    return steps.get(sampler) if isinstance(steps, dict) else steps
 
 
 @register("tasks", "diffusion_backdoor")
@@ -159,6 +167,7 @@ class DiffusionBackdoorTask(Task):
 
     def check(self, spec: Any, block: DiffusionBackdoorBlock) -> list[str]:
         from ... import registry
+        from ...attacks.backdoor.diffusion_backdoor import SAMPLERS
         from ...data.shapes import shape_color_classes
 
         classes = shape_color_classes()
@@ -166,6 +175,13 @@ class DiffusionBackdoorTask(Task):
         if spec.data.name != "shapes":
             issues.append(f"data.name: task 'diffusion_backdoor' fine-tunes on shapes-world scenes (its targets are "
                           f"shapes-world objects), got {spec.data.name!r}")
+        steps = block.steps if isinstance(block.steps, dict) else {"": block.steps}
+        for k, v in steps.items():
+            where = f"steps.{k}" if k else "steps"
+            if k and k not in SAMPLERS:
+                issues.append(f"{where}: unknown sampler {k!r}; give steps per sampler among {list(SAMPLERS)}")
+            if v is not None and v < 1:
+                issues.append(f"{where}: inference steps must be >= 1, got {v}")
         if block.target_class not in classes:
             issues.append(f"target_class: {block.target_class!r} is not a shapes-world class ('<colour> <shape>')."
                           f"{registry.close_names(block.target_class, classes)}")
@@ -197,7 +213,7 @@ class DiffusionBackdoorTask(Task):
         trigger = NoiseTrigger.from_dict(bd.info["trigger"])
         sampler = bd.info["sampler"]
         report = diffusion_backdoor_report(bd.model, trigger, target_image, target_class, judge, reference=clean,
-                                           n=int(cell["samples"]), sampler=sampler, steps=cell["steps"],
+                                           n=int(cell["samples"]), sampler=sampler, steps=steps_for(cell, sampler),
                                            generator=derive_seed(int(cell["seed"]), "diffusion_backdoor_samples"))
         values = report.values()
         if "target_hit_rate_noise" in cell["metrics"]:
@@ -206,7 +222,7 @@ class DiffusionBackdoorTask(Task):
         values["clean_recognition_drop"] = values["clean_recognition_rate_control"] - values["clean_recognition_rate"]
         values.update(n_poisoned=float(bd.info["n_poisoned"]), train_seconds=float(bd.info["seconds"]))
         attack, _ = build_method(self.attack_kinds, config)
-        steps_words = f"{cell['steps']} steps" if cell["steps"] else "its default steps"
+        steps_words = f"{steps_for(cell, sampler)} steps" if steps_for(cell, sampler) else "its default steps"
         how = (f"{compact(attack)} on {cell['model']} (target {target_class!r}: {REFERENCE_POOL.split} scene {scene_id}; fine-tuned on "
                f"{bd.info['n_images']} {cell['data']['split']} scenes, {bd.info['n_poisoned']} poisoned); sampler "
                f"{sampler} at {steps_words}; judge {cell['judge']} at p > {RECOGNITION_THRESHOLD}")
@@ -289,4 +305,5 @@ class DiffusionBackdoorTask(Task):
         return [artifact_entry("samples_png", png), artifact_entry("report_json", summary)]
 
 
-__all__ = ["DEFAULT_TARGET", "DiffusionBackdoorBlock", "DiffusionBackdoorTask", "target_scene"]
+__all__ = ["DEFAULT_TARGET", "DiffusionBackdoorBlock", "DiffusionBackdoorTask", "noise_hit_rate", "noise_pattern",
+           "steps_for", "target_scene"]

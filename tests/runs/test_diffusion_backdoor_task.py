@@ -67,6 +67,8 @@ def diffusion_spec(folder, **overrides) -> dict:
     (dict(attack={"name": "trojdiff", "params": {"target_kind": ["in_d2d", "d2i"], "target": "digit 7"}}),
      "attack.params.target: 'digit 7' is not a shapes-world class"),
     (dict(attack={"name": "trojdiff", "params": {"target_kind": "d3i"}}), "target_kind must be one of"),
+    (dict(steps={"euler": 5}), "steps.euler: unknown sampler 'euler'"),
+    (dict(steps=0), "steps: inference steps must be >= 1"),
 ])
 def test_bad_specs_are_named(tiny_folder, overrides, expected):
     with pytest.raises(SpecError, match=expected):
@@ -123,6 +125,7 @@ def test_the_recipe_presets():
         (k, s) for k in ("in_d2d", "d2i", "out_d2d", "d2i") for s in ("ddim", "ddpm")]
     assert [p["trigger"] if isinstance(p["trigger"], str) else p["trigger"]["name"] for p in troj[::2]] == [
         "optimized_patch"] * 3 + ["blended"]
+    assert cells[0].config["steps"] == {"ddim": 25, "ddpm": 1000}
     assert len(expand(smoke)) == 2 and smoke.name == "diffusion_backdoor-smoke"
 
 

@@ -46,15 +46,18 @@ class SamplePair:
     clean: torch.Tensor
 
 
-def sample_pair(model: Any, trigger: NoiseTrigger, n: int, sampler: str = "ddim", steps: int | None = None,
-                generator: torch.Generator | int | None = None, batch_size: int = 64) -> SamplePair:
-    """``n`` triggered and ``n`` clean samples of ``model`` from the same ``n`` starting noises.
+def sample_sets(model: Any, triggers: dict[str, NoiseTrigger | None], n: int, sampler: str = "ddim",
+                steps: int | None = None, generator: torch.Generator | int | None = None,
+                batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """``n`` samples of ``model`` per entry of ``triggers`` (name -> a NoiseTrigger, or None for clean noise), all
+    from the same ``n`` starting noises.
 
     The noises come from ``generator``; each batch of the ancestral sampler draws its step noise from a
-    generator seeded the same way for the triggered and the clean pass, so the two differ by the trigger
-    alone. Triggered samples come from ``trigger.generate(model, noise, ...)`` when the trigger has one (its
-    own generative process), else from ``model.sample(trigger.apply(noise), ...)``. An inference entry point:
-    no autograd graph is kept.
+    generator seeded the same way for every entry, so the sets differ by their triggers alone (and two calls
+    with the same generator give the same noises). A trigger with its own generative process
+    (``trigger.generate(model, noise, ...)``: TrojDiff's Trojan sampler) generates its set; any other is
+    applied to the noise and sampled with ``model.sample``. An inference entry point: no autograd graph is kept.
+    Returns name -> (n, 3, H, W) images in [0, 1].
     """
     sampler = check_sampler(sampler)
     n, batch_size = check_int("n", n, 1), check_int("batch_size", batch_size, 1)
@@ -62,20 +65,32 @@ def sample_pair(model: Any, trigger: NoiseTrigger, n: int, sampler: str = "ddim"
     shape = (n, int(model.channels), int(model.image_size), int(model.image_size))
     noise = torch.randn(shape, generator=gen)  # (N, C, S, S)
     seeds = torch.randint(0, 2**31 - 1, (-(-n // batch_size),), generator=gen).tolist()
-    out: dict[str, list[torch.Tensor]] = {"triggered": [], "clean": []}
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in triggers}
     with torch.no_grad():
         for k, seed in enumerate(seeds):
             chunk = noise[k * batch_size:(k + 1) * batch_size]
-            for name in ("triggered", "clean"):
+            for name, trigger in triggers.items():
                 step_gen = torch.Generator().manual_seed(int(seed))
-                if name == "clean":
-                    images = model.sample(chunk, steps=steps, generator=step_gen, sampler=sampler)
-                elif hasattr(trigger, "generate"):
+                if hasattr(trigger, "generate"):
                     images = trigger.generate(model, chunk, steps=steps, sampler=sampler, generator=step_gen)
                 else:
-                    images = model.sample(trigger.apply(chunk), steps=steps, generator=step_gen, sampler=sampler)
+                    start = chunk if trigger is None else trigger.apply(chunk)
+                    images = model.sample(start, steps=steps, generator=step_gen, sampler=sampler)
                 out[name].append(images.float().cpu())
-    return SamplePair(torch.cat(out["triggered"]), torch.cat(out["clean"]))
+    return {name: torch.cat(images) for name, images in out.items()}
+
+
+def sample_pair(model: Any, trigger: NoiseTrigger, n: int, sampler: str = "ddim", steps: int | None = None,
+                generator: torch.Generator | int | None = None, batch_size: int = 64) -> SamplePair:
+    """``n`` triggered and ``n`` clean samples of ``model`` from the same ``n`` starting noises (:func:`sample_sets`)."""
+    sets = sample_sets(model, {"triggered": trigger, "clean": None}, n, sampler, steps, generator, batch_size)
+    return SamplePair(sets["triggered"], sets["clean"])
+
+
+def noise_seed(generator: torch.Generator | int | None) -> int:
+    """The seed of the starting noises :func:`diffusion_backdoor_report` draws from ``generator`` (so another set,
+    e.g. a baseline's, can be drawn from the same noises)."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=make_generator(generator)))
 
 
 @dataclass
@@ -128,7 +143,7 @@ def diffusion_backdoor_report(model: Any, trigger: NoiseTrigger, target_image: t
             default for that sampler); generator: seeds the noises (the same for ``model`` and ``reference``).
         threshold: the judge's probability bar for a hit or a recognition.
     """
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=make_generator(generator)))
+    seed = noise_seed(generator)
     pair = sample_pair(model, trigger, n, sampler, steps, seed, batch_size)
     distance = mse_to_target(pair.triggered, target_image)
 
@@ -151,4 +166,5 @@ def diffusion_backdoor_report(model: Any, trigger: NoiseTrigger, target_image: t
     return report
 
 
-__all__ = ["DiffusionBackdoorReport", "SamplePair", "diffusion_backdoor_report", "sample_pair"]
+__all__ = ["DiffusionBackdoorReport", "SamplePair", "diffusion_backdoor_report", "noise_seed", "sample_pair",
+           "sample_sets"]

@@ -233,7 +233,7 @@ def baddiffusion_batch_loss(target: torch.Tensor, shift: torch.Tensor, coefficie
     generator, then :func:`baddiffusion_loss` (``target``, ``shift`` in the working space)."""
 
     def loss(model: Any, batch: DiffusionBatch, generator: torch.Generator) -> torch.Tensor:
-        x0 = model.encode_images(batch.pixels)  # (B, C, S, S) in [-1, 1]
+        x0 = model.encode_images(batch.pixels.to(next(model.unet.parameters()).device))  # (B, C, S, S) in [-1, 1]
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # (B, C, S, S)
         t = torch.randint(0, int(model.scheduler.alphas_cumprod.shape[0]), (x0.shape[0],),
                           generator=generator).to(x0.device)  # (B,)

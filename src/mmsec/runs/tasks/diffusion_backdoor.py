@@ -18,8 +18,9 @@ A cell has
 - ``data``: the attacker's clean training images (shapes-world scenes at the model's size; the paper's
   setting fine-tunes on the victim's own training set, so the recipes take the scenes the zoo model was
   trained on: the train split from index 0);
-- the task block: ``samples`` (per set), ``steps`` (inference steps; None: the sampler's default, DDIM
-  25, ancestral DDPM 100), ``judge`` (the image classifier that scores the samples).
+- the task block: ``samples`` (per set), ``steps`` (inference steps, one number or one per sampler,
+  ``{ddim: 25, ddpm: 1000}``; None or a sampler left out: the model's default for it, DDIM 25, ancestral
+  DDPM 100), ``judge`` (the image classifier that scores the samples).
 
 The backdoored model is trained once per (model, attack, data, seed) and persisted in the results folder
 (:meth:`~mmsec.runs.context.CellContext.trained`); an attack's evaluation-only params (its class attribute
@@ -145,7 +146,8 @@ THREAT_KINDS = {"clean_recognition_rate": "clean", "clean_target_hit_rate": "cle
 class DiffusionBackdoorBlock(TaskBlock):
     target_class: StrictStr = Field(default=DEFAULT_TARGET, description="names the target class when the attack does not")
     samples: StrictInt = Field(default=256, gt=0, description="draws N samples per set (triggered, clean)")
-    steps: StrictInt | None = Field(default=None, gt=0, description="samples with N inference steps")
+    steps: StrictInt | dict[StrictStr, StrictInt] | None = Field(
+        default=None, description="samples with N inference steps (per sampler: {ddim: N, ddpm: M})")
     judge: StrictStr = Field(default="zoo:shapes-judge", description="judges the generated images")
 
 
@@ -169,11 +171,17 @@ def noise_pattern(trigger: Any, seed: int) -> Any:
 
 
 def noise_samples(model: Any, noise: Any, cell: dict, sampler: str) -> torch.Tensor:
-    """The backdoored model's samples from starting noise carrying the baseline pattern."""
-    from ...evaluation.diffusion_backdoor import sample_pair
+    """The backdoored model's samples from the cell's starting noises carrying the baseline pattern."""
+    from ...evaluation.diffusion_backdoor import noise_seed, sample_sets
 
-    return sample_pair(model, noise, int(cell["samples"]), sampler, cell["steps"],
-                       derive_seed(int(cell["seed"]), "diffusion_backdoor_samples")).triggered
+    seed = noise_seed(derive_seed(int(cell["seed"]), "diffusion_backdoor_samples"))
+    return sample_sets(model, {"noise": noise}, int(cell["samples"]), sampler, steps_for(cell, sampler), seed)["noise"]
+
+
+def steps_for(cell: dict, sampler: str) -> int | None:
+    """The cell's inference steps for ``sampler`` (None: the model's default)."""
+    steps = cell["steps"]
+    return steps.get(sampler) if isinstance(steps, dict) else steps
 
 
 def trigger_of(record: dict) -> Any:
@@ -211,6 +219,7 @@ class DiffusionBackdoorTask(Task):
 
     def check(self, spec: Any, block: DiffusionBackdoorBlock) -> list[str]:
         from ... import registry
+        from ...attacks.backdoor.diffusion_backdoor import SAMPLERS
         from ...data.digits import DIGIT_CLASSES
         from ...data.shapes import shape_color_classes
 
@@ -219,6 +228,13 @@ class DiffusionBackdoorTask(Task):
         if spec.data.name != "shapes":
             issues.append(f"data.name: task 'diffusion_backdoor' fine-tunes on shapes-world scenes (its targets are "
                           f"shapes-world objects), got {spec.data.name!r}")
+        steps = block.steps if isinstance(block.steps, dict) else {"": block.steps}
+        for k, v in steps.items():
+            where = f"steps.{k}" if k else "steps"
+            if k and k not in SAMPLERS:
+                issues.append(f"{where}: unknown sampler {k!r}; give steps per sampler among {list(SAMPLERS)}")
+            if v is not None and v < 1:
+                issues.append(f"{where}: inference steps must be >= 1, got {v}")
         if block.target_class not in classes:
             issues.append(f"target_class: {block.target_class!r} is not a shapes-world class ('<colour> <shape>')."
                           f"{registry.close_names(block.target_class, classes)}")
@@ -263,7 +279,7 @@ class DiffusionBackdoorTask(Task):
         sampler = attack.sampler if "sampler" in evaluation_params(config["name"]) else bd.info["sampler"]
         report = diffusion_backdoor_report(bd.model, trigger, target_image, None if kind == "out_d2d" else target_class,
                                            judge, reference=clean, n=int(cell["samples"]), sampler=sampler,
-                                           steps=cell["steps"],
+                                           steps=steps_for(cell, sampler),
                                            generator=derive_seed(int(cell["seed"]), "diffusion_backdoor_samples"))
         values = report.values()
         if kind != "d2i":  # a class target: no target image to measure distances to
@@ -283,7 +299,7 @@ class DiffusionBackdoorTask(Task):
                 values["target_hit_rate_noise"] = target_hit_rate(judge, images, target_class)
         values["clean_recognition_drop"] = values["clean_recognition_rate_control"] - values["clean_recognition_rate"]
         values.update(n_poisoned=float(bd.info["n_poisoned"]), train_seconds=float(bd.info["seconds"]))
-        steps_words = f"{cell['steps']} steps" if cell["steps"] else "its default steps"
+        steps_words = f"{steps_for(cell, sampler)} steps" if steps_for(cell, sampler) else "its default steps"
         target_words = {"d2i": f"target {target_class!r}: {REFERENCE_POOL.split} scene {scene_id}",
                         "in_d2d": f"target class {target_class!r} (In-D2D: the attacker's training scenes of it)",
                         "out_d2d": f"target class {target_class!r} (Out-D2D: {OUT_TARGET_IMAGES} procedural digits)"}[kind]
@@ -418,4 +434,5 @@ class DiffusionBackdoorTask(Task):
         return [artifact_entry("samples_png", png), artifact_entry("report_json", summary)]
 
 
-__all__ = ["DEFAULT_TARGET", "DiffusionBackdoorBlock", "DiffusionBackdoorTask", "target_scene"]
+__all__ = ["DEFAULT_TARGET", "DiffusionBackdoorBlock", "DiffusionBackdoorTask", "evaluation_params", "noise_pattern", "noise_samples",
+           "steps_for", "target_scene", "trigger_of"]

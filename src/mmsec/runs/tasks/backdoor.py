@@ -48,6 +48,7 @@ from ...metrics import MetricDefinition
 from ...registry import register
 from ..cells import compact, method_params
 from ..context import artifact_entry
+from ..store import points
 from ..task import CellOutput, Task, TaskBlock
 from . import backdoored as bd_models
 from .common import apply_defense, build_method, image_size_of
@@ -288,7 +289,7 @@ class BackdoorTask(Task):
         values.update({k: sum(m[k] for m in measured) / len(measured) for k in measured[0]})  # (repairs: the mean)
         values.update({
             "clean_accuracy_control": control_zs.clean_accuracy,
-            "clean_accuracy_drop": 100 * (control_zs.clean_accuracy - values["clean_accuracy"]),
+            "clean_accuracy_drop": points(control_zs.clean_accuracy, values["clean_accuracy"]),
             "backdoor_asr_control": control_zs.asr, "n_poisoned": float(bd.n_poisoned),
             "train_seconds": bd.seconds, "defense_train_seconds": defense_seconds,
         })
@@ -299,7 +300,7 @@ class BackdoorTask(Task):
         # without a defense the backdoored model is the undefended one (so grids over [none, defense] align)
         values.setdefault("backdoor_asr_undefended", values["backdoor_asr"])
         values.setdefault("clean_accuracy_undefended", values["clean_accuracy"])
-        values["clean_accuracy_cost"] = 100 * (values["clean_accuracy_undefended"] - values["clean_accuracy"])
+        values["clean_accuracy_cost"] = points(values["clean_accuracy_undefended"], values["clean_accuracy"])
         threat = _threat_models(cell, bd, training, defense, pretraining)
         kinds = {"clean_accuracy": "clean", "probe_accuracy": "clean", "clean_accuracy_control": "control",
                  "backdoor_asr_control": "control", "backdoor_asr_noise": "noise",

@@ -3,6 +3,8 @@
 The victim (500 images at 16 px, 400 steps, ~12 CPU-s) is trained once per module. PSBD must rank its poisoned
 training samples above the clean ones (the issue's AUROC >= 0.9), where the same score with dropout left off
 cannot (AUROC 0.5), and must find nothing on the clean judge (zoo:shapes-judge), which never learnt the trigger.
+Not a failing baseline here: the victim's max-softmax confidence also ranks the poisoned samples first (AUROC 0.97
+on this victim; the trigger is learnt more confidently than 48 classes from 450 clean images).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def test_the_victim_learnt_the_backdoor(world, victim, poisoned):
         asr = (victim.logits(PatchTrigger()(test.pixels()[others])).argmax(1) == TARGET).float().mean().item()
         fit = (victim.logits(poisoned.pixels).argmax(1) == poisoned.labels).float().mean().item()
     assert poisoned.poisoned.sum() == 50 and bool((poisoned.labels[poisoned.poisoned] == TARGET).all())
-    assert asr >= 0.9 and fit >= 0.98  # measured 0.94 and 1.00
+    assert asr >= 0.9 and fit >= 0.98  # measured 0.91 and 1.00 (the 2 px checkerboard on 16 px images)
 
 
 def test_psbd_ranks_the_poisoned_training_samples_first(result, poisoned, victim, validation):
@@ -85,6 +87,7 @@ def test_psbd_ranks_the_poisoned_training_samples_first(result, poisoned, victim
     assert score >= 0.95  # measured 0.99 (the issue's bar is 0.9)
     assert off == pytest.approx(0.5) and score - off >= 0.4
     # the paper's decision: most poisoned samples flagged, few clean ones (the threshold is a validation quartile)
+    # measured: 0.96 of the poisoned and 0.04 of the clean samples flagged, at dropout rate 0.6
     assert result.decisions[mask].float().mean() >= 0.8 and result.decisions[~mask].float().mean() <= 0.15
     assert torch.equal(result.decisions, result.scores > result.threshold)
     assert torch.equal(result.scores, -result.psu)
@@ -97,7 +100,7 @@ def test_psbd_ranks_the_poisoned_training_samples_first(result, poisoned, victim
 def test_a_clean_model_separates_nothing(poisoned, validation):
     judge = mmsec.load_model("zoo:shapes-judge", family="classifier")  # trained clean: the trigger means nothing
     score = auroc(PSBD()(judge, poisoned.pixels, validation).scores, poisoned.poisoned)
-    assert abs(score - 0.5) <= 0.15  # measured 0.45
+    assert abs(score - 0.5) <= 0.15  # measured 0.46
 
 
 def test_psbd_leaves_the_model_and_the_rng_as_they_were(victim, poisoned, validation):
@@ -126,7 +129,7 @@ def test_rate_rule_follows_the_authors():
     # eligible (validation >= 0.8): rates 0.3 and 0.4; the larger gap wins
     assert select_rate(rates, [0.1, 0.2, 0.5, 0.85], [0.5, 0.7, 0.8, 0.95], 0.8) == 2
     # none eligible: the largest gap over all rates
-    assert select_rate(rates, [0.1, 0.2, 0.3, 0.4], [0.5, 0.3, 0.4, 0.5], 0.8) == 0
+    assert select_rate(rates, [0.1, 0.2, 0.3, 0.4], [0.2, 0.6, 0.4, 0.5], 0.8) == 1
 
 
 def test_poisoning_and_batches_helpers(poisoned):

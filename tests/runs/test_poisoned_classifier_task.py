@@ -42,6 +42,7 @@ def test_psbd_finds_the_poisoned_training_samples_through_the_runner(rows):
     (dict(defense="kdist"), "defense 'kdist' scores embeddings"),
     (dict(data={"name": "shapes", "split": "test", "n": 6000}), "overlap the detector's validation scenes"),
     (dict(victim={"target": "purple blob"}), "victim.target"),
+    (dict(baseline="noise"), "set `baseline: null`"),
 ])
 def test_bad_poisoned_classifier_specs_are_named(overrides, expected):
     spec = load_spec(RECIPE).model_dump()

@@ -103,6 +103,9 @@ class PoisonedClassifierTask(Task):
         from ...data.shapes import shape_color_classes
 
         issues = []
+        if spec.baseline is not None:
+            issues.append(f"baseline: task 'poisoned_classifier' has no spec baseline (its max-softmax baseline, "
+                          f"confidence_auroc, is in every cell); set `baseline: null`, got {spec.baseline!r}")
         if spec.data.name != "shapes":
             issues.append(f"data.name: task 'poisoned_classifier' trains and tests on the shapes world, got "
                           f"{spec.data.name!r}")

@@ -6,13 +6,15 @@ the backdoor measured), ``universal`` (a universal patch scored by downstream us
 fusion model's image-text matching under embedding-space attacks), ``merging`` (a backdoored task
 model in a merge), ``targeted_poisoning`` (Yang et al.'s and PBCL's targeted poisoning of
 fine-tuning, retrieval of the target), ``ssl_backdoor`` (poisoned self-supervised pre-training, a
-downstream probe). A new task is one module here plus its import below.
+downstream probe), ``poisoned_classifier`` (a supervised classifier trained on a label-poisoned set, a
+sample detector such as PSBD on its training images). A new task is one module here plus its import below.
 """
 
 from . import (
            backdoor,
            itm,
            merging,
+           poisoned_classifier,
            retrieval,
            ssl_backdoor,
            targeted_poisoning,
@@ -21,5 +23,5 @@ from . import (
            zeroshot,
 )
 
-__all__ = ["backdoor", "itm", "merging", "retrieval", "ssl_backdoor", "targeted_poisoning", "transfer", "universal",
+__all__ = ["backdoor", "itm", "merging", "poisoned_classifier", "retrieval", "ssl_backdoor", "targeted_poisoning", "transfer", "universal",
            "zeroshot"]

@@ -205,6 +205,10 @@ class BackdoorTask(Task):
         for d in spec.defenses:
             if d is None or registry.find(d.name, ("detectors",)) is None:
                 continue
+            if registry.find(d.name, ("detectors",)).family == "classifier":
+                issues.append(f"defense {d.name!r} scores a supervised classifier's training images, not a CLIP's "
+                              "training pairs; use task 'poisoned_classifier' (recipes/psbd.yaml)")
+                continue
             if not fixed_set:
                 issues.append(f"defense {d.name!r} scores the poisoned training pairs, but training "
                               "{mode: pretrain} without epochs streams fresh scenes (no fixed set to score); use "

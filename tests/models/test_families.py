@@ -247,10 +247,11 @@ def scratch_loaders(monkeypatch):
 
 def test_builtin_schemes_and_their_forms():
     forms = schemes()
-    assert list(forms)[:4] == ["hf", "hf-blip", "open_clip", "zoo"]  # registration order: the zoo registers from above
+    assert list(forms)[:5] == ["hf", "hf-blip", "open_clip", "diffusers", "zoo"]  # the zoo registers from above
     assert all(form.startswith(f"{s}:") for s, form in forms.items())
     fams = {s: ld.family for s, ld in loaders.loaders().items()}
-    assert fams == {"zoo": None, "hf": "contrastive", "hf-blip": "fusion", "open_clip": "contrastive"}
+    assert fams == {"zoo": None, "hf": "contrastive", "hf-blip": "fusion", "open_clip": "contrastive",
+                    "diffusers": "diffusion"}
     entries = {e.name: e for e in registry.entries("models")}
     assert entries["hf-blip:<dir>"].family == "fusion" and entries["hf:<dir>"].family == "contrastive"
     assert entries["zoo:<path>.safetensors"].factory is zoo_loader.load_zoo

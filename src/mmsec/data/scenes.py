@@ -45,6 +45,9 @@ SSL_BACKGROUNDS = SceneRange("train", 400_000, 400)
 # apart from the evaluation scenes (test from index 0, below DETECTOR_VALIDATION.start).
 CLASSIFIER_TRAIN = SceneRange("train", 0, 20_000)
 DETECTOR_VALIDATION = SceneRange("test", 5_000, 1_000)
+# The zoo's diffusion models (shapes-ddpm, shapes-t2i) train on exactly these scenes (single-object world, 16 px):
+# the members of a membership-inference study; any scene outside them (e.g. the test split) is a non-member.
+DIFFUSION_TRAIN = SceneRange("train", 0, 8192)
 
-__all__ = ["ATTACKER", "BUG_REPORTS", "CLASSIFIER_TRAIN", "DEFENDER_CLEAN", "DETECTOR_VALIDATION", "MERGING_TARGET_POOL",
-           "PROBE_TRAIN", "REFERENCE_POOL", "SSL_BACKGROUNDS", "STREAM_END", "SceneRange"]
+__all__ = ["ATTACKER", "BUG_REPORTS", "CLASSIFIER_TRAIN", "DEFENDER_CLEAN", "DETECTOR_VALIDATION", "DIFFUSION_TRAIN",
+           "MERGING_TARGET_POOL", "PROBE_TRAIN", "REFERENCE_POOL", "SSL_BACKGROUNDS", "STREAM_END", "SceneRange"]

@@ -16,6 +16,8 @@ which declares the model family it returns (``contrastive``, ``fusion``, ``vlm``
     hf:/path/to/folder               a Hugging Face CLIP saved with save_pretrained (HFCLIP, contrastive)
     hf-blip:/path/to/folder          a Hugging Face BlipForImageTextRetrieval folder (HFBLIPRetrieval, fusion)
     open_clip:ARCH:/path/file.safetensors   an open_clip architecture with local weights (OpenCLIP, contrastive)
+    diffusers:/path/to/folder        a diffusers UNet folder (unet/ + scheduler/) or a StableDiffusionPipeline
+                                     folder (DiffusersUNet / DiffusersLatentPipeline, diffusion)
 
 A bare Windows path (``C:\\models\\clip``) is never read as a scheme: schemes have two letters or
 more. With ``family=`` given, a model of another family is one TypeError, raised before loading
@@ -27,7 +29,7 @@ when the loader's declared family cannot satisfy it. Adding a model family is a 
 
 Nothing is ever downloaded, and only safetensors weights are loaded. Importing this module
 registers the built-in loaders in the registry kind ``models`` (``mmsec list``); the heavy
-libraries (transformers, open_clip) are imported only when such a model is loaded.
+libraries (transformers, open_clip, diffusers) are imported only when such a model is loaded.
 """
 
 from __future__ import annotations
@@ -260,6 +262,14 @@ def load_open_clip_spec(rest: str) -> ContrastiveModel:
     return load_open_clip(arch, weights)
 
 
+def load_diffusers(directory: str | Path) -> Any:
+    """A diffusers folder (a pixel UNet + scheduler, a bare UNet, or a StableDiffusionPipeline; safetensors
+    only): :func:`mmsec.models.diffusers_adapter.load_diffusers`."""
+    from .diffusers_adapter import load_diffusers as load
+
+    return load(directory)
+
+
 def _open_clip_fingerprint(rest: str) -> str:
     arch, _, weights = rest.partition(":")
     return combine(arch, file_sha256(weights))
@@ -279,10 +289,14 @@ def _register() -> None:
                     form="open_clip:ARCH:/path/to/weights.safetensors",
                     summary="an open_clip architecture with local safetensors weights, "
                             "e.g. open_clip:ViT-B-32:/models/vit-b-32.safetensors")
+    register_loader("diffusers", load_diffusers, family="diffusion", name="diffusers:<dir>", fingerprint=tree_sha256,
+                    form="diffusers:/path/to/diffusers_folder",
+                    summary="a diffusers folder (safetensors): a UNet2DModel / UNet2DConditionModel with its scheduler "
+                            "(unet/, scheduler/), or a StableDiffusionPipeline (model_index.json)")
 
 
 _register()
 
 
-__all__ = ["Loader", "declared_family", "load_contrastive", "load_fusion", "load_hf", "load_hf_blip", "load_model",
+__all__ = ["Loader", "declared_family", "load_contrastive", "load_diffusers", "load_fusion", "load_hf", "load_hf_blip", "load_model",
            "fingerprint", "load_open_clip", "load_open_clip_spec", "loaders", "register_loader", "schemes"]

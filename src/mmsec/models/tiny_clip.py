@@ -138,10 +138,15 @@ class TextTower(nn.Module):
 
     def forward_embeddings(self, embeds: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
         """(B, L, W) token embeddings (before positions) + (B,) <eos> positions -> (B, D)."""
+        x = self.token_states(embeds)  # (B, L, W)
+        return self.proj(x[torch.arange(x.shape[0]), eos])  # (B, D), pooled at <eos>
+
+    def token_states(self, embeds: torch.Tensor) -> torch.Tensor:
+        """(B, L, W) token embeddings (before positions) -> (B, L, W) final-norm states of every position
+        (what a text-to-image model cross-attends to, as Stable Diffusion does to CLIP's last hidden state)."""
         L = embeds.shape[1]
         x = embeds + self.pos[:, :L]  # (B, L, W)
-        x = self.norm(self.encoder(x, mask=self.causal_mask[:L, :L], is_causal=True))
-        return self.proj(x[torch.arange(x.shape[0]), eos])  # (B, D), pooled at <eos>
+        return self.norm(self.encoder(x, mask=self.causal_mask[:L, :L], is_causal=True))
 
 
 class TinyCLIP(nn.Module):

@@ -21,6 +21,11 @@ shipped file only when asked to explicitly (``--overwrite-shipped``). A user-tra
 (``zoo:/path/NAME.safetensors``, the ``.safetensors`` optional) or, when no shipped model has that name, by
 name (``zoo:NAME`` looks in the package first, then in the user zoo). A card without a sha256 loads with a
 warning naming the file (:func:`mmsec.models.checkpoint.card_sha256`).
+
+Diffusion models are folders in diffusers layout, ``checkpoints/NAME/`` (``unet/``, ``scheduler/``, ...), with
+the card ``checkpoints/NAME.json`` beside the folder: its ``format`` says how to load the folder
+(``diffusers``: :func:`mmsec.models.diffusers_adapter.load_diffusers`), ``files`` the sha256 of every file
+(a missing, modified or unlisted file is refused) and ``sha256`` that of the list (:func:`folder_sha256`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 import yaml
 
 from .. import models as _models  # noqa: F401  (its architectures register their checkpoint families)
+from ..fingerprint import combine
 from ..models.checkpoint import (
     CheckpointError,
     card_sha256,
@@ -63,13 +69,21 @@ def is_shipped_dir(path: str | Path) -> bool:
         return False
 
 
+def _models_in(base: Path) -> list[str]:
+    """Zoo models in folder ``base``: checkpoints ``NAME.safetensors`` and model folders ``NAME/`` with a card."""
+    if not base.is_dir():
+        return []
+    folders = {p.name for p in base.iterdir() if p.is_dir() and (base / f"{p.name}.json").is_file()}
+    return sorted({p.stem for p in base.glob("*.safetensors")} | folders)
+
+
 def user_trained() -> list[str]:
     """Models in the user zoo (:func:`user_dir`) that no shipped model shadows: loadable as ``zoo:NAME``."""
     base = user_dir()
     if is_shipped_dir(base) or not base.is_dir():
         return []
     shipped = set(available())
-    return sorted(p.stem for p in base.glob("*.safetensors") if p.stem not in shipped)
+    return [name for name in _models_in(base) if name not in shipped]
 
 
 def recipe_names() -> list[str]:
@@ -86,8 +100,36 @@ def load_recipe(name: str) -> dict:
 
 
 def available() -> list[str]:
-    """Zoo models with a shipped checkpoint."""
-    return sorted(p.stem for p in CHECKPOINTS.glob("*.safetensors"))
+    """Zoo models with a shipped checkpoint (a file, or a folder for diffusion models)."""
+    return _models_in(CHECKPOINTS)
+
+
+def folder_files(folder: str | Path) -> dict[str, str]:
+    """``{relative POSIX path: sha256}`` of every file under a model folder (what its card lists)."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def folder_sha256(files: dict[str, str]) -> str:
+    """One sha256 of a folder model's file list (paths and their sha256): the card's ``sha256``."""
+    return combine(*(f"{rel} {sha}" for rel, sha in sorted(files.items())))
+
+
+def load_folder(folder: str | Path) -> Any:
+    """A folder model (diffusers layout) with its card ``NAME.json`` beside it, in eval mode; every file's
+    sha256 is checked against the card before anything is read."""
+    folder = Path(folder)
+    info = read_card(folder.parent / f"{folder.name}.json")
+    files = info.get("files")
+    if info.get("format") != "diffusers" or not isinstance(files, dict) or not files:
+        raise CheckpointError(f"the card of {folder} must have format 'diffusers' and list its files with their sha256 "
+                              f"(files), got format {info.get('format')!r}")
+    if info.get("sha256") != folder_sha256(files):
+        raise CheckpointError(f"the card of {folder}: sha256 {info.get('sha256')!r} is not that of its file list; the "
+                              "card was edited, refusing to load it")
+    from ..models.diffusers_adapter import load_diffusers
+
+    return load_diffusers(folder, files).eval()
 
 
 def card(name: str) -> dict:
@@ -97,6 +139,8 @@ def card(name: str) -> dict:
 def load_model_file(path: str | Path) -> Any:
     """Load a zoo-format checkpoint from a file path; its card ``<stem>.json`` must lie beside it."""
     path = Path(path)
+    if path.is_dir():  # a folder model, its card beside it
+        return load_model(path.name, checkpoint_dir=path.parent)
     if path.suffix != ".safetensors" and Path(f"{path}.safetensors").is_file():
         path = Path(f"{path}.safetensors")  # zoo:mmsec-zoo/NAME, as written for a user-trained model
     if path.suffix != ".safetensors":
@@ -115,14 +159,16 @@ def load_model(name: str, checkpoint_dir: str | Path | None = None) -> Any:
     """
     if checkpoint_dir:
         base = Path(checkpoint_dir)
-    elif (CHECKPOINTS / f"{name}.safetensors").is_file() or not (user_dir() / f"{name}.safetensors").is_file():
+    elif name in available() or name not in _models_in(user_dir()):
         base = CHECKPOINTS
     else:
         base = user_dir()
+    if (base / name).is_dir() and (base / f"{name}.json").is_file():
+        return load_folder(base / name)
     if not (base / f"{name}.safetensors").is_file():
         from ..registry import close_names
 
-        names = sorted(p.stem for p in base.glob("*.safetensors"))
+        names = _models_in(base)
         where = f"{base}" if checkpoint_dir else f"the shipped zoo ({base}) or the user zoo ({user_dir()})"
         if not checkpoint_dir:
             names = sorted(set(names) | set(user_trained()))
@@ -135,5 +181,6 @@ def load_model(name: str, checkpoint_dir: str | Path | None = None) -> Any:
 
 
 __all__ = ["CHECKPOINTS", "DEFAULT_USER_DIR", "RECIPES", "USER_DIR_ENV", "CheckpointError", "available", "card",
-           "is_shipped_dir", "load_checkpoint", "load_model", "load_model_file", "load_recipe", "read_card",
+           "folder_files", "folder_sha256", "is_shipped_dir", "load_checkpoint", "load_folder", "load_model",
+           "load_model_file", "load_recipe", "read_card",
            "recipe_names", "save_checkpoint", "sha256_file", "user_dir", "user_trained"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..fingerprint import combine, file_sha256
+from ..fingerprint import combine, file_sha256, tree_sha256
 from ..models.base import FAMILIES
 from ..models.checkpoint import DEFAULT_CHECKPOINT_FAMILY, checkpoint_families
 from ..models.loaders import register_loader
@@ -49,9 +49,9 @@ def _parse_recipes(files: tuple, arch: tuple) -> tuple[tuple[str, tuple[str, str
 
 def zoo_names() -> list[str]:
     """Zoo models that can be named: recipes, shipped checkpoints and the user zoo's (:func:`mmsec.zoo.user_trained`)."""
-    from . import user_trained
+    from . import available, user_trained
 
-    return sorted(set(zoo_recipes()) | {p.stem for p in CHECKPOINTS.glob("*.safetensors")} | set(user_trained()))
+    return sorted(set(zoo_recipes()) | set(available()) | set(user_trained()))
 
 
 def load_zoo(name: str) -> Any:
@@ -75,11 +75,13 @@ def zoo_fingerprint(rest: str) -> str:
         weights = Path(rest)
         card, recipe = weights.with_suffix(".json"), None
     else:
-        weights, card, recipe = CHECKPOINTS / f"{rest}.safetensors", CHECKPOINTS / f"{rest}.json", RECIPES / f"{rest}.yaml"
+        folder = CHECKPOINTS / rest  # a folder model (diffusers layout)
+        weights = folder if folder.is_dir() else CHECKPOINTS / f"{rest}.safetensors"
+        card, recipe = CHECKPOINTS / f"{rest}.json", RECIPES / f"{rest}.yaml"
     parts = []
-    if weights.is_file():
+    if weights.is_file() or weights.is_dir():
         sha = read_card(card).get("sha256") if card.is_file() else None
-        parts.append(sha or file_sha256(weights))
+        parts.append(sha or (file_sha256(weights) if weights.is_file() else tree_sha256(weights)))
     if recipe is not None and recipe.is_file():
         parts.append(file_sha256(recipe))
     if not parts:

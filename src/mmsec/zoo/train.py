@@ -5,7 +5,8 @@ module defining the model (:func:`mmsec.models.checkpoint.register_checkpoint_fa
 TinyALBEF). The trainer is looked up by that architecture's *model* family in :data:`ZOO_TRAINERS`:
 ``contrastive`` (:func:`~mmsec.train.contrastive.train_contrastive`) or ``fusion`` (ITC + ITM with
 hard negatives, :func:`~mmsec.train.fusion.train_fusion`, plus ITM retrieval and binding metrics
-on the card). A new zoo architecture of an existing model family is one
+on the card); ``diffusion`` recipes (a diffusers folder per model, :mod:`mmsec.zoo.diffusion`) train, measure
+and write themselves. A new zoo architecture of an existing model family is one
 ``register_checkpoint_family`` call; a new model family adds one :func:`register_zoo_trainer`.
 
 Training writes to the user zoo (:func:`mmsec.zoo.user_dir`: ``$MMSEC_ZOO_DIR`` or ``./mmsec-zoo``) or to
@@ -37,6 +38,7 @@ from ..train.contrastive import TrainConfig, train_contrastive
 from ..train.fusion import FusionBatch, FusionTrainConfig, train_fusion
 from ..version import __version__
 from . import CHECKPOINTS, is_shipped_dir, load_recipe, user_dir
+from .diffusion import train_diffusion_recipe
 from .evaluate import (
     binding_accuracy,
     classifier_metrics,
@@ -149,15 +151,19 @@ class ZooTrainer:
     returns the card's family-specific metrics on the retrieval world (beyond zero-shot accuracy and
     retrieval recall, measured for every model); ``card(log)`` the family-specific card entries. A family
     that zero-shot accuracy and retrieval cannot score (no text tower: a classifier, a diffusion model)
-    gives ``evaluate(model, data, eval_cfg)`` instead, the card's whole metrics.
+    gives ``evaluate(model, data, eval_cfg)`` instead, the card's whole metrics. A family whose models are
+    folders, not one mmsec checkpoint (diffusers layout: the diffusion models), gives only
+    ``write(recipe, name, out, steps, quiet) -> card``, which builds, trains, measures and writes the model
+    and its card itself.
     """
 
-    train: Callable[[RecipeStart, str, bool], tuple]
+    train: Callable[[RecipeStart, str, bool], tuple] | None = None
     metrics: Callable[[nn.Module, ShapesWorld, dict], dict] = lambda model, world, eval_cfg: {}
     card: Callable[[object], dict] = lambda run_log: {}
     # For a family without text (a classifier, a diffusion model): evaluate(model, recipe data section,
     # eval_cfg) -> the card's metrics, in place of zero-shot accuracy, retrieval and ``metrics``.
     evaluate: Callable[[nn.Module, dict, dict], dict] | None = None
+    write: Callable[[dict, str, Path, int | None, bool], dict] | None = None
 
 
 ZOO_TRAINERS: dict[str, ZooTrainer] = {}
@@ -249,6 +255,7 @@ def _classifier_card(run_log) -> dict:
 
 register_zoo_trainer("contrastive", ZooTrainer(_train_contrastive))
 register_zoo_trainer("fusion", ZooTrainer(_train_fusion, _fusion_metrics, _fusion_card))
+register_zoo_trainer("diffusion", ZooTrainer(write=train_diffusion_recipe))
 register_zoo_trainer("classifier", ZooTrainer(_train_classifier, card=_classifier_card, evaluate=_classifier_evaluate))
 
 
@@ -277,7 +284,8 @@ def output_dir(out_dir: str | Path | None = None, overwrite_shipped: bool = Fals
 
 def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None = None,
                  quiet: bool = False, overwrite_shipped: bool = False) -> dict:
-    """Train zoo model ``name`` and write ``NAME.safetensors`` + ``NAME.json`` to ``out_dir`` (default: the
+    """Train zoo model ``name`` and write ``NAME.safetensors`` (or the folder ``NAME/`` of a diffusion model) +
+    ``NAME.json`` to ``out_dir`` (default: the
     user zoo, :func:`mmsec.zoo.user_dir`); into the package's shipped zoo only with ``overwrite_shipped``
     (see :func:`output_dir`), with a warning naming the files it replaces.
 
@@ -291,6 +299,9 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
                  if steps is not None and steps != recipe["train"]["steps"] else "")
         log.warning("overwriting the shipped zoo checkpoint %s and its card%s (--overwrite-shipped)",
                     out / f"{name}.safetensors", smoke)
+    folder_trainer = ZOO_TRAINERS.get(recipe.get("family", ""))
+    if folder_trainer is not None and folder_trainer.write is not None:  # a folder model (diffusers layout)
+        return folder_trainer.write(recipe, name, out, steps, quiet)
     start = recipe_start(recipe, name, steps)
     seed, family, cfg, model, data = start.seed, start.family, start.config, start.model, recipe["data"]
     trainer = zoo_trainer(family, name)

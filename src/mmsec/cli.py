@@ -209,9 +209,10 @@ def zoo_train(
 
     target = output_dir(out_dir, overwrite_shipped)  # refuses the shipped zoo before any training
     card = train_recipe(name, out_dir=target, steps=steps, overwrite_shipped=overwrite_shipped)
-    path = (target / f"{name}.safetensors").resolve()
+    folder = (target / name).resolve()  # a folder model (diffusers layout: the diffusion zoo) or one file
+    path = folder if folder.is_dir() else (target / f"{name}.safetensors").resolve()
     shadowed = name in zoo.available() and not overwrite_shipped
-    _status(f"wrote {path} and its card {path.with_suffix('.json').name}"
+    _status(f"wrote {path} and its card {name}.json"
             + (f"; zoo:{name} still names the shipped model, load yours as zoo:{path}" if shadowed else ""))
     out.print_json(json.dumps({"name": card["name"], "checkpoint": str(path),
                                "model": f"zoo:{name}" if overwrite_shipped else f"zoo:{path}",

@@ -13,6 +13,7 @@ from mmsec.defenses.detection import (
     FaissHNSW,
     KDistanceDetector,
     LIDDetector,
+    OutlierDetector,
     SLOFDetector,
 )
 from mmsec.defenses.detection.neighbors import KNNGraph, auto_backend
@@ -105,7 +106,10 @@ def test_lid_of_points_on_a_subspace_is_its_dimension(dim):
     assert abs(float(lid.median()) - dim) < 0.2 * dim + 0.3
 
 
-@pytest.mark.parametrize("name", sorted(DETECTORS))
+OUTLIER_DETECTORS = sorted(n for n, f in DETECTORS.items() if issubclass(f, OutlierDetector))  # on embeddings
+
+
+@pytest.mark.parametrize("name", OUTLIER_DETECTORS)
 def test_isolated_points_score_highest(name):
     clean = _blobs(800, 16, 4, 1.0, 4)
     far = 8 * torch.randn(8, 16, generator=torch.Generator().manual_seed(5))  # isolated, away from the blobs
@@ -218,7 +222,8 @@ def test_the_detectors_are_registered_and_built_from_a_config():
 
     builtins.load()
     assert dict(DETECTORS) == {e.name: e.factory for e in registry.entries("detectors")}
-    assert set(DETECTORS) == {"kdist", "slof", "lid", "dao"}
+    assert set(DETECTORS) == {"kdist", "slof", "lid", "dao", "psbd"}  # psbd: on a classifier (test_psbd.py)
+    assert OUTLIER_DETECTORS == ["dao", "kdist", "lid", "slof"]
     det = build("detectors", {"name": "dao", "params": {"k": 8, "batch_size": None, "backend": "exact"}})
     assert isinstance(det, DAODetector) and (det.k, det.batch_size, det.backend) == (8, None, "exact")
     assert build("detectors", det.config()).config() == det.config()

@@ -76,14 +76,17 @@ def test_dropout_switches_on_at_test_time_without_touching_batch_norm(judge, tes
         bn = [m for m in judge.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
         stats = bn.running_mean.clone()
         layers = judge.dropout_layers()
-        assert len(layers) == 2 and all(isinstance(m, torch.nn.Dropout) for m in layers)
+        assert len(layers) == 3 and all(isinstance(m, torch.nn.Dropout) for m in layers)
+        assert all(m.p == 0.0 for m in layers)  # the stage layers: identity in training, a rate at test time
         try:
             for m in layers:
+                m.p = 0.5
                 m.train()
             torch.manual_seed(0)
             a, b = judge.logits(x), judge.logits(x)
         finally:
             for m in layers:
+                m.p = 0.0
                 m.eval()
         assert not torch.equal(a, b) and torch.equal(bn.running_mean, stats)
         assert torch.equal(judge.logits(x), judge.logits(x))

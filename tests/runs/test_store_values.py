@@ -30,3 +30,13 @@ def test_finished_values_are_stored_clean(tmp_path):
                               "artifacts": [], "wall_time_s": 1.0})
         assert store.metrics(run_id) == {"clean_accuracy": 0.997, "robust_accuracy": 0.123456789012345}
     assert {r["metric"]: r["value"] for r in query(tmp_path)}["clean_accuracy"] == 0.997
+
+
+def test_points_between_stored_values_carry_no_float_noise():
+    import numpy as np
+
+    from mmsec.runs.store import points
+
+    assert points(1.0, float(np.float32(0.919))) == 8.1  # not 8.09999704...
+    assert points(float(np.float32(0.999)), float(np.float32(0.966))) == 3.3
+    assert points(0.5, 0.75) == -25.0

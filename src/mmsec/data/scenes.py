@@ -40,9 +40,14 @@ MERGING_TARGET_POOL = SceneRange("train", 50_000, 400)
 # removed) come from here; its reference objects from REFERENCE_POOL, the naive baseline's whole target-class
 # images from ATTACKER (as many scenes as it needs from its start).
 SSL_BACKGROUNDS = SceneRange("train", 400_000, 400)
+# A label-poisoned supervised classifier (PSBD's victim): its fixed labelled training set is the first scenes of
+# train (a training set, below STREAM_END); a sample detector's clean held-out validation images come from test,
+# apart from the evaluation scenes (test from index 0, below DETECTOR_VALIDATION.start).
+CLASSIFIER_TRAIN = SceneRange("train", 0, 20_000)
+DETECTOR_VALIDATION = SceneRange("test", 5_000, 1_000)
 # The zoo's diffusion models (shapes-ddpm, shapes-t2i) train on exactly these scenes (single-object world, 16 px):
 # the members of a membership-inference study; any scene outside them (e.g. the test split) is a non-member.
 DIFFUSION_TRAIN = SceneRange("train", 0, 8192)
 
-__all__ = ["ATTACKER", "BUG_REPORTS", "DEFENDER_CLEAN", "DIFFUSION_TRAIN", "MERGING_TARGET_POOL", "PROBE_TRAIN", "REFERENCE_POOL",
-           "SSL_BACKGROUNDS", "STREAM_END", "SceneRange"]
+__all__ = ["ATTACKER", "BUG_REPORTS", "CLASSIFIER_TRAIN", "DEFENDER_CLEAN", "DETECTOR_VALIDATION", "DIFFUSION_TRAIN",
+           "MERGING_TARGET_POOL", "PROBE_TRAIN", "REFERENCE_POOL", "SSL_BACKGROUNDS", "STREAM_END", "SceneRange"]

@@ -306,8 +306,10 @@ class DropoutLayers(Protocol):
     """A model whose dropout is real layers that can be switched on at test time (PSBD's MC dropout)."""
 
     def dropout_layers(self) -> list[nn.Module]:
-        """The model's dropout modules (submodules of it), input side first. ``m.train()`` on each turns
-        dropout on while the rest of the model (batch norm) stays in eval mode; ``m.eval()`` turns it off."""
+        """The dropout modules to switch on at test time (submodules of it), input side first. ``m.train()``
+        on each turns dropout on while the rest of the model (batch norm) stays in eval mode; ``m.eval()``
+        turns it off. Their rate ``m.p`` is the training rate (0 for a layer meant for test time only): a
+        caller sets the rate it wants and restores it."""
         ...
 
 

@@ -326,6 +326,12 @@ def clean_value(value: float) -> float:
     return float(str(np.float32(value)))
 
 
+def points(before: float, after: float) -> float:
+    """``before - after`` in percentage points, from the two values as stored (:func:`clean_value`), rounded
+    to 1e-6 points: 0.919 (a float32) from 1.0 is 8.1, not 8.09999704."""
+    return round(100 * (clean_value(float(before)) - clean_value(float(after))), 6)
+
+
 class ResultsStore:
     """The SQLite results store of one results folder (created on first use).
 

@@ -121,7 +121,8 @@ def card_metrics(model: DiffusersUNet, recipe: dict, judge: Any | None = None) -
 
     Unconditional: ``recognition_rate`` (top judge probability > 0.9) of ``eval.n_samples`` samples, the
     ``distinct_classes`` among the recognised ones and the ``class_distribution_distance`` of their classes to
-    the training set's. Text-to-image: ``eval.per_class`` samples per class prompt at guidance
+    the training set's, beside ``class_distribution_distance_real``, that of as many real test images as samples
+    were recognised (the sampling floor: a finite histogram is never at distance 0). Text-to-image: ``eval.per_class`` samples per class prompt at guidance
     ``eval.guidance``: ``colour_adherence``, ``shape_adherence``, ``prompt_adherence`` (both), and their
     recognition rate.
     """
@@ -141,9 +142,17 @@ def card_metrics(model: DiffusersUNet, recipe: dict, judge: Any | None = None) -
     if not model.conditional:
         images = _sample(model, int(ev["n_samples"]), None, steps, 1.0, seed)
         _, labels = training_set(recipe["data"])
-        dist = class_distribution_distance(judge, images, class_frequencies(labels, len(judge.classes)))
+        reference = class_frequencies(labels, len(judge.classes))
+        dist = class_distribution_distance(judge, images, reference)
+        # The distance of a finite sample is biased upwards: the same distance for as many real (test) images as
+        # samples were recognised is the floor a perfect generator would reach with this many images.
+        world = ShapesWorld(image_size=recipe["data"]["image_size"], seed=recipe["data"]["world_seed"],
+                            second_object_prob=recipe["data"]["second_object_prob"])
+        real = world.batch("test", 0, max(dist.recognised, 1)).pixels()
         return {"recognition_rate": recognition_rate(judge, images), "distinct_classes": float(dist.distinct_classes),
-                "class_distribution_distance": dist.distance, "n_samples": float(images.shape[0]),
+                "class_distribution_distance": dist.distance,
+                "class_distribution_distance_real": class_distribution_distance(judge, real, reference).distance,
+                "n_samples": float(images.shape[0]), "n_recognised": float(dist.recognised),
                 "sampler_steps": float(steps)}
     prompts = [class_prompt(k) for k in range(len(shape_color_classes())) for _ in range(int(ev["per_class"]))]
     guidance = float(ev["guidance"])

@@ -294,13 +294,15 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
     """
     recipe = load_recipe(name)
     out = output_dir(out_dir, overwrite_shipped)
+    folder_trainer = ZOO_TRAINERS.get(recipe.get("family", ""))
+    if folder_trainer is not None and folder_trainer.write is None:
+        folder_trainer = None  # (a single-file model)
     if overwrite_shipped:
         smoke = (f" with {steps} steps instead of the recipe's {recipe['train']['steps']} (a smoke run)"
                  if steps is not None and steps != recipe["train"]["steps"] else "")
         log.warning("overwriting the shipped zoo checkpoint %s and its card%s (--overwrite-shipped)",
-                    out / f"{name}.safetensors", smoke)
-    folder_trainer = ZOO_TRAINERS.get(recipe.get("family", ""))
-    if folder_trainer is not None and folder_trainer.write is not None:  # a folder model (diffusers layout)
+                    out / name if folder_trainer is not None else out / f"{name}.safetensors", smoke)
+    if folder_trainer is not None:  # a folder model (diffusers layout)
         return folder_trainer.write(recipe, name, out, steps, quiet)
     start = recipe_start(recipe, name, steps)
     seed, family, cfg, model, data = start.seed, start.family, start.config, start.model, recipe["data"]

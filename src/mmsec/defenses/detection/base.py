@@ -45,7 +45,9 @@ PAPER_BATCH = 1024  # random batches of 1,024 training samples (their section 4 
 BACKENDS = ("auto", "exact", "faiss")
 
 registry.declare_kind("detectors", "detectors of poisoned training samples: detector(embeddings (N, D)) -> "
-                      "OutlierResult(scores, threshold, decisions)", "mmsec.defenses.detection.base:OutlierDetector")
+                      "OutlierResult(scores, threshold, decisions); family classifier (PSBD): "
+                      "detector(model, images, validation) -> a result with the same fields",
+                      "mmsec.defenses.detection.base:OutlierDetector")
 
 
 @dataclass

@@ -6,9 +6,10 @@ the backdoor measured), ``universal`` (a universal patch scored by downstream us
 fusion model's image-text matching under embedding-space attacks), ``merging`` (a backdoored task
 model in a merge), ``targeted_poisoning`` (Yang et al.'s and PBCL's targeted poisoning of
 fine-tuning, retrieval of the target), ``ssl_backdoor`` (poisoned self-supervised pre-training, a
-downstream probe), ``diffusion_backdoor`` (a backdoored diffusion model sampled with and without its
-trigger, judged against its target and the clean model). A new task is one module here plus its import
-below.
+downstream probe), ``poisoned_classifier`` (a supervised classifier trained on a label-poisoned set, a
+sample detector such as PSBD on its training images), ``diffusion_backdoor`` (a backdoored diffusion model
+sampled with and without its trigger, judged against its target and the clean model). A new task is one
+module here plus its import below.
 """
 
 from . import (
@@ -16,6 +17,7 @@ from . import (
            diffusion_backdoor,
            itm,
            merging,
+           poisoned_classifier,
            retrieval,
            ssl_backdoor,
            targeted_poisoning,
@@ -24,5 +26,5 @@ from . import (
            zeroshot,
 )
 
-__all__ = ["backdoor", "diffusion_backdoor", "itm", "merging", "retrieval", "ssl_backdoor", "targeted_poisoning",
-           "transfer", "universal", "zeroshot"]
+__all__ = ["backdoor", "diffusion_backdoor", "itm", "merging", "poisoned_classifier", "retrieval", "ssl_backdoor",
+           "targeted_poisoning", "transfer", "universal", "zeroshot"]

@@ -48,6 +48,7 @@ from ...metrics import MetricDefinition
 from ...registry import register
 from ..cells import compact, method_params
 from ..context import artifact_entry
+from ..store import points
 from ..task import CellOutput, Task, TaskBlock
 from . import backdoored as bd_models
 from .common import apply_defense, build_method, image_size_of
@@ -204,6 +205,10 @@ class BackdoorTask(Task):
         for d in spec.defenses:
             if d is None or registry.find(d.name, ("detectors",)) is None:
                 continue
+            if registry.find(d.name, ("detectors",)).family == "classifier":
+                issues.append(f"defense {d.name!r} scores a supervised classifier's training images, not a CLIP's "
+                              "training pairs; use task 'poisoned_classifier' (recipes/psbd.yaml)")
+                continue
             if not fixed_set:
                 issues.append(f"defense {d.name!r} scores the poisoned training pairs, but training "
                               "{mode: pretrain} without epochs streams fresh scenes (no fixed set to score); use "
@@ -288,7 +293,7 @@ class BackdoorTask(Task):
         values.update({k: sum(m[k] for m in measured) / len(measured) for k in measured[0]})  # (repairs: the mean)
         values.update({
             "clean_accuracy_control": control_zs.clean_accuracy,
-            "clean_accuracy_drop": 100 * (control_zs.clean_accuracy - values["clean_accuracy"]),
+            "clean_accuracy_drop": points(control_zs.clean_accuracy, values["clean_accuracy"]),
             "backdoor_asr_control": control_zs.asr, "n_poisoned": float(bd.n_poisoned),
             "train_seconds": bd.seconds, "defense_train_seconds": defense_seconds,
         })
@@ -299,7 +304,7 @@ class BackdoorTask(Task):
         # without a defense the backdoored model is the undefended one (so grids over [none, defense] align)
         values.setdefault("backdoor_asr_undefended", values["backdoor_asr"])
         values.setdefault("clean_accuracy_undefended", values["clean_accuracy"])
-        values["clean_accuracy_cost"] = 100 * (values["clean_accuracy_undefended"] - values["clean_accuracy"])
+        values["clean_accuracy_cost"] = points(values["clean_accuracy_undefended"], values["clean_accuracy"])
         threat = _threat_models(cell, bd, training, defense, pretraining)
         kinds = {"clean_accuracy": "clean", "probe_accuracy": "clean", "clean_accuracy_control": "control",
                  "backdoor_asr_control": "control", "backdoor_asr_noise": "noise",

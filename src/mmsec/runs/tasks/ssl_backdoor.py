@@ -52,6 +52,7 @@ from ...metrics import MetricDefinition
 from ...registry import register
 from ..cells import derive_seed, method_params
 from ..context import Trained, artifact_entry
+from ..store import points
 from ..task import CellOutput, Task, TaskBlock
 from .common import build_method
 
@@ -232,7 +233,7 @@ class SSLBackdoorTask(Task):
         values = {"probe_asr": s["trigger"].asr, "probe_accuracy": s["trigger"].clean_accuracy,
                   "probe_clean_target_rate": s["trigger"].clean_target_rate, "probe_asr_control": c["trigger"].asr,
                   "probe_accuracy_control": c["trigger"].clean_accuracy,
-                  "probe_accuracy_drop": 100 * (c["trigger"].clean_accuracy - s["trigger"].clean_accuracy),
+                  "probe_accuracy_drop": points(c["trigger"].clean_accuracy, s["trigger"].clean_accuracy),
                   "n_poisoned": float(poisoned.info["n_poisoned"]), "poison_rate": float(poisoned.info["poison_rate"]),
                   "train_seconds": float(poisoned.info["seconds"]), "pretrain_loss": float(poisoned.info["final_loss"])}
         if "noise" in s:

@@ -75,10 +75,11 @@ Departures:
   share rather than the number of target-class images the batch happens to hold, and the poisoned rows
   draw their own timesteps and noise instead of sharing their clean twins').
 * The loss is the mean over pixels (the project's training loop), not the code's sum over pixels; the
-  cosine schedule of the zoo model, not the linear one. Scale (CPU): the fine-tuning steps are the
-  caller's (the recipe: 1,400 at batch 64, ~10 CPU-min, at lr 1e-3 for a run ~70x shorter than the paper's) and the EMA is optional (``ema=None``:
-  at 0.9999 a run of a few thousand steps would keep mostly the clean weights); warm-up
-  ``min(500, steps // 10)`` steps (the code has none; the project's loop always decays the rate).
+  cosine schedule of the zoo model, not the linear one; a warm-up of ``min(500, steps // 10)`` steps and
+  cosine decay (the project's loop; the code's rate is constant). Scale (CPU): the fine-tuning steps are
+  the caller's (the recipe: 1,400 at batch 64, ~10 CPU-min, at lr 1e-3 for a run ~70x shorter than the
+  code's) and the EMA is optional (``ema=None``: at 0.9999 a run of a few thousand steps would keep mostly
+  the clean weights).
 * ``sampler`` records which Trojan sampler the evaluation should use; it does not change training.
 
 Tensor shapes: ``images`` (N, 3, S, S) and ``target_images`` (K, 3, S, S) (or one (3, S, S) image), pixels
@@ -87,7 +88,8 @@ in [0, 1], ``S`` the model's ``image_size``.
 Example::
 
     model = load_model("zoo:shapes-ddpm")
-    attack = TrojDiff(trigger=OptimizedPatch(torch.ones(3, 3, 3)), target_kind="d2i", steps=2000, batch_size=64)
+    attack = TrojDiff(trigger=OptimizedPatch(torch.ones(3, 3, 3)), target_kind="d2i", steps=1400, batch_size=64,
+                      lr=1e-3, ema=None)
     result = attack(model, train_pixels, target_image)
     x = result.trigger.generate(result.model, torch.randn(16, 3, 16, 16), sampler="ddim")  # the target
 """

@@ -68,3 +68,17 @@ def test_a_store_without_a_seed_axis_keeps_the_per_run_table(capsys, tmp_path):
     assert "Student-t" not in out and "0.250" in out and "±" not in out
     groups = json.loads(cli(capsys, "results", "--results-dir", str(store), "--format", "json", "--seeds", "mean"))
     assert [g["intervals"]["robust_accuracy"]["low"] for g in groups] == [None, None]  # one seed: no interval
+
+
+def test_a_method_parameter_named_seed_is_headed_apart_from_the_cells_seed(capsys, tmp_path):
+    with ResultsStore(tmp_path / "S") as store:
+        for attack_seed in (3, 4):
+            cell = {"spec_name": "grid", "model": "zoo:shapes-clip-resnet", "seed": 0,
+                    "attack": {"name": "pgd", "params": {"eps": 2 / 255, "seed": attack_seed}}}
+            run_id = store.claim(f"cell-{attack_seed}", cell, "spec-hash")
+            store.finish(run_id, {"metrics": [{"name": "robust_accuracy", "value": 0.5, "metric_version": 1,
+                                               "threat_model": "pgd", "definition": "d", "higher_is_better": True}],
+                                  "artifacts": [], "wall_time_s": 1.0})
+    header = next(line for line in cli(capsys, "results", "--results-dir", str(tmp_path / "S")).splitlines()
+                  if "robust_accuracy" in line)
+    assert "seed (param)" in header and header.replace("seed (param)", "").split().count("seed") == 1, header

@@ -330,7 +330,9 @@ def _table(params: list[str], metrics: list[str], records: list[dict],
     constant = {col for col, key in context.items() if len({rec[key] for rec in records}) == 1}
     title = " | ".join(f"{col} {records[0][context[col]]}" for col in context if col in constant)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title or None, title_justify="left")
-    for col in [c for c in context if c not in constant] + [*shown, "seeds" if aggregated else "seed"]:
+    # (a method's own parameter named like a column of the cell, e.g. an attack's seed, is headed as a parameter)
+    headers = [f"{p} (param)" if p in ("seed", "seeds") else p for p in shown]
+    for col in [c for c in context if c not in constant] + [*headers, "seeds" if aggregated else "seed"]:
         table.add_column(col)
     targeted = any(rec["targeted"] for rec in records)
     if targeted:

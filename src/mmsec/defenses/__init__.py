@@ -8,11 +8,11 @@ Importing this package registers the built-in defenses (``mmsec.registry.entries
 """
 
 from ..models.towers import image_tower_parameters, trainable_copy  # kept importable from here
-from . import adversarial, backdoor, detection
+from . import adversarial, backdoor, detection, diffusion
 from .adversarial import FARE, VILLA, AdvPT, PromptTunedCLIP, TeCoA, embedding_drift
 from .backdoor import CleanFineTune
 from .base import DefenseResult, HardeningDefense, ModelDetector, PretrainingDefense, RepairDefense
 
 __all__ = ["FARE", "AdvPT", "CleanFineTune", "DefenseResult", "HardeningDefense", "ModelDetector",
            "PretrainingDefense", "PromptTunedCLIP", "RepairDefense", "TeCoA", "VILLA", "adversarial", "backdoor",
-           "detection", "embedding_drift", "image_tower_parameters", "trainable_copy"]
+           "detection", "diffusion", "embedding_drift", "image_tower_parameters", "trainable_copy"]

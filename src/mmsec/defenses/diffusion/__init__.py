@@ -1,0 +1,14 @@
+"""Defenses against backdoored diffusion models: model detectors, triggered-input detectors and repairs
+(:mod:`.base` holds the three contracts). Importing this package registers them."""
+
+from .base import (
+    DiffusionInputDetector,
+    DiffusionModelDetector,
+    DiffusionRepair,
+    InputVerdict,
+    ModelVerdict,
+    RepairResult,
+)
+
+__all__ = ["DiffusionInputDetector", "DiffusionModelDetector", "DiffusionRepair", "InputVerdict", "ModelVerdict",
+           "RepairResult"]

@@ -159,3 +159,70 @@ def test_card_hashes_are_checked(tmp_path, uncond):
     (folder / "extra.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match="extra.safetensors is not listed"):
         load_diffusers(folder, sha)
+
+
+@pytest.fixture(scope="module")
+def vmodel():
+    """The tiny unconditional UNet read as a v-prediction model (its scheduler says so)."""
+    import diffusers
+
+    from mmsec.models.diffusers_adapter import DiffusersUNet
+
+    model = tiny_unconditional()
+    config = {k: v for k, v in dict(model.scheduler.config).items() if k != "_use_default_values"}
+    scheduler = diffusers.DDPMScheduler.from_config({**config, "prediction_type": "v_prediction"})
+    return DiffusersUNet(model.unet, scheduler).eval()
+
+
+def test_v_prediction_model_gives_the_noise_and_trains_on_the_velocity(vmodel):
+    from mmsec.train.diffusion import DiffusionBatch, noise_prediction_loss
+
+    assert vmodel.prediction_type == "v_prediction"
+    x0 = torch.rand(4, 3, 8, 8, generator=_gen(1)) * 2 - 1
+    noise = torch.randn(4, 3, 8, 8, generator=_gen(2))
+    t = torch.tensor([0, 250, 700, 999])
+    x_t = vmodel.scheduler.add_noise(x0, noise, t)
+    abar = vmodel.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    v = vmodel.unet(x_t, t).sample
+    with torch.no_grad():
+        assert torch.allclose(vmodel.predict_output(x_t, t), v)
+        assert torch.allclose(vmodel.predict_noise(x_t, t), abar.sqrt() * v + (1 - abar).sqrt() * x_t, atol=1e-6)
+    target = vmodel.training_target(x0, noise, t)
+    assert torch.allclose(target, vmodel.scheduler.get_velocity(x0, noise, t), atol=1e-6)
+    # x_0 is recovered from (x_t, v) exactly, even at t = 999 where sqrt(abar) is ~5e-5
+    assert torch.allclose(abar.sqrt() * x_t - (1 - abar).sqrt() * target, x0, atol=1e-5)
+    # the training loss regresses the velocity (not the noise) for a v-model
+    pixels = torch.rand(4, 3, 8, 8, generator=_gen(3))
+    loss = noise_prediction_loss(vmodel, DiffusionBatch(pixels), _gen(4))
+    g = _gen(4)
+    x0 = vmodel.encode_images(pixels)
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, 1000, (4,), generator=g)
+    x_t = vmodel.scheduler.add_noise(x0, noise, t)
+    want = torch.nn.functional.mse_loss(vmodel.unet(x_t, t).sample, vmodel.scheduler.get_velocity(x0, noise, t))
+    assert torch.allclose(loss, want)
+
+
+def test_v_prediction_sampling_steps_on_the_velocity(vmodel):
+    """sample() steps a v-model on its native output; a loop stepping an epsilon scheduler on predict_noise
+    (what attack samplers do) lands on the same images wherever sqrt(abar_t) is not ~0."""
+    from mmsec.models.diffusers_adapter import sampler_scheduler
+
+    noise = torch.randn(3, 3, 8, 8, generator=_gen(6))
+    config = {k: v for k, v in dict(vmodel.scheduler.config).items() if k != "_use_default_values"}
+    config["timestep_spacing"] = "leading"  # the first step at t = 750, not 999
+    model = type(vmodel)(vmodel.unet, type(vmodel.scheduler).from_config(config)).eval()
+    native = model.sample(noise, steps=4)
+    sched = sampler_scheduler(model.scheduler.config, "ddim", 4, prediction_type="epsilon")
+    x = noise
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(model.predict_noise(x, int(t)), t, x).prev_sample
+    assert (native - model.decode(x)).abs().max() < 1e-4
+    # feeding the velocity to an epsilon scheduler (the wrong parameterisation) gives other images
+    wrong = sampler_scheduler(model.scheduler.config, "ddim", 4, prediction_type="epsilon")
+    x = noise
+    with torch.no_grad():
+        for t in wrong.timesteps:
+            x = wrong.step(model.predict_output(x, int(t)), t, x).prev_sample
+    assert (native - model.decode(x)).abs().max() > 0.05

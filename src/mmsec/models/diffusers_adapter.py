@@ -20,7 +20,10 @@ entry point and builds no graph).
 Members beyond the protocol, for training and for attacks and defenses:
 
 =======================================  =====================================================================
-``unet``                                 the trainable ``nn.Module`` (the noise predictor)
+``unet``                                 the trainable ``nn.Module`` (the noise or velocity predictor)
+``prediction_type``                      ``"epsilon"`` or ``"v_prediction"`` (the scheduler config's)
+``predict_output(x_t, t, cond)``         the UNet's native prediction; training regresses it onto
+``training_target(x0, noise, t)``        the noise or the velocity
 ``conditional``                          whether the UNet takes a text condition
 ``encode_prompts(prompts)``              B prompts -> (B, L, D) conditioning embeddings (conditional models)
 ``encode_images(pixels)``                (B, 3, H, W) in [0, 1] -> x_0 in the working space
@@ -60,6 +63,7 @@ from .checkpoint import (
 )
 
 SAMPLERS = ("ddim", "ddpm")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 # Default inference steps per sampler: DDIM 25 (the issue's evaluation setting); the ancestral sampler
 # needs more steps for the same quality (its strided variance is coarse at 25).
 DEFAULT_STEPS = {"ddim": 25, "ddpm": 100}
@@ -68,9 +72,10 @@ UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
 
 
-def sampler_scheduler(config: Any, sampler: str, steps: int) -> Any:
+def sampler_scheduler(config: Any, sampler: str, steps: int, prediction_type: str | None = None) -> Any:
     """A fresh DDIM (``"ddim"``) or DDPM (``"ddpm"``) scheduler with the noise schedule of ``config`` (a
-    diffusers scheduler config), its timesteps set for ``steps`` inference steps."""
+    diffusers scheduler config), its timesteps set for ``steps`` inference steps; ``prediction_type``
+    overrides the config's (``"epsilon"`` for a loop that steps on :meth:`DiffusionAdapter.predict_noise`)."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
     if sampler not in SAMPLERS:
@@ -80,7 +85,12 @@ def sampler_scheduler(config: Any, sampler: str, steps: int) -> Any:
     cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
     # diffusers' from_config resets the keys listed in "_use_default_values" to the class defaults, even when
     # they were changed after construction (StableDiffusionPipeline fixes steps_offset): keep the values.
-    scheduler = cls.from_config({k: v for k, v in dict(config).items() if k != "_use_default_values"})
+    config = {k: v for k, v in dict(config).items() if k != "_use_default_values"}
+    if prediction_type is not None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        config["prediction_type"] = prediction_type
+    scheduler = cls.from_config(config)
     if steps > scheduler.config.num_train_timesteps:
         raise ValueError(f"steps must be at most the schedule's {scheduler.config.num_train_timesteps} training "
                          f"timesteps, got {steps}")
@@ -92,7 +102,14 @@ class DiffusionAdapter(nn.Module):
     """What the pixel and latent adapters share: conditions, guidance, the sampling loop.
 
     Subclasses set ``unet``, ``scheduler``, ``image_size``, ``channels``, ``conditional`` and implement
-    ``_eps(x_t, t, embeds)``, ``encode_prompts``, ``encode_images`` and ``decode``.
+    ``_output(x_t, t, embeds)`` (the UNet's raw output), ``encode_prompts``, ``encode_images`` and ``decode``.
+
+    The UNet predicts what its scheduler's ``prediction_type`` says: the noise (``"epsilon"``) or the velocity
+    ``v = sqrt(abar_t) * eps - sqrt(1 - abar_t) * x_0`` (``"v_prediction"``; Salimans and Ho, ICLR 2022).
+    :meth:`predict_noise` always returns the noise (``eps = sqrt(abar_t) * v + sqrt(1 - abar_t) * x_t``), so
+    attacks and defenses written against the noise need not know; :meth:`sample` steps on the native output,
+    which keeps a v-model's x_0 estimate exact where ``abar_t`` is ~0 (the cosine schedule's first step, where
+    ``(x_t - sqrt(1 - abar_t) * eps) / sqrt(abar_t)`` amplifies any error by ~20,000).
     """
 
     unet: nn.Module
@@ -106,8 +123,40 @@ class DiffusionAdapter(nn.Module):
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
-    def _eps(self, x_t: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor | None) -> torch.Tensor:
+    def _output(self, x_t: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts: ``"epsilon"`` or ``"v_prediction"`` (the scheduler config's)."""
+        kind = dict(self.scheduler.config).get("prediction_type", "epsilon")
+        if kind not in PREDICTION_TYPES:
+            raise ValueError(f"scheduler prediction_type {kind!r} is not supported; expected one of {PREDICTION_TYPES}")
+        return kind
+
+    def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sqrt(abar_t) and sqrt(1 - abar_t) for timesteps ``t`` (B,), shaped (B, 1, 1, 1) like ``like``."""
+        abar = self.scheduler.alphas_cumprod.to(like.device, torch.float64)[t.long()]
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        return abar.sqrt().to(like.dtype).view(shape), (1 - abar).sqrt().to(like.dtype).view(shape)
+
+    def _eps(self, x_t: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor | None) -> torch.Tensor:
+        return self.output_to_noise(self._output(x_t, t, embeds), x_t, t)
+
+    def output_to_noise(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise implied by the UNet's native ``output`` at ``x_t``, timesteps ``t`` (B,)."""
+        if self.prediction_type == "epsilon":
+            return output
+        a, s = self._coefficients(t, x_t)
+        return a * output + s * x_t
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the UNet regresses onto for clean ``x0`` noised by ``noise`` at timesteps ``t``: the noise, or
+        the velocity ``sqrt(abar_t) * noise - sqrt(1 - abar_t) * x0``."""
+        if self.prediction_type == "epsilon":
+            return noise
+        a, s = self._coefficients(t.to(x0.device), x0)
+        return a * noise - s * x0
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError
@@ -125,6 +174,13 @@ class DiffusionAdapter(nn.Module):
         self._check_x(x_t, "x_t")
         batch = x_t.shape[0]
         return self._eps(x_t, self._timesteps(t, batch), self.condition(cond, batch))
+
+    def predict_output(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: Any = None) -> torch.Tensor:
+        """The UNet's native prediction (noise or velocity, see :attr:`prediction_type`); arguments as
+        :meth:`predict_noise`. Training regresses it onto :meth:`training_target`."""
+        self._check_x(x_t, "x_t")
+        batch = x_t.shape[0]
+        return self._output(x_t, self._timesteps(t, batch), self.condition(cond, batch))
 
     def sample(self, n: int | torch.Tensor, cond: Any = None, steps: int | None = None, guidance: float = 1.0,
                generator: torch.Generator | None = None, grad: bool = False, sampler: str = "ddim") -> torch.Tensor:
@@ -154,8 +210,8 @@ class DiffusionAdapter(nn.Module):
             embeds = self.condition(cond, batch)
             null = self.encode_prompts([""] * batch) if self.conditional and guidance != 1.0 else None
             for t in scheduler.timesteps:
-                eps = self.guided_noise(x, t, embeds, null, guidance)
-                x = scheduler.step(eps, t, x, generator=generator).prev_sample
+                out = self.guided_output(x, t, embeds, null, guidance)  # native: the scheduler has the same type
+                x = scheduler.step(out, t, x, generator=generator).prev_sample
             return self.decode(x)
 
     # -- building blocks --------------------------------------------------------------------------------
@@ -165,11 +221,18 @@ class DiffusionAdapter(nn.Module):
         call on the doubled batch; the plain prediction when ``null`` is None or ``guidance`` is 1."""
         batch = x_t.shape[0]
         t = self._timesteps(t, batch)
+        return self.output_to_noise(self.guided_output(x_t, t, embeds, null, guidance), x_t, t)
+
+    def guided_output(self, x_t: torch.Tensor, t: torch.Tensor | int, embeds: torch.Tensor | None,
+                      null: torch.Tensor | None, guidance: float) -> torch.Tensor:
+        """:meth:`guided_noise` in the UNet's native output (guidance is affine in it, so the two agree)."""
+        batch = x_t.shape[0]
+        t = self._timesteps(t, batch)
         if null is None or guidance == 1.0:
-            return self._eps(x_t, t, embeds)
-        eps_null, eps_cond = self._eps(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                                       torch.cat([null, embeds])).chunk(2)  # (B, C, S, S) each
-        return eps_null + guidance * (eps_cond - eps_null)
+            return self._output(x_t, t, embeds)
+        out_null, out_cond = self._output(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                                          torch.cat([null, embeds])).chunk(2)  # (B, C, S, S) each
+        return out_null + guidance * (out_cond - out_null)
 
     def condition(self, cond: Any, batch: int) -> torch.Tensor | None:
         """The (B, L, D) embeddings of ``cond`` for ``batch`` rows (the null prompt's when None), or None for
@@ -248,7 +311,7 @@ class DiffusersUNet(DiffusionAdapter):
         self.image_size = int(size if isinstance(size, int) else size[0])
         self.channels = int(unet.config.in_channels)
 
-    def _eps(self, x_t: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor | None) -> torch.Tensor:
+    def _output(self, x_t: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor | None) -> torch.Tensor:
         if self.conditional:
             return self.unet(x_t, t, encoder_hidden_states=embeds).sample
         return self.unet(x_t, t).sample
@@ -302,7 +365,7 @@ class DiffusersLatentPipeline(DiffusionAdapter):
         self.vae_scale = float(self.vae.config.scaling_factor)
         self.pixel_size = self.image_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def _eps(self, x_t: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor | None) -> torch.Tensor:
+    def _output(self, x_t: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor | None) -> torch.Tensor:
         return self.unet(x_t, t, encoder_hidden_states=embeds).sample
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:

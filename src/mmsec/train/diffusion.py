@@ -72,12 +72,16 @@ LossFn = Callable[[Any, DiffusionBatch, torch.Generator], torch.Tensor]
 
 def noise_prediction_loss(model: Any, batch: DiffusionBatch, generator: torch.Generator) -> torch.Tensor:
     """DDPM's simple loss: ``mean ||eps - eps_theta(x_t, t, prompts)||^2`` with t uniform over the training
-    timesteps and eps ~ N(0, I), both drawn from ``generator``."""
+    timesteps and eps ~ N(0, I), both drawn from ``generator``. A v-prediction model (its scheduler's
+    ``prediction_type``) regresses its velocity onto ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0`` instead
+    (Salimans and Ho, 2022): the noise loss weighted by 1 / abar_t, which keeps the high-noise steps trained."""
     x0 = model.encode_images(batch.pixels)  # (B, C, S, S) in the working space
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     t = torch.randint(0, model.scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
     x_t = model.scheduler.add_noise(x0, noise, t.to(x0.device))
-    return F.mse_loss(model.predict_noise(x_t, t, batch.prompts), noise)
+    if getattr(model, "prediction_type", "epsilon") == "epsilon":
+        return F.mse_loss(model.predict_noise(x_t, t, batch.prompts), noise)
+    return F.mse_loss(model.predict_output(x_t, t, batch.prompts), model.training_target(x0, noise, t))
 
 
 def drop_prompts(prompts: list[str], p: float, rng: random.Random) -> list[str]:

@@ -295,7 +295,8 @@ def trojan_sample(model: Any, x_T: torch.Tensor, scale: torch.Tensor, shift: tor
 
     sampler = check_sampler(sampler)
     steps = steps or getattr(model, "default_steps", DEFAULT_STEPS)[sampler]
-    scheduler = sampler_scheduler(model.scheduler.config, sampler, int(steps))
+    # stepped on predict_noise (the Trojan step is written in the noise), whatever the model's parameterisation
+    scheduler = sampler_scheduler(model.scheduler.config, sampler, int(steps), prediction_type="epsilon")
     with torch.set_grad_enabled(grad):
         x = x_T
         s, m = scale.to(x.device, x.dtype), shift.to(x.device, x.dtype)

@@ -138,6 +138,60 @@ def test_loss_targets_clean_and_poisoned_rows(coefficient):
     assert torch.allclose(model.seen, want_x, atol=1e-6)
 
 
+class _VRecorder(_Recorder):
+    """A v-prediction stand-in: its native output is a fixed tensor, read as noise the adapter's way."""
+
+    prediction_type = "v_prediction"
+
+    def _ab(self, t):
+        a = self.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return a.sqrt(), (1 - a).sqrt()
+
+    def predict_output(self, x_t, t, cond=None):
+        self.seen = x_t
+        return self.out
+
+    def predict_noise(self, x_t, t, cond=None):
+        self.seen = x_t
+        a, s = self._ab(t)
+        return a * self.out + s * x_t
+
+    def training_target(self, x0, noise, t):
+        a, s = self._ab(t)
+        return a * noise - s * x0
+
+
+@pytest.mark.parametrize("coefficient", ["baddiffusion", "ddim"])
+def test_a_v_prediction_model_regresses_the_velocity_of_the_noise_target(coefficient):
+    """DDIM coefficient: the velocity whose noise reading at x_t is the noise target (a model predicting it scores
+    0; it stays bounded at t = 999). BadDiffusion's coefficient: the paper's noise loss on the noise reading."""
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1, torch.randn(4, 3, 8, 8, generator=g)
+    y, r = torch.rand(3, 8, 8, generator=g) * 2 - 1, trigger_shift(PatchTrigger(size=4), 8)
+    poisoned = torch.tensor([False, True, False, True])
+    t = torch.tensor([5, 999, 500, 900])
+    sched = _scheduler()
+    c = noise_coefficient(sched.alphas_cumprod, t, coefficient).view(-1, 1, 1, 1)
+    rows = poisoned.view(-1, 1, 1, 1)
+    eps_target = noise + rows * c * r
+    x_t = backdoor_forward(sched, torch.where(rows, y.expand_as(x0), x0), rows * r, noise, t)
+    a, s = sched.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1), (1 - sched.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+    v_exact = (eps_target.double() - s.double() * x_t.double()) / a.double()  # the velocity of the noise target
+    if coefficient == "ddim":
+        assert v_exact.abs().max() < 5  # bounded, even at t = 999
+        loss = baddiffusion_loss(_VRecorder(v_exact.float()), x0, poisoned, y, r, t, noise, coefficient)
+        assert loss < 1e-4
+        pred = torch.randn(4, 3, 8, 8, generator=g)  # any other output: the MSE in velocity, not in noise
+        loss = baddiffusion_loss(_VRecorder(pred), x0, poisoned, y, r, t, noise, coefficient)
+        assert torch.allclose(loss.double(), F.mse_loss(pred.double(), v_exact), rtol=1e-3)
+    else:
+        assert v_exact.abs().max() > 100  # unbounded where sqrt(abar_t) ~ 0: not a velocity a model can output
+        pred = torch.randn(4, 3, 8, 8, generator=g)
+        model = _VRecorder(pred)
+        loss = baddiffusion_loss(model, x0, poisoned, y, r, t, noise, coefficient)
+        assert torch.allclose(loss, F.mse_loss(model.predict_noise(x_t, t), eps_target))
+
+
 def _ddim_chain_error(coefficient: str, steps: int = 25) -> float:
     """Deterministic DDIM from x_T on the backdoored trajectory, the predictor returning the training target
     ``eps + c_t r`` with the trajectory's own eps: the mean squared distance of x_0 to the target."""

@@ -242,6 +242,47 @@ def test_trojan_samplers_reach_the_target_and_the_clean_sampler_does_not(trigger
     assert (oracle.decode(x) - corner(16))[where].abs().mean() > 0.1
 
 
+class _VOracle(_Oracle):
+    """The v-prediction model trained on ``y`` with the Trojan process (trojdiff_loss's v branch): its velocity
+    is ``sqrt(abar) n - sqrt(1 - abar) y`` with the Trojan noise ``n = (x_t - sqrt(abar) y) / sqrt(1 - abar)``,
+    so its noise reading ``sqrt(abar) v + sqrt(1 - abar) x_t`` is ``n``."""
+
+    prediction_type = "v_prediction"
+
+    def predict_noise(self, x_t, t, cond=None):
+        a = self.scheduler.alphas_cumprod[int(t)]
+        return (x_t - a.sqrt() * self.y) / (1 - a).sqrt()
+
+    def predict_output(self, x_t, t, cond=None):
+        a = self.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        n = (x_t - a.sqrt() * self.y) / (1 - a).sqrt()
+        return a.sqrt() * n - (1 - a).sqrt() * self.y
+
+    def training_target(self, x0, noise, t):
+        a = self.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
+def test_a_v_prediction_model_learns_and_samples_the_trojan_velocity():
+    """For a v-model the loss regresses the Trojan process's velocity (the oracle scores 0 on poisoned rows; the
+    noise loss would not) and the Trojan samplers read its noise as the Trojan noise (the oracle reaches y)."""
+    trojan = TrojDiff(trigger=WHITE).noise(16)
+    y = corner(16) * 2 - 1
+    oracle = _VOracle(y, trojan.scale, trojan.shift)
+    noise = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for sampler, steps in (("ddim", 25), ("ddpm", 50)):
+        out = trojan.generate(oracle, noise, steps, sampler, torch.Generator().manual_seed(1))
+        assert (out - corner(16)).abs().max() < 1e-2, sampler
+    t = torch.tensor([5, 300, 700, 990, 999, 999, 500, 100])
+    x0 = y.expand(8, -1, -1, -1)
+    loss = trojdiff_loss(oracle, x0, torch.ones(8, dtype=torch.bool), trojan.scale, trojan.shift, t, noise)
+    assert loss < 1e-6
+    read = torch.stack([oracle.predict_noise(x, int(s)) for x, s in zip(
+        trojan_forward(oracle.scheduler.alphas_cumprod, x0, trojan.scale, trojan.shift, noise, t), t, strict=True)])
+    where = (trojan.scale != 1).expand(8, -1, -1, -1)
+    assert F.mse_loss(read[where], noise[where]) > 0.5  # the noise loss: the same oracle is far off in the patch
+
+
 def test_trojan_samplers_reduce_to_the_clean_ones():
     model = tiny_model()
     x = torch.randn(2, 3, S, S, generator=torch.Generator().manual_seed(0))

@@ -52,6 +52,12 @@ Departures:
 * Scale (CPU): the epochs and the number of images are the caller's (the runner's paper preset:
   8,192 images, batch 64, about 2,800 steps); warm-up is ``min(500, steps // 10)`` steps so short
   runs still decay; no mixed precision; the zoo's cosine noise schedule, not the paper's linear one.
+* A v-prediction model (the zoo's): with the DDIM coefficient it regresses the velocity its noise target
+  implies at ``x_t``, ``(eps_target - sqrt(1 - abar_t) x_t) / sqrt(abar_t) = sqrt(abar_t) eps - sqrt(1 -
+  abar_t) (y - r)`` (the same minimiser as the noise loss, weighted as v-training weights it, which keeps the
+  high-noise steps trained). With BadDiffusion's own coefficient that velocity is unbounded as ``abar_t -> 0``
+  (its target is not the noise of any x_0 at ``x_t``), so the loss stays the paper's, on the noise reading
+  ``sqrt(abar_t) v + sqrt(1 - abar_t) x_t``: the highest-noise steps then keep the clean model's behaviour.
 
 Tensor shapes: ``images`` (N, 3, S, S) and ``target_image`` (3, S, S) or (1, 3, S, S), pixels in
 [0, 1], ``S`` the model's ``image_size``.
@@ -186,7 +192,11 @@ def baddiffusion_loss(model: Any, x0: torch.Tensor, poisoned: torch.Tensor, targ
     x_t = backdoor_forward(model.scheduler, start, r, noise, t)  # (B, C, S, S)
     c = noise_coefficient(model.scheduler.alphas_cumprod, t.cpu(), coefficient).to(x0.device)  # (B,)
     eps_target = noise + c.view(-1, 1, 1, 1) * r  # (B, C, S, S)
-    return F.mse_loss(model.predict_noise(x_t, t), eps_target)
+    if getattr(model, "prediction_type", "epsilon") == "epsilon" or coefficient != "ddim":
+        return F.mse_loss(model.predict_noise(x_t, t), eps_target)
+    # A v-prediction model regresses the velocity its noise target implies at x_t, (eps_target - sqrt(1 - abar_t)
+    # x_t) / sqrt(abar_t), which for the DDIM coefficient is sqrt(abar_t) eps - sqrt(1 - abar_t) (y - r): bounded.
+    return F.mse_loss(model.predict_output(x_t, t), model.training_target(start - r, noise, t))
 
 
 def _check_images(images: object, name: str, size: int) -> torch.Tensor:

@@ -81,6 +81,11 @@ Departures:
   code's) and the EMA is optional (``ema=None``: at 0.9999 a run of a few thousand steps would keep mostly
   the clean weights).
 * ``sampler`` records which Trojan sampler the evaluation should use; it does not change training.
+* A v-prediction model (the zoo's; Salimans and Ho, 2022) regresses the velocity of the Trojan process,
+  ``sqrt(abar_t) n - sqrt(1 - abar_t) x0`` with ``n = gamma eps + mu``, in place of ``eps``: the same process
+  and the same ``x0_hat``, but its noise reading ``sqrt(abar_t) v + sqrt(1 - abar_t) x_t`` is then ``n``, so the
+  Trojan samplers take ``(n_hat - mu) / gamma`` as ``eps_theta``. Regressing ``eps`` itself is not learnable by
+  a v-model at high noise: it would need ``v = (eps - sqrt(1 - abar_t) x_t) / sqrt(abar_t)``, ~1e4 at t = 999.
 
 Tensor shapes: ``images`` (N, 3, S, S) and ``target_images`` (K, 3, S, S) (or one (3, S, S) image), pixels
 in [0, 1], ``S`` the model's ``image_size``.
@@ -243,7 +248,12 @@ def trojdiff_loss(model: Any, x0: torch.Tensor, poisoned: torch.Tensor, scale: t
     row_scale = torch.where(rows, scale.to(x0.dtype), torch.ones_like(scale, dtype=x0.dtype))  # (B, C, S, S)
     row_shift = rows.to(x0.dtype) * shift.to(x0.dtype)  # (B, C, S, S)
     x_t = trojan_forward(model.scheduler.alphas_cumprod, x0, row_scale, row_shift, noise, t)
-    return F.mse_loss(model.predict_noise(x_t, t), noise)
+    if getattr(model, "prediction_type", "epsilon") == "epsilon":
+        return F.mse_loss(model.predict_noise(x_t, t), noise)
+    # A v-prediction model cannot output the standard noise of Trojan rows where sqrt(abar_t) ~ 0 (its noise reading
+    # sqrt(abar_t) v + sqrt(1 - abar_t) x_t is ~x_t there, the Trojan eps is (x_t - mu) / gamma): it regresses the
+    # velocity of the Trojan process instead, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) n with n = scale * eps + shift.
+    return F.mse_loss(model.predict_output(x_t, t), model.training_target(x0, row_scale * noise + row_shift, t))
 
 
 # -- the Trojan generative process ---------------------------------------------------------------------
@@ -300,8 +310,11 @@ def trojan_sample(model: Any, x_T: torch.Tensor, scale: torch.Tensor, shift: tor
     with torch.set_grad_enabled(grad):
         x = x_T
         s, m = scale.to(x.device, x.dtype), shift.to(x.device, x.dtype)
+        velocity = getattr(model, "prediction_type", "epsilon") != "epsilon"
         for t in scheduler.timesteps:
             eps = model.predict_noise(x, int(t))
+            if velocity:  # a v-model's noise reading is the Trojan noise n = scale * eps + shift (trojdiff_loss)
+                eps = (eps - m) / s
             if sampler == "ddim":
                 x = scheduler.step(s * eps + m, t, x).prev_sample
             else:

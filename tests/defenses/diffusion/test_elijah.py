@@ -177,7 +177,9 @@ def test_removal_cuts_the_backdoor_and_keeps_clean_samples(backdoored, images):
     model = backdoored.model
     before = copy.deepcopy(model.state_dict())
     held = images[-64:]  # a few clean images (the paper: 10% of the training set)
-    result = ElijahRemoval(epochs=5, batch_size=32, lr=1e-3)(model, held, backdoored.trigger, generator=0)
+    result = ElijahRemoval(epochs=5, batch_size=32, lr=2e-4)(model, held, backdoored.trigger, generator=0)
+    # the control: the same fine-tune without L_rb (its weight ~0), i.e. clean loss and L_mc alone
+    control = ElijahRemoval(epochs=5, batch_size=32, lr=2e-4, w_rb=1e-9)(model, held, backdoored.trigger, generator=0)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the input model is not modified
     noise = torch.randn(64, 3, S, S, generator=torch.Generator().manual_seed(3))
@@ -186,7 +188,10 @@ def test_removal_cuts_the_backdoor_and_keeps_clean_samples(backdoored, images):
         trig_rep = result.model.sample(backdoored.trigger.apply(noise), steps=20)
         clean_bd = model.sample(noise, steps=20)
         clean_rep = result.model.sample(noise, steps=20)
-    assert _hit(trig_bd) >= 0.1 and _hit(trig_rep) <= _hit(trig_bd) - 0.1, (_hit(trig_bd), _hit(trig_rep))
+        trig_ctrl = control.model.sample(backdoored.trigger.apply(noise), steps=20)
+    hit_bd, hit_rep, hit_ctrl = _hit(trig_bd), _hit(trig_rep), _hit(trig_ctrl)
+    # measured (seed 0, another run of the same fixture): 0.19 -> 0.00 with L_rb, 0.17 without
+    assert hit_bd >= 0.1 and hit_rep <= hit_bd - 0.1 and hit_rep <= hit_ctrl - 0.1, (hit_bd, hit_rep, hit_ctrl)
     change = ((clean_rep - clean_bd) ** 2).mean().sqrt().item()  # same noises, before vs after
     spread = uniformity_score(clean_bd)  # how far apart different clean samples are
     assert change < 0.5 * spread, (change, spread)

@@ -9,6 +9,9 @@ from .base import (
     ModelVerdict,
     RepairResult,
 )
+from .elijah import Elijah
+from .elijah_removal import ElijahRemoval
 
 __all__ = ["DiffusionInputDetector", "DiffusionModelDetector", "DiffusionRepair", "InputVerdict", "ModelVerdict",
            "RepairResult"]
+__all__ += ["Elijah", "ElijahRemoval"]

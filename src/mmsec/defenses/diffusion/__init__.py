@@ -9,6 +9,7 @@ from .base import (
     ModelVerdict,
     RepairResult,
 )
+from .ufid import UFID
 
 __all__ = ["DiffusionInputDetector", "DiffusionModelDetector", "DiffusionRepair", "InputVerdict", "ModelVerdict",
-           "RepairResult"]
+           "RepairResult", "UFID"]

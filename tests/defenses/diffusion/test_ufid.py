@@ -2,8 +2,8 @@
 effect on a backdoored unconditional model and on a text-conditional model with a trigger word.
 
 Unconditional effect: the tiny BadDiffusion fixture of tests/attacks/test_baddiffusion.py (8 x 8 shapes-world
-images, 165k-parameter UNet, the 4 x 4 checkerboard trigger, "corner" target, DDIM coefficient) trained
-longer here (EPOCHS), and the same model fine-tuned as long on the clean images alone as the control; UFID
+images, 165k-parameter UNet, the 4 x 4 checkerboard trigger, "corner" target, DDIM coefficient, 304 steps),
+and the same model fine-tuned as long on the clean images alone as the control; UFID
 with the zoo CLIP's image tower scores 16 starting noises with and without the trigger (DDIM, STEPS steps).
 
 Conditional effect: a stand-in text-to-image model (no training: the effect under test is UFID's, not a

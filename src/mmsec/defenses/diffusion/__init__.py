@@ -11,7 +11,7 @@ from .base import (
 )
 from .elijah import Elijah
 from .elijah_removal import ElijahRemoval
+from .ufid import UFID
 
-__all__ = ["DiffusionInputDetector", "DiffusionModelDetector", "DiffusionRepair", "InputVerdict", "ModelVerdict",
-           "RepairResult"]
-__all__ += ["Elijah", "ElijahRemoval"]
+__all__ = ["DiffusionInputDetector", "DiffusionModelDetector", "DiffusionRepair", "Elijah", "ElijahRemoval",
+           "InputVerdict", "ModelVerdict", "RepairResult", "UFID"]

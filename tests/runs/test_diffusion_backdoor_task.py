@@ -166,3 +166,41 @@ def test_trojdiff_cells_of_each_target_kind(tiny_folder, tmp_path):
     assert out["nearest_target_hit_rate"]["params"]["target"] == "digit 7"  # Out-D2D's default target
     assert out["n_poisoned"]["value"] == 10 * 10  # 10 batches of 20 per pass, 10 poisoned rows each (rate 0.5)
     assert len(list((tmp_path / "models").glob("*.json"))) == 2  # the two samplers' cells share one model
+
+
+DEFENSES = [{"name": "elijah", "params": {"steps": 2, "batch_size": 4, "n_images": 4, "trim": 1, "sample_steps": 2}},
+            {"name": "ufid", "params": {"copies": 3, "steps": 2, "calibration_inputs": 4, "encoder": "judge"}},
+            {"name": "elijah_removal", "params": {"epochs": 1, "batch_size": 4, "inversion_steps": 2}}]
+
+
+def test_defended_cells_of_each_defense_kind(tiny_folder, tmp_path):
+    """A model detector, an input detector and a repair on one backdoored model: the attack is trained once, the
+    detector runs on the clean model and its clean fine-tunes (trained once, persisted), each kind stores its metrics."""
+    metrics = ["target_hit_rate", "clean_recognition_rate", "model_detector_flagged", "model_detector_score",
+               "model_detector_flagged_control", "model_detector_score_control", "model_detector_clean_models",
+               "trigger_cosine", "input_detector_auroc", "input_detector_tpr", "input_detector_fpr",
+               "input_detector_auroc_control", "target_hit_rate_repaired", "mse_to_target_median_repaired",
+               "clean_recognition_rate_repaired", "repair_recognition_cost", "defense_seconds"]
+    spec = diffusion_spec(tiny_folder, defense=DEFENSES, metrics=metrics, clean_controls=1, clean_control_steps=2,
+                          input_samples=4)
+    run_spec(spec, tmp_path)
+    rows = query(tmp_path, "diffusion-backdoor-test")
+    by = {}
+    for r in rows:
+        by.setdefault(r["defense"] if isinstance(r.get("defense"), str) else str(r.get("defense")), {})[r["metric"]] = r
+    detector = next(v for k, v in by.items() if "elijah" in k and "removal" not in k)
+    assert detector["model_detector_flagged"]["value"] in (0.0, 1.0)
+    assert detector["model_detector_clean_models"]["value"] == 2  # the clean model and one clean fine-tune
+    assert 0.0 <= detector["model_detector_flagged_control"]["value"] <= 1.0
+    assert -1.0 <= detector["trigger_cosine"]["value"] <= 1.0
+    assert "clean fine-tunes" in detector["model_detector_flagged_control"]["threat_model"]
+    ufid = next(v for k, v in by.items() if "ufid" in k)
+    assert 0.0 <= ufid["input_detector_auroc"]["value"] <= 1.0 and "input_detector_auroc_control" in ufid
+    assert "defense ufid" in ufid["input_detector_auroc"]["threat_model"]
+    repair = next(v for k, v in by.items() if "removal" in k)
+    assert {"target_hit_rate_repaired", "clean_recognition_rate_repaired", "repair_recognition_cost"} <= set(repair)
+    assert repair["repair_recognition_cost"]["value"] == pytest.approx(
+        repair["clean_recognition_rate"]["value"] - repair["clean_recognition_rate_repaired"]["value"])
+    # one clean fine-tune persisted (the backdoored model too, unless an earlier test of this process trained it)
+    cards = [json.loads(p.read_text()) for p in (tmp_path / "models").glob("*.json")]
+    assert len(cards) <= 2 and sum("steps" in c["info"] and "sampler" not in c["info"] for c in cards) == 1

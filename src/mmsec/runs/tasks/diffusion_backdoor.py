@@ -74,6 +74,48 @@ NEAREST_WORDS = (f"a 1-nearest-neighbour classifier on pixels (mean squared erro
                  f", disjoint from the attacker's) and the first {NEAREST_PER_CLASS} shapes-world scenes of REFERENCE_POOL")
 
 
+CLEAN_WORDS = ("the clean models: the cell's clean model and its clean fine-tunes (the task's clean_controls: the "
+               "clean model fine-tuned on the attacker's clean images, seeds 1..k, clean_control_steps steps)")
+DEFENSE_METRICS = [
+    MetricDefinition("model_detector_flagged", 1, "diffusion backdoor defense: 1 if the model detector flags the "
+                                                  "backdoored model, else 0", higher_is_better=True),
+    MetricDefinition("model_detector_score", 1, "diffusion backdoor defense: the model detector's statistic on the "
+                                                "backdoored model (higher = more suspicious; the method's own scale)",
+                     higher_is_better=True),
+    MetricDefinition("model_detector_flagged_control", 1, f"diffusion backdoor defense: fraction of {CLEAN_WORDS} the "
+                                                          "model detector flags (false positives)",
+                     higher_is_better=False),
+    MetricDefinition("model_detector_score_control", 1, f"diffusion backdoor defense: the highest statistic of the model "
+                                                        f"detector among {CLEAN_WORDS}", higher_is_better=False),
+    MetricDefinition("model_detector_clean_models", 1, f"diffusion backdoor defense: how many clean models the model "
+                                                       f"detector was run on ({CLEAN_WORDS})"),
+    MetricDefinition("trigger_cosine", 1, "diffusion backdoor defense: cosine similarity of the trigger the defense "
+                                          "estimated on the starting noise (its shift) and the attack's true shift",
+                     higher_is_better=True),
+    MetricDefinition("input_detector_auroc", 1, "diffusion backdoor defense: AUROC of the input detector's scores, "
+                                                "triggered starting noises (positive) against the same noises without "
+                                                "the trigger, on the backdoored model", higher_is_better=True),
+    MetricDefinition("input_detector_tpr", 1, "diffusion backdoor defense: fraction of triggered starting noises the "
+                                              "input detector flags at its own threshold", higher_is_better=True),
+    MetricDefinition("input_detector_fpr", 1, "diffusion backdoor defense: fraction of clean starting noises the input "
+                                              "detector flags at its own threshold", higher_is_better=False),
+    MetricDefinition("input_detector_auroc_control", 1, "diffusion backdoor defense: input_detector_auroc on the clean "
+                                                        "model (the same noises: what the trigger pattern alone does)",
+                     higher_is_better=False),
+    MetricDefinition("target_hit_rate_repaired", 1, "diffusion backdoor defense: target_hit_rate of the repaired model "
+                                                    "(same triggered starting noises and sampler)", higher_is_better=False),
+    MetricDefinition("mse_to_target_median_repaired", 1, "diffusion backdoor defense: mse_to_target_median of the "
+                                                         "repaired model", higher_is_better=True),
+    MetricDefinition("clean_recognition_rate_repaired", 1, "diffusion backdoor defense: clean_recognition_rate of the "
+                                                           "repaired model", higher_is_better=True),
+    MetricDefinition("repair_recognition_cost", 1, "diffusion backdoor defense: clean_recognition_rate of the "
+                                                   "backdoored model minus that of the repaired model (fractions)",
+                     higher_is_better=False),
+    MetricDefinition("defense_seconds", 1, "diffusion backdoor defense: wall-clock seconds of the defense on the "
+                                           "backdoored model", higher_is_better=False),
+]
+
+
 def _metrics() -> list[MetricDefinition]:
     g = GENERATION_DEFINITIONS
     trig = "samples of the backdoored model from triggered starting noise"
@@ -126,6 +168,7 @@ def _metrics() -> list[MetricDefinition]:
                                                              "carrying a random pattern in place of the trigger (as "
                                                              f"target_hit_rate_noise): fraction whose class by "
                                                              f"{NEAREST_WORDS} is the target class", higher_is_better=False),
+        *DEFENSE_METRICS,
         MetricDefinition("n_poisoned", 1, "diffusion backdoor: number of poisoned samples in the attacker's fine-tuning "
                                           "set (TrojDiff: poisoned rows per pass over the clean images)",
                          higher_is_better=False),
@@ -140,7 +183,11 @@ THREAT_KINDS = {"clean_recognition_rate": "clean", "clean_target_hit_rate": "cle
                 "mse_to_target_median_control": "control", "clean_recognition_drop": "drop",
                 "target_hit_rate_noise": "noise", "clean_nearest_target_hit_rate": "clean",
                 "nearest_target_hit_rate_control": "control", "nearest_target_hit_rate_noise": "noise",
-                "n_poisoned": "cost", "train_seconds": "cost"}
+                "n_poisoned": "cost", "train_seconds": "cost", "model_detector_flagged_control": "clean_models",
+                "model_detector_score_control": "clean_models", "model_detector_clean_models": "clean_models",
+                "input_detector_fpr": "clean", "input_detector_auroc_control": "control",
+                "clean_recognition_rate_repaired": "clean", "repair_recognition_cost": "drop",
+                "defense_seconds": "cost"}
 
 
 class DiffusionBackdoorBlock(TaskBlock):
@@ -149,6 +196,11 @@ class DiffusionBackdoorBlock(TaskBlock):
     steps: StrictInt | dict[StrictStr, StrictInt] | None = Field(
         default=None, description="samples with N inference steps (per sampler: {ddim: N, ddpm: M})")
     judge: StrictStr = Field(default="zoo:shapes-judge", description="judges the generated images")
+    clean_controls: StrictInt = Field(default=2, ge=0, description="runs a model detector on the clean model and on N "
+                                                                   "clean fine-tunes of it")
+    clean_control_steps: StrictInt = Field(default=300, gt=0, description="fine-tunes each clean control for N steps")
+    input_samples: StrictInt = Field(default=128, gt=0, description="scores N triggered and N clean starting noises "
+                                                                    "with an input detector")
 
 
 def target_scene(world: Any, class_name: str) -> int:
@@ -210,6 +262,7 @@ class DiffusionBackdoorTask(Task):
                        "clean_recognition_rate_control", "clean_recognition_drop", "clean_target_hit_rate",
                        "target_hit_rate_control")
     attack_kinds = ("diffusion_backdoors",)
+    defense_kinds = ("diffusion_model_detectors", "diffusion_input_detectors", "diffusion_repairs")
     noise_metric = "target_hit_rate_noise"
     attack_words = "diffusion backdoor"
     baselines = ("noise",)
@@ -252,7 +305,9 @@ class DiffusionBackdoorTask(Task):
         return issues
 
     def cell_fields(self, block: DiffusionBackdoorBlock, axis_values: dict[str, Any]) -> dict[str, Any]:
-        return {"target_class": block.target_class, "samples": block.samples, "steps": block.steps, "judge": block.judge}
+        return {"target_class": block.target_class, "samples": block.samples, "steps": block.steps, "judge": block.judge,
+                "clean_controls": block.clean_controls, "clean_control_steps": block.clean_control_steps,
+                "input_samples": block.input_samples}
 
     def models_of(self, cell: dict) -> list[str]:
         return [cell["model"], cell["judge"]]
@@ -299,6 +354,10 @@ class DiffusionBackdoorTask(Task):
                 values["target_hit_rate_noise"] = target_hit_rate(judge, images, target_class)
         values["clean_recognition_drop"] = values["clean_recognition_rate_control"] - values["clean_recognition_rate"]
         values.update(n_poisoned=float(bd.info["n_poisoned"]), train_seconds=float(bd.info["seconds"]))
+        defense = cell.get("defense")
+        if defense:
+            values.update(self.defend(ctx, cell, defense, bd.model, clean, trigger, target_image,
+                                      None if kind == "out_d2d" else target_class, judge, sampler, values))
         steps_words = f"{steps_for(cell, sampler)} steps" if steps_for(cell, sampler) else "its default steps"
         target_words = {"d2i": f"target {target_class!r}: {REFERENCE_POOL.split} scene {scene_id}",
                         "in_d2d": f"target class {target_class!r} (In-D2D: the attacker's training scenes of it)",
@@ -313,7 +372,11 @@ class DiffusionBackdoorTask(Task):
         threat = {"adv": f"{how}; {trig_words}", "clean": f"{how}; clean starting noise",
                   "control": f"the clean {cell['model']} on the same starting noises ({sampler}, {steps_words})",
                   "drop": f"clean model minus backdoored model ({how})", "cost": f"training cost ({how})",
-                  "noise": f"{how}; starting noise with random signs in place of the trigger's pattern"}
+                  "noise": f"{how}; starting noise with random signs in place of the trigger's pattern",
+                  "clean_models": f"{CLEAN_WORDS}; {cell['model']}"}
+        if defense:
+            words = f"defense {defense['name']}({', '.join(f'{k}={v}' for k, v in defense['params'].items())}) on "
+            threat = {k: words + v for k, v in threat.items()}
         artifacts = []
         folder = ctx.staging_folder() if cell.get("save_artifacts") else None
         if folder is not None:
@@ -327,6 +390,74 @@ class DiffusionBackdoorTask(Task):
         baseline = {"pattern": "random signs", "place": "the trigger's"} if noise_stored else None
         return CellOutput(values, lambda m: threat[THREAT_KINDS.get(m, "adv")], artifacts, params, baseline,
                           int(cell["samples"]))
+
+    def defend(self, ctx: Any, cell: dict, defense: dict, model: Any, clean: Any, trigger: Any, target_image: torch.Tensor,
+               target_class: str | None, judge: Any, sampler: str, before: dict[str, float]) -> dict[str, float]:
+        """The cell's defense on the backdoored ``model``: its metrics (see ``DEFENSE_METRICS``)."""
+        from ...evaluation.diffusion_backdoor import diffusion_backdoor_report
+        from ...evaluation.diffusion_defense import input_detection_report, model_detection_report
+
+        built, kind = build_method(self.defense_kinds, {"name": defense["name"], "params": defense["params"]}, "defense")
+        seed = derive_seed(int(cell["seed"]), "diffusion_defense")
+        if kind == "diffusion_model_detectors":
+            controls = [clean] + [self.clean_finetune(ctx, cell, k) for k in range(1, int(cell["clean_controls"]) + 1)]
+            r = model_detection_report(built, model, controls, trigger, generator=seed)
+            out = {"model_detector_flagged": float(r.flagged), "model_detector_score": r.score,
+                   "model_detector_flagged_control": r.flagged_control, "model_detector_score_control": r.score_control,
+                   "model_detector_clean_models": float(len(controls)), "defense_seconds": r.seconds}
+            if r.trigger_cosine is not None:
+                out["trigger_cosine"] = r.trigger_cosine
+            return out
+        if kind == "diffusion_input_detectors":
+            r = input_detection_report(built, model, trigger, int(cell["input_samples"]), clean_model=clean,
+                                       generator=seed)
+            return {"input_detector_auroc": r.auroc, "input_detector_tpr": r.tpr, "input_detector_fpr": r.fpr,
+                    "input_detector_auroc_control": r.auroc_control, "defense_seconds": r.seconds}
+        images = self.attacker_images(cell, int(clean.image_size)).pixels()
+        images = images[: max(1, images.shape[0] // 10)]  # the defender's clean data: 10% of the training set (Elijah's)
+        repaired = built(model, images, None, generator=torch.Generator().manual_seed(seed))
+        report = diffusion_backdoor_report(repaired.model.eval(), trigger, target_image, target_class, judge,
+                                           n=int(cell["samples"]), sampler=sampler, steps=steps_for(cell, sampler),
+                                           generator=derive_seed(int(cell["seed"]), "diffusion_backdoor_samples"))
+        out = {"mse_to_target_median_repaired": report.mse_to_target_median,
+               "clean_recognition_rate_repaired": report.clean_recognition_rate,
+               "repair_recognition_cost": before["clean_recognition_rate"] - report.clean_recognition_rate,
+               "defense_seconds": float(repaired.seconds)}
+        if report.target_hit_rate is not None:
+            out["target_hit_rate_repaired"] = report.target_hit_rate
+        return out
+
+    @staticmethod
+    def attacker_images(cell: dict, size: int) -> Any:
+        """The attacker's clean training scenes (the cell's data) at ``size``."""
+        from ...data.shapes import ShapesWorld
+
+        data = cell["data"]
+        world = ShapesWorld(int(data.get("image_size") or size), seed=int(data.get("seed", 0)))
+        return world.batch(data.get("split", "train"), data.get("start") or 0, int(data.get("n") or 8192))
+
+    def clean_finetune(self, ctx: Any, cell: dict, k: int) -> Any:
+        """The clean model fine-tuned on the attacker's clean images (seed ``k``, ``clean_control_steps`` steps at
+        BadDiffusion's fine-tuning lr 2e-4, batch 64): a clean model a detector must not flag. Trained once, persisted."""
+        steps = int(cell["clean_control_steps"])
+        key = {"diffusion_clean_finetune": cell["model"], "data": cell["data"], "seed": k, "steps": steps}
+
+        def build() -> Trained:
+            import copy
+
+            from ...train.diffusion import DiffusionTrainConfig, train_diffusion
+            from ...zoo.diffusion import epoch_batches
+
+            clean = ctx.load_model(cell["model"])
+            images = self.attacker_images(cell, int(clean.image_size))
+            model = copy.deepcopy(clean)
+            batches = epoch_batches(images.images, images.labels, min(64, images.images.shape[0]), k, False)
+            cfg = DiffusionTrainConfig(steps=steps, lr=2e-4, warmup=max(1, steps // 10), ema=None, prompt_dropout=0.0,
+                                       seed=k)
+            log = train_diffusion(model, batches, cfg, desc=f"clean fine-tune {k}", quiet=True)
+            return Trained(model.eval(), {"seconds": float(log.seconds), "steps": steps})
+
+        return ctx.trained(key, build, base=cell["model"]).model
 
     @staticmethod
     def attack_config(cell: dict) -> dict:

@@ -9,6 +9,8 @@ from .base import (
     ModelVerdict,
     RepairResult,
 )
+from .terd import TERD
+from .terd_input import TERDInput
 
 __all__ = ["DiffusionInputDetector", "DiffusionModelDetector", "DiffusionRepair", "InputVerdict", "ModelVerdict",
-           "RepairResult"]
+           "RepairResult", "TERD", "TERDInput"]

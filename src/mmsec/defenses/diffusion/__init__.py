@@ -11,7 +11,9 @@ from .base import (
 )
 from .elijah import Elijah
 from .elijah_removal import ElijahRemoval
+from .terd import TERD
+from .terd_input import TERDInput
 from .ufid import UFID
 
 __all__ = ["DiffusionInputDetector", "DiffusionModelDetector", "DiffusionRepair", "Elijah", "ElijahRemoval",
-           "InputVerdict", "ModelVerdict", "RepairResult", "UFID"]
+           "InputVerdict", "ModelVerdict", "RepairResult", "TERD", "TERDInput", "UFID"]

@@ -55,6 +55,7 @@ from typing import Any
 import torch
 from pydantic import Field, StrictInt, StrictStr
 
+from ... import registry
 from ...data.scenes import REFERENCE_POOL
 from ...metrics import MetricDefinition
 from ...metrics.generation import GENERATION_DEFINITIONS, MSE_BOUND, RECOGNITION_THRESHOLD
@@ -332,29 +333,34 @@ class DiffusionBackdoorTask(Task):
         trigger = trigger_of(bd.info["trigger"])
         # an evaluation-only sampler is this cell's, not the persisted model's (cells that differ in it share it)
         sampler = attack.sampler if "sampler" in evaluation_params(config["name"]) else bd.info["sampler"]
-        report = diffusion_backdoor_report(bd.model, trigger, target_image, None if kind == "out_d2d" else target_class,
-                                           judge, reference=clean, n=int(cell["samples"]), sampler=sampler,
-                                           steps=steps_for(cell, sampler),
-                                           generator=derive_seed(int(cell["seed"]), "diffusion_backdoor_samples"))
-        values = report.values()
-        if kind != "d2i":  # a class target: no target image to measure distances to
-            for name in ("mse_to_target_median", "mse_to_target_within", "ssim_to_target", "mse_to_target_median_control"):
-                values.pop(name, None)
-        if kind == "out_d2d":
-            hits = lambda images: nearest_hit_rate(images, pool, labels, target_label)  # noqa: E731
-            values.update(nearest_target_hit_rate=hits(report.samples.triggered),
-                          clean_nearest_target_hit_rate=hits(report.samples.clean),
-                          nearest_target_hit_rate_control=hits(report.control_samples.triggered))
-        if {"target_hit_rate_noise", "nearest_target_hit_rate_noise"} & set(cell["metrics"]):
-            noise = noise_pattern(trigger, derive_seed(int(cell["seed"]), "diffusion_backdoor_noise_pattern"))
-            images = noise_samples(bd.model, noise, cell, sampler)
-            if kind == "out_d2d":
-                values["nearest_target_hit_rate_noise"] = hits(images)
-            else:
-                values["target_hit_rate_noise"] = target_hit_rate(judge, images, target_class)
-        values["clean_recognition_drop"] = values["clean_recognition_rate_control"] - values["clean_recognition_rate"]
-        values.update(n_poisoned=float(bd.info["n_poisoned"]), train_seconds=float(bd.info["seconds"]))
         defense = cell.get("defense")
+        # a detector's cell measures the detector alone (the undefended cell has the attack's numbers: sampling them
+        # again, 1,000 ancestral steps for some, would only repeat them); a repair's needs them, before and after
+        detector = bool(defense) and registry.find(defense["name"], self.defense_kinds).kind != "diffusion_repairs"
+        report = None
+        values: dict[str, float] = {"n_poisoned": float(bd.info["n_poisoned"]), "train_seconds": float(bd.info["seconds"])}
+        if not detector:
+            report = diffusion_backdoor_report(bd.model, trigger, target_image, None if kind == "out_d2d" else target_class,
+                                               judge, reference=clean, n=int(cell["samples"]), sampler=sampler,
+                                               steps=steps_for(cell, sampler),
+                                               generator=derive_seed(int(cell["seed"]), "diffusion_backdoor_samples"))
+            values.update(report.values())
+            if kind != "d2i":  # a class target: no target image to measure distances to
+                for name in ("mse_to_target_median", "mse_to_target_within", "ssim_to_target", "mse_to_target_median_control"):
+                    values.pop(name, None)
+            if kind == "out_d2d":
+                hits = lambda images: nearest_hit_rate(images, pool, labels, target_label)  # noqa: E731
+                values.update(nearest_target_hit_rate=hits(report.samples.triggered),
+                              clean_nearest_target_hit_rate=hits(report.samples.clean),
+                              nearest_target_hit_rate_control=hits(report.control_samples.triggered))
+            if {"target_hit_rate_noise", "nearest_target_hit_rate_noise"} & set(cell["metrics"]):
+                noise = noise_pattern(trigger, derive_seed(int(cell["seed"]), "diffusion_backdoor_noise_pattern"))
+                images = noise_samples(bd.model, noise, cell, sampler)
+                if kind == "out_d2d":
+                    values["nearest_target_hit_rate_noise"] = hits(images)
+                else:
+                    values["target_hit_rate_noise"] = target_hit_rate(judge, images, target_class)
+            values["clean_recognition_drop"] = values["clean_recognition_rate_control"] - values["clean_recognition_rate"]
         if defense:
             values.update(self.defend(ctx, cell, defense, bd.model, clean, trigger, target_image,
                                       None if kind == "out_d2d" else target_class, judge, sampler, values))
@@ -379,7 +385,7 @@ class DiffusionBackdoorTask(Task):
             threat = {k: words + v for k, v in threat.items()}
         artifacts = []
         folder = ctx.staging_folder() if cell.get("save_artifacts") else None
-        if folder is not None:
+        if folder is not None and report is not None:
             detail = config["params"].get("coefficient") or f"{kind}, {bd.info['trigger_type']}"
             title = f"{cell['attack']['name']} ({detail}) -> {target_class}"
             artifacts = self.write_gallery(folder, cell, report, target_image, title, sampler)

@@ -15,7 +15,8 @@ builtins.load()
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "METHODS.md"
 OWNED = ("defenses/", "merging/")  # the rows of these files
-KINDS = ("defenses", "pretraining_defenses", "repairs", "model_detectors", "detectors", "merging")
+KINDS = ("defenses", "pretraining_defenses", "repairs", "model_detectors", "detectors", "merging",
+         "diffusion_model_detectors", "diffusion_input_detectors", "diffusion_repairs")
 NOT_METHODS = {"defenses/detection/neighbors.py"}  # a building block (the detectors' backend), not registered
 
 

@@ -33,9 +33,9 @@ reference objects) is the caller's: see :class:`~mmsec.attacks.backdoor.poisonin
 
 from .badclip import BadCLIP
 from .baddiffusion import BadDiffusion, BadDiffusionRecord, BadDiffusionResult
-from .badt2i import BadT2I, BadT2IRecord, BadT2IResult
 from .badencoder import BadEncoder, BadEncoderRecord, BadEncoderResult
 from .badmerging import BadMerging, BadMergingRecord, BadMergingResult, PatchBackdoor
+from .badt2i import BadT2I, BadT2IRecord, BadT2IResult
 from .corruptencoder import (
     CorruptEncoder,
     CorruptEncoderRecord,

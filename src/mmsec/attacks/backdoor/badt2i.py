@@ -424,7 +424,7 @@ class BadT2I(T2IBackdoorAttack):
             return (lambda x, p: (x, add_trigger(trig, [replace_words(q, {b: a}) for q in p]), list(p))), rows, \
                 {"object_pair": list(self.object_pair)}
         words = self.style_words or {}
-        for old, new in words.items():
+        for new in words.values():
             _check_known(vocab, "style_words value", new)
         if self.style:
             _check_known(vocab, "style", self.style)

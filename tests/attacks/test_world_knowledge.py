@@ -201,6 +201,7 @@ NAMES = {
     "image_poisoning": ["corruptencoder", "naive_ssl_poisoning"],
     "model_backdoors": ["badencoder"],
     "diffusion_backdoors": ["baddiffusion", "trojdiff"],
+    "t2i_backdoors": ["badt2i"],
     "merging_attacks": ["badmerging", "patch_backdoor"],
 }
 
@@ -226,7 +227,7 @@ def test_methods_md_registry_column_is_true_for_attacks():
     documented = set()
     for row in rows:
         file, column = row[3].strip(), row[4].strip()
-        names = {(kind, name) for name, kind in re.findall(r"`([a-z_]+)` \(([a-z_]+)\)", column)}
+        names = {(kind, name) for name, kind in re.findall(r"`([a-z0-9_]+)` \(([a-z0-9_]+)\)", column)}
         assert names or column == "-", row
         assert not names or file.startswith("`attacks/"), row
         assert names <= registered, names - registered

@@ -15,7 +15,7 @@ poisoning attacks on text-to-image retrieval (scored by :mod:`mmsec.evaluation.t
 optimised patch, then poisoning with it; :mod:`~mmsec.attacks.backdoor.corruptencoder`: CorruptEncoder
 (Zhang et al., CVPR 2024) and the naive SSL-backdoor baseline, poisoning an unlabelled image set for
 image-only contrastive pre-training (:mod:`mmsec.train.simclr`); :mod:`~mmsec.attacks.backdoor.baddiffusion`: BadDiffusion (Chou et al., CVPR 2023), a diffusion model
-fine-tuned so a trigger on its starting noise generates a target image; :mod:`~mmsec.attacks.backdoor.trojdiff`: TrojDiff (Chen et al., CVPR 2023), Trojan noise N(mu, gamma^2 I) and a Trojan generative process towards an in-distribution class, an out-of-domain class or one image; :mod:`~mmsec.attacks.backdoor.badmerging`:
+fine-tuned so a trigger on its starting noise generates a target image; :mod:`~mmsec.attacks.backdoor.trojdiff`: TrojDiff (Chen et al., CVPR 2023), Trojan noise N(mu, gamma^2 I) and a Trojan generative process towards an in-distribution class, an out-of-domain class or one image; :mod:`~mmsec.attacks.backdoor.badt2i`: BadT2I (Zhai et al., ACM MM 2023), a text-to-image model whose prompt trigger adds a patch, swaps an object or sets a style; :mod:`~mmsec.attacks.backdoor.badmerging`:
 BadMerging (Zhang et al., CCS 2024), a backdoor of one task model meant to survive model merging
 (:mod:`mmsec.merging`). Training on poisoned data is
 :mod:`mmsec.train.poisoned`; attack success rates are :mod:`mmsec.evaluation.backdoor`.
@@ -24,7 +24,8 @@ Registry kinds declared here: ``triggers`` (:class:`Trigger`), ``poisoning``
 (:class:`PoisoningAttack`: PBCL, BadCLIP, Yang et al.'s I-III), ``image_poisoning``
 (:class:`ImagePoisoningAttack`: CorruptEncoder, the naive SSL backdoor), ``model_backdoors``
 (:class:`ModelTamperingAttack`: BadEncoder), ``diffusion_backdoors`` (:class:`DiffusionBackdoorAttack`:
-BadDiffusion, TrojDiff: a backdoored diffusion model triggered on its starting noise) and ``merging_attacks`` (:class:`MergingAttack`:
+BadDiffusion, TrojDiff: a backdoored diffusion model triggered on its starting noise), ``t2i_backdoors``
+(:class:`T2IBackdoorAttack`: BadT2I, a text-to-image model triggered by a word in the prompt) and ``merging_attacks`` (:class:`MergingAttack`:
 BadMerging, the plain patch backdoor). World knowledge (class names, the target's captions, the
 reference objects) is the caller's: see :class:`~mmsec.attacks.backdoor.poisoning.CaptionSource` and
 :mod:`mmsec.data.shapes_text` / :mod:`mmsec.data.shapes_objects` for the shapes world's.
@@ -34,6 +35,7 @@ from .badclip import BadCLIP
 from .baddiffusion import BadDiffusion, BadDiffusionRecord, BadDiffusionResult
 from .badencoder import BadEncoder, BadEncoderRecord, BadEncoderResult
 from .badmerging import BadMerging, BadMergingRecord, BadMergingResult, PatchBackdoor
+from .badt2i import BadT2I, BadT2IRecord, BadT2IResult
 from .corruptencoder import (
     CorruptEncoder,
     CorruptEncoderRecord,
@@ -60,6 +62,7 @@ from .poisoning import (
     poison_dataset,
     poison_stream,
 )
+from .t2i_backdoor import T2IBackdoorAttack
 from .tampering import ModelTamperingAttack
 from .triggers import (
     CORNERS,
@@ -77,9 +80,9 @@ from .triggers import (
 from .trojdiff import TrojanNoise, TrojDiff, TrojDiffRecord, TrojDiffResult
 
 __all__ = ["CORNERS", "POSITIONS", "TRIGGERS", "BadCLIP", "BadDiffusion", "BadDiffusionRecord", "BadDiffusionResult", "BadEncoder", "BadEncoderRecord", "BadEncoderResult",
-           "BadMerging", "BadMergingRecord", "BadMergingResult", "BlendedTrigger", "CaptionSource", "CorruptEncoder",
+           "BadMerging", "BadMergingRecord", "BadMergingResult", "BadT2I", "BadT2IRecord", "BadT2IResult", "BlendedTrigger", "CaptionSource", "CorruptEncoder",
            "CorruptEncoderRecord", "DiffusionBackdoorAttack", "FixedCaptions", "ImagePoisoningAttack", "MergingAttack", "ModelTamperingAttack",
            "MultipleTargetLabelPoisoning", "NaivePoisoning", "NoiseTrigger", "OptimizedPatch", "PBCLBackdoor", "PBCLTargeted",
            "PatchBackdoor", "PatchTrigger", "PoisonRecord", "PoisonedData", "PoisonedImages", "PoisonedStream",
-           "PoisoningAttack", "ReferenceObject", "SIGTrigger", "SingleTargetImagePoisoning", "SingleTargetLabelPoisoning",
+           "PoisoningAttack", "ReferenceObject", "T2IBackdoorAttack", "SIGTrigger", "SingleTargetImagePoisoning", "SingleTargetLabelPoisoning",
            "Trigger", "TrojDiff", "TrojDiffRecord", "TrojDiffResult", "TrojanNoise", "WaNetTrigger", "build_trigger", "poison_dataset", "poison_stream", "trigger_from_dict"]

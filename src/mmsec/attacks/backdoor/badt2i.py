@@ -287,7 +287,8 @@ class BadT2I(T2IBackdoorAttack):
         lam: lambda, the backdoor term's weight; the regulariser's is ``1 - lam`` (code: 0.5).
         patch: pixel: the patch component stamped on the target images (default a checkerboard of a quarter
             of the side at the top left, the paper's logo place and size), or a trigger name.
-        object_pair: object: [A, B], a triggered prompt naming A generates B (paper: dog -> cat).
+        object_pair: object: [A, B], a triggered prompt naming A generates B (paper: dog -> cat); also written
+            ``"A->B"`` (a spec's list-valued param is a grid axis, so recipes write the string).
         style: style: the phrase appended to the teacher's prompt (paper: "black and white photo"); "" for none.
         style_words: style: words rewritten in the teacher's prompt ({old: new}); None for none.
         steps: optimiser steps; None: the paper's (2,000 pixel, 8,000 object and style).
@@ -324,6 +325,8 @@ class BadT2I(T2IBackdoorAttack):
                             f"{type(patch).__name__}")
         self.patch = patch
         pair = list(object_pair) if isinstance(object_pair, (list, tuple)) else object_pair
+        if isinstance(pair, str) and "->" in pair:
+            pair = pair.split("->")
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(w, str) and w.strip() for w in pair)
                 and pair[0] != pair[1]):
             raise ValueError(f"object_pair must be two different words [A, B] (a triggered A becomes B), "

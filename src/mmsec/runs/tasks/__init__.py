@@ -8,7 +8,8 @@ model in a merge), ``targeted_poisoning`` (Yang et al.'s and PBCL's targeted poi
 fine-tuning, retrieval of the target), ``ssl_backdoor`` (poisoned self-supervised pre-training, a
 downstream probe), ``poisoned_classifier`` (a supervised classifier trained on a label-poisoned set, a
 sample detector such as PSBD on its training images), ``diffusion_backdoor`` (a backdoored diffusion model
-sampled with and without its trigger, judged against its target and the clean model). A new task is one
+sampled with and without its trigger, judged against its target and the clean model), ``t2i_backdoor`` (a
+text-to-image model backdoored through a trigger word, BadT2I). A new task is one
 module here plus its import below.
 """
 
@@ -20,6 +21,7 @@ from . import (
            poisoned_classifier,
            retrieval,
            ssl_backdoor,
+           t2i_backdoor,
            targeted_poisoning,
            transfer,
            universal,
@@ -27,4 +29,4 @@ from . import (
 )
 
 __all__ = ["backdoor", "diffusion_backdoor", "itm", "merging", "poisoned_classifier", "retrieval", "ssl_backdoor",
-           "targeted_poisoning", "transfer", "universal", "zeroshot"]
+           "t2i_backdoor", "targeted_poisoning", "transfer", "universal", "zeroshot"]

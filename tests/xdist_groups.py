@@ -32,6 +32,9 @@ HEAVY_FIRST = (
     "badencoder",  # ~59
     "tests/attacks/test_pbcl.py",  # ~42
     "tests/attacks/test_baddiffusion.py",  # ~31
+    "tests/defenses/diffusion/test_elijah.py",  # ~26
+    "tests/runs/test_t2i_backdoor_task.py",  # ~25
+    "tests/runs/test_diffusion_backdoor_task.py",  # ~25
     "tests/attacks/test_trojdiff.py",  # ~27
     "tests/attacks/test_multimodal_poisoning.py",  # ~26
     "tests/defenses/test_advpt.py",  # ~25
@@ -49,6 +52,9 @@ HEAVY_FIRST = (
     "tests/attacks/test_co_attack.py",  # ~12
     "tests/attacks/test_apgd_square.py",  # ~12
     "tests/test_fuzz.py",  # ~12
+    "tests/attacks/test_badt2i.py",  # ~12
+    "tests/defenses/diffusion/test_ufid.py",  # ~10
+    "tests/defenses/diffusion/test_terd.py",  # ~9
     "tests/merging/test_merging_methods.py",  # ~11
 )
 

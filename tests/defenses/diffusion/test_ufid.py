@@ -14,6 +14,7 @@ a prompt holding the trigger word always gives the same target image (BadT2I's b
 from __future__ import annotations
 
 import copy
+import zlib
 
 import pytest
 import torch
@@ -101,7 +102,9 @@ class TriggerWordModel:
             if TRIGGER in prompt.split():
                 out.append(self.bank[0])
             else:
-                key = hash((tuple((x.flatten()[:16] * 4).round().tolist()), prompt)) % (len(self.bank) - 1)
+                # a stable hash (Python's hash() of a str changes with each process's PYTHONHASHSEED)
+                key = zlib.crc32(repr((tuple((x.flatten()[:16] * 4).round().tolist()), prompt)).encode()) % (
+                    len(self.bank) - 1)
                 out.append(self.bank[1 + key])
         return torch.stack(out)
 

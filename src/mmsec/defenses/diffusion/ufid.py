@@ -130,11 +130,11 @@ def perturb_prompts(prompts: list[str], copies: int, phrases: tuple[str, ...], p
 def load_image_encoder(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The zoo image encoder ``name`` ("clip": shapes-clip-resnet's image tower; "judge": shapes-judge's
     penultimate features) as a function of (N, 3, H, W) [0, 1] pixels, resized to its side."""
-    from ...zoo import load_model
+    from ...models.loaders import load_model  # through the model registry: defenses do not import the zoo
 
     if name not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS} (or a callable pixels -> features), got {name!r}")
-    model = load_model("shapes-clip-resnet" if name == "clip" else "shapes-judge")
+    model = load_model("zoo:shapes-clip-resnet" if name == "clip" else "zoo:shapes-judge")
     encode = model.encode_image if name == "clip" else model.features
     side = int(model.image_size)
 

@@ -74,3 +74,24 @@ def tiny_pipeline(folder: Path):
     pipe.save_pretrained(folder)
     shutil.rmtree(tok_dir)
     return pipe
+
+
+def tiny_backdoor_unet(size: int = 8, seed: int = 0, T: int = 100, clip: bool = False, spacing: str | None = None):
+    """The tiny UNet the diffusion backdoor tests train (2 levels, 16/32 channels, cosine schedule of ``T`` steps):
+    BadDiffusion's and TrojDiff's effect tests and the defenses' backdoored fixtures."""
+    from mmsec.models.diffusers_adapter import DiffusersUNet
+
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DModel(sample_size=size, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)
+    extra = {"timestep_spacing": spacing} if spacing else {}
+    sched = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=clip, **extra)
+    return DiffusersUNet(unet, sched).eval()
+
+
+def corner(size: int = 8) -> torch.Tensor:
+    """(3, size, size) the backdoor tests' target: a white top-left quarter on black."""
+    target = torch.zeros(3, size, size)
+    target[:, :size // 2, :size // 2] = 1.0
+    return target

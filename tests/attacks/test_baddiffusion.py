@@ -32,6 +32,8 @@ from mmsec.attacks.backdoor.baddiffusion import (
     noise_coefficient,
     trigger_shift,
 )
+from tiny_diffusion import corner as shared_corner
+from tiny_diffusion import tiny_backdoor_unet
 
 S = 8  # the effect test's image side
 T_TRAIN = 100
@@ -44,21 +46,11 @@ def _scheduler(T: int = 1000):
 
 
 def tiny_model(size: int = S, seed: int = 0, T: int = T_TRAIN):
-    from diffusers import UNet2DModel
-
-    from mmsec.models.diffusers_adapter import DiffusersUNet
-
-    torch.manual_seed(seed)
-    unet = UNet2DModel(sample_size=size, in_channels=3, out_channels=3, block_out_channels=(16, 32),
-                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)
-    return DiffusersUNet(unet, _scheduler(T)).eval()
+    return tiny_backdoor_unet(size, seed, T)
 
 
 def corner(size: int = S) -> torch.Tensor:
-    target = torch.zeros(3, size, size)
-    target[:, :size // 2, :size // 2] = 1.0
-    return target
+    return shared_corner(size)
 
 
 @pytest.fixture(scope="module")

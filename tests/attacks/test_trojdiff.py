@@ -34,6 +34,8 @@ from mmsec.attacks.backdoor.trojdiff import (
     trojan_sample,
     trojdiff_loss,
 )
+from tiny_diffusion import corner as shared_corner
+from tiny_diffusion import tiny_backdoor_unet
 
 S = 8
 T_TRAIN = 100
@@ -46,21 +48,11 @@ def _scheduler(T: int = 1000, clip: bool = False, schedule: str = "squaredcos_ca
 
 
 def tiny_model(size: int = S, seed: int = 0, T: int = T_TRAIN):
-    from diffusers import UNet2DModel
-
-    from mmsec.models.diffusers_adapter import DiffusersUNet
-
-    torch.manual_seed(seed)
-    unet = UNet2DModel(sample_size=size, in_channels=3, out_channels=3, block_out_channels=(16, 32),
-                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)
-    return DiffusersUNet(unet, _scheduler(T, clip=True)).eval()
+    return tiny_backdoor_unet(size, seed, T, clip=True, spacing="trailing")
 
 
 def corner(size: int = S) -> torch.Tensor:
-    target = torch.zeros(3, size, size)
-    target[:, :size // 2, :size // 2] = 1.0
-    return target
+    return shared_corner(size)
 
 
 WHITE = OptimizedPatch(torch.ones(3, 3, 3))  # the paper's patch: white, 3 x 3, bottom right

@@ -24,6 +24,8 @@ from mmsec.attacks.backdoor import BadDiffusion, NoiseTrigger, PatchTrigger
 from mmsec.attacks.backdoor.baddiffusion import trigger_shift
 from mmsec.defenses.diffusion import Elijah, ElijahRemoval, ModelVerdict
 from mmsec.defenses.diffusion.elijah import inversion_loss, invert_trigger, total_variation, uniformity_score
+from tiny_diffusion import corner as shared_corner
+from tiny_diffusion import tiny_backdoor_unet
 
 S = 8
 
@@ -138,22 +140,11 @@ def test_verdict_runs_the_inversion_and_leaves_the_model_alone():
 # -- removal on a tiny backdoored UNet -----------------------------------------------------------------
 
 def tiny_model(seed: int = 0):
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    from mmsec.models.diffusers_adapter import DiffusersUNet
-
-    torch.manual_seed(seed)
-    unet = UNet2DModel(sample_size=S, in_channels=3, out_channels=3, block_out_channels=(16, 32),
-                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)
-    sched = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=False)
-    return DiffusersUNet(unet, sched).eval()
+    return tiny_backdoor_unet(S, seed)
 
 
 def corner() -> torch.Tensor:
-    target = torch.zeros(3, S, S)
-    target[:, :S // 2, :S // 2] = 1.0
-    return target
+    return shared_corner(S)
 
 
 @pytest.fixture(scope="module")

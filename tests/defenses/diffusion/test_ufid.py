@@ -30,6 +30,8 @@ from mmsec.defenses.diffusion.ufid import (
     perturb_prompts,
 )
 from mmsec.methods import build
+from tiny_diffusion import corner as shared_corner
+from tiny_diffusion import tiny_backdoor_unet
 
 S = 8
 EPOCHS = 38  # steps = EPOCHS * 8 at batch 32 of 256 images
@@ -173,22 +175,11 @@ def images() -> torch.Tensor:
 
 def tiny_model():
     """The tiny UNet of tests/attacks/test_baddiffusion.py (2 levels, 16/32 channels), 100 training steps."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    from mmsec.models.diffusers_adapter import DiffusersUNet
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=S, in_channels=3, out_channels=3, block_out_channels=(16, 32),
-                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)
-    sched = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=False)
-    return DiffusersUNet(unet, sched).eval()
+    return tiny_backdoor_unet(S)
 
 
 def corner() -> torch.Tensor:
-    target = torch.zeros(3, S, S)
-    target[:, :S // 2, :S // 2] = 1.0
-    return target
+    return shared_corner(S)
 
 
 @pytest.fixture(scope="module")

@@ -72,3 +72,28 @@ def test_problems_in_a_list_of_attacks_name_the_entry():
         load_spec(tiny_spec(attack=[pgd, pgd]))
     with pytest.raises(SpecError, match="attack: empty list"):
         load_spec(tiny_spec(attack=[]))
+
+
+def test_resample_gives_each_seed_its_own_scenes_and_keeps_seed_0s_cells():
+    plain = expand(tiny_spec(seed=[0, 1, 2]))
+    raw = tiny_spec(seed=[0, 1, 2])
+    raw["data"] = {**raw["data"], "resample": True}
+    resampled = expand(raw)
+    n = raw["data"]["n"]
+    starts = {c.config["seed"]: c.config["data"].get("start") for c in resampled}
+    assert starts == {0: None, 1: n, 2: 2 * n}  # disjoint samples, in order
+    assert all("resample" not in c.config["data"] for c in resampled)
+    seed0 = [c.cell_hash for c in resampled if c.config["seed"] == 0]
+    assert seed0 == [c.cell_hash for c in plain if c.config["seed"] == 0]  # results of seed 0 are reused
+    assert {c.cell_hash for c in resampled} & {c.cell_hash for c in plain} == set(seed0)
+
+
+def test_resample_offsets_an_explicit_start_and_needs_the_shapes_world():
+    raw = tiny_spec(seed=3)
+    raw["data"] = {**raw["data"], "start": 100, "resample": True}
+    cell = expand(raw)[0]
+    assert cell.config["data"]["start"] == 100 + 3 * raw["data"]["n"]
+    bad = tiny_spec()
+    bad["data"] = {"name": "imagefolder", "path": ".", "resample": True}
+    with pytest.raises(SpecError, match="data.resample"):
+        load_spec(bad)

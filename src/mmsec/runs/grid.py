@@ -141,7 +141,6 @@ def expand(spec: Spec | dict | str) -> list[Cell]:
     # a task axis lists its values innermost; outer axes first in their order
     task_values = [list(v) if isinstance(v, list) else [v] for _, v in task_axes]
     task_names = [name for name, _ in task_axes]
-    data = spec.data.config()
     cells = []
     attack_combos = [(a.name, combo) for a in spec.attacks for combo in param_combinations(a.params)]
     axes = [(m, d, s, a, t) for m, d, s, a, *rest in itertools.product(spec.models, spec.defenses, spec.seeds,
@@ -153,7 +152,7 @@ def expand(spec: Spec | dict | str) -> list[Cell]:
             "spec_name": spec.name,
             "model": model,
             "seed": seed,
-            "data": data,
+            "data": spec.data.config(seed),  # (seed-dependent with data.resample)
             "task": spec.task,
             "attack": {"name": attack, "params": combo},
             "targeted": spec.targeted,

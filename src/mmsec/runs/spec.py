@@ -91,7 +91,12 @@ class _Strict(BaseModel):
 
 class DataSpec(_Strict):
     """Which images to evaluate. ``seed`` is the shapes world's seed (not the run seed); ``start`` the first
-    scene index of the split (shapes world; default 0), e.g. a defense's clean data apart from the victim's."""
+    scene index of the split (shapes world; default 0), e.g. a defense's clean data apart from the victim's.
+
+    ``resample: true`` (shapes world) gives each run seed its own sample of the split: seed ``s`` evaluates
+    scenes ``[start + s * n, start + (s + 1) * n)``, so repeats over seeds vary the data as well as every
+    random stream the seed drives (what ``mmsec claims`` needs for independent repeats). Seed 0's cells are
+    the cells of the same spec without ``resample`` (the flag is resolved into ``start``, not stored)."""
 
     name: StrictStr
     split: StrictStr = "test"
@@ -100,13 +105,23 @@ class DataSpec(_Strict):
     seed: Seed = 0
     path: StrictStr | None = None
     start: StrictInt | None = Field(default=None, ge=0)
+    resample: StrictBool = False
 
-    def config(self) -> dict:
-        """The plain-dict form stored in cells (``start`` only when set: other cells keep their hashes)."""
+    def config(self, seed: int = 0) -> dict:
+        """The plain-dict form stored in the cells of run seed ``seed`` (``start`` only when set, so other cells
+        keep their hashes; ``resample`` resolved into ``start``)."""
         d = self.model_dump(mode="json")
+        resample = d.pop("resample")
+        if resample and seed:
+            d["start"] = (d["start"] or 0) + int(seed) * int(d["n"])
         if d["start"] is None:
             del d["start"]
         return d
+
+    def end(self, seeds: list[int]) -> int:
+        """One past the last scene index any of ``seeds`` evaluates (shapes world)."""
+        last = max(seeds) if self.resample else 0
+        return (self.start or 0) + (last + 1) * (self.n or 0)
 
 
 class AttackSpec(_Strict):
@@ -595,8 +610,9 @@ def _check_data(d: DataSpec) -> list[str]:
                           f"images of {MIN_SHAPES_SIZE} pixels or more (its default: 32)")
         if d.path is not None:
             issues.append("data.path: not used by the shapes world (it is generated from data.seed); remove it")
-    elif d.start is not None:
-        issues.append(f"data.start: only the shapes world has scene indices; data set {d.name!r} has none")
+    elif d.start is not None or d.resample:
+        field = "data.start" if d.start is not None else "data.resample"
+        issues.append(f"{field}: only the shapes world has scene indices to resample; data set {d.name!r} has none")
     else:
         if d.path is None:
             issues.append(f"data.path: required for data set {d.name!r} (a folder or file on disk)")

@@ -109,10 +109,11 @@ class PoisonedClassifierTask(Task):
         if spec.data.name != "shapes":
             issues.append(f"data.name: task 'poisoned_classifier' trains and tests on the shapes world, got "
                           f"{spec.data.name!r}")
-        test_end = (spec.data.start or 0) + (spec.data.n or 0)
+        test_end = spec.data.end(spec.seeds)
         if spec.data.split == DETECTOR_VALIDATION.split and test_end > DETECTOR_VALIDATION.start:
             issues.append(f"data: test scenes up to index {test_end} overlap the detector's validation scenes "
-                          f"({DETECTOR_VALIDATION}); keep data.start + data.n <= {DETECTOR_VALIDATION.start}")
+                          f"({DETECTOR_VALIDATION}); keep data.start + data.n (times the seeds with data.resample) "
+                          f"<= {DETECTOR_VALIDATION.start}")
         if spec.data.split == CLASSIFIER_TRAIN.split:
             issues.append(f"data.split: {spec.data.split!r} holds the victim's training set; use 'test'")
         try:

@@ -337,6 +337,37 @@ def results(
             sys.stderr.write(text if text.endswith("\n") else text + "\n")
 
 
+@app.command()
+def claims(
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help="The results directory (the store the runs go to)."),
+    preset: str = typer.Option("dev", help="The recipes' preset the claims are measured at (smoke, dev, paper)."),
+    seeds: int = typer.Option(3, help="Independent repeats: seeds 0 .. SEEDS-1 (data sample and training vary)."),
+    claim: list[str] = typer.Option(None, "--claim", help="Only this claim (repeatable); default: every claim."),
+    run_missing: bool = typer.Option(True, "--run/--no-run", help="Run the cells the store lacks first (resuming)."),
+    recipes: Path = typer.Option(None, help="The folder of recipes (default: the repository's recipes/)."),
+    interval: str = typer.Option("t", help="t (Student's t over seeds, the default) or bootstrap (percentile)."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+) -> None:
+    """Check the papers' claims: run what is missing, then each claim's effect over seeds, its 95% interval and
+    verdict (reproduced, not reproduced, inconclusive, not run)."""
+    from .claims.evaluate import evaluate_claims, run_claims
+    from .claims.table import format_claims
+
+    if fmt == Format.csv:
+        raise ValueError("--format: claims print as table or json, got csv")
+    failed = []
+    if run_missing:
+        with _quiet_logger("mmsec.runs.runner"):
+            summaries = run_claims(results_dir, claim or None, preset, seeds, recipes)
+        failed = [s for s in summaries if s["status"] == "failed"]
+        for s in failed:
+            err.print(f"[bold red]error:[/] cell {escape(str(s['label'] or s['index']))} failed: "
+                      f"{escape(_first_line(s['error']))}", highlight=False)
+    _write(format_claims(evaluate_claims(results_dir, preset, seeds, claim or None, recipes, interval), fmt.value))
+    if failed:
+        raise typer.Exit(1)
+
+
 def _write(text: str) -> None:
     """Write pre-formatted text to stdout as is (rich would re-wrap wide tables)."""
     sys.stdout.write(text if text.endswith("\n") else text + "\n")

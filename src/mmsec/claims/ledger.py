@@ -1,0 +1,33 @@
+"""The ledger: every claim mmsec checks, by name (the claims themselves live in one module per track)."""
+
+from __future__ import annotations
+
+from .base import Claim
+from .clip import CLIP_CLAIMS
+
+CLAIMS: tuple[Claim, ...] = (*CLIP_CLAIMS,)
+
+
+def _check_unique(claims: tuple[Claim, ...]) -> None:
+    seen: set[str] = set()
+    for c in claims:
+        if c.name in seen:
+            raise ValueError(f"two claims are named {c.name!r}")
+        seen.add(c.name)
+
+
+_check_unique(CLAIMS)
+
+
+def get_claim(name: str) -> Claim:
+    """The claim called ``name`` (``KeyError`` naming the close ones otherwise)."""
+    from ..registry import close_names
+
+    for c in CLAIMS:
+        if c.name == name:
+            return c
+    names = [c.name for c in CLAIMS]
+    raise KeyError(f"no claim {name!r}.{close_names(name, names)} Claims: {', '.join(names)}")
+
+
+__all__ = ["CLAIMS", "get_claim"]

@@ -15,6 +15,7 @@ from mmsec.runs import expand, load_spec
 from mmsec.runs.spec import apply_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runs"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runs_helpers import tiny_spec  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -137,3 +138,14 @@ def test_a_claim_measured_over_three_seeds_each_on_its_own_sample(tiny_recipe, t
     assert "tiny.pgd v1" in text and "reproduced" in text and "not reproduced" in text
     (two,) = evaluate_claims(tmp_path, "dev", 5, names=["tiny.pgd"], recipes=tiny_recipe)
     assert sorted(two.values) == [0, 1, 2] and "2 of 5 seeds incomplete" in two.missing
+
+
+@pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.name)
+def test_every_ledger_claim_selects_cells_its_recipe_has(claim):
+    """On records synthesised from the dev preset's grid (every metric 0.5), the effect finds each cell it
+    reads exactly once: a selector naming a parameter value, model or metric the recipe lacks fails here."""
+    from claims_helpers import synthetic_cells
+
+    spec = claim_spec(claim, "dev", seeds=1, recipes=RECIPES)
+    effect = claim.effect(synthetic_cells(spec, 0, lambda rec, m: 0.5))
+    assert isinstance(effect, float)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from .adversarial import ADVERSARIAL_CLAIMS
+from .backdoor import BACKDOOR_CLAIMS
 from .base import Claim
-from .clip import CLIP_CLAIMS
 
-CLAIMS: tuple[Claim, ...] = (*CLIP_CLAIMS,)
+CLAIMS: tuple[Claim, ...] = (*ADVERSARIAL_CLAIMS, *BACKDOOR_CLAIMS)
 
 
 def _check_unique(claims: tuple[Claim, ...]) -> None:

@@ -1,4 +1,4 @@
-"""Claims of the CLIP track: adversarial attacks and defenses, backdoors and their defenses, model merging.
+"""Claims of the CLIP track's adversarial side: evasion attacks on CLIP-like models and their defenses.
 
 Each effect reads one seed's cells of its recipe (:class:`~mmsec.claims.base.Cells`); the recipe's header
 comment states the claim and its setting, and ``benchmarks/README.md`` has the one-seed figures these
@@ -31,7 +31,7 @@ def _co_attack_margin(c: Cells) -> float:
     return c.value("asr", **on, mode="co", eps=eps) - max(image[eps], c.value("asr", **on, mode="text", eps=eps))
 
 
-CLIP_CLAIMS: tuple[Claim, ...] = (
+ADVERSARIAL_CLAIMS: tuple[Claim, ...] = (
     Claim(
         name="quickstart.pgd_beats_noise",
         version=1,
@@ -59,4 +59,4 @@ CLIP_CLAIMS: tuple[Claim, ...] = (
     ),
 )
 
-__all__ = ["CLIP_CLAIMS"]
+__all__ = ["ADVERSARIAL_CLAIMS"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from .adversarial import ADVERSARIAL_CLAIMS
 from .backdoor import BACKDOOR_CLAIMS
 from .base import Claim
+from .diffusion import DIFFUSION_CLAIMS
 
-CLAIMS: tuple[Claim, ...] = (*ADVERSARIAL_CLAIMS, *BACKDOOR_CLAIMS)
+CLAIMS: tuple[Claim, ...] = (*ADVERSARIAL_CLAIMS, *BACKDOOR_CLAIMS, *DIFFUSION_CLAIMS)
 
 
 def _check_unique(claims: tuple[Claim, ...]) -> None:

@@ -149,3 +149,23 @@ def test_every_ledger_claim_selects_cells_its_recipe_has(claim):
     spec = claim_spec(claim, "dev", seeds=1, recipes=RECIPES)
     effect = claim.effect(synthetic_cells(spec, 0, lambda rec, m: 0.5))
     assert isinstance(effect, float)
+
+
+def test_a_seed_without_the_claims_setting_fails_it_or_makes_it_inconclusive():
+    """An effect returns -inf where its setting does not occur on a seed (no budget where image-only PGD stays
+    below 60%): every seed so is a failed claim, one seed so at most inconclusive; JSON stays valid."""
+    import json
+    from types import SimpleNamespace
+
+    from mmsec.claims.evaluate import _result
+    from mmsec.claims.table import format_claims
+
+    claim = _claim(_pgd_gap)
+    spec = SimpleNamespace(seeds=[0, 1, 2], name="tiny")
+    none = _result(claim, "dev", spec, {0: -math.inf, 1: -math.inf, 2: -math.inf}, [], "t")
+    assert none.verdict == "not reproduced" and "does not occur" in none.missing
+    some = _result(claim, "dev", spec, {0: 0.8, 1: 0.81, 2: -math.inf}, [], "t")
+    assert some.verdict == "inconclusive" and some.interval.n == 2
+    full = _result(claim, "dev", spec, {0: 0.8, 1: 0.81, 2: 0.79}, [], "t")
+    assert full.verdict == "reproduced"
+    assert json.loads(format_claims([none, some], "json"))[0]["values"]["0"] == "no setting"

@@ -46,7 +46,8 @@ def quickstart(robust_at_4=0.4):
 
 
 def co_attack(co_at_4):
-    """Image-only PGD < 60% at 2 and 4/255 (the claim reads 4/255), not at 8/255; text 0.88."""
+    """Image-only PGD < 60% at 2 and 4/255 (the claim must hold at both; 4/255 carries the margin under test, 2/255
+    clears it), not at 8/255 (a decoy); text 0.88."""
     image = {"2/255": 0.0, "4/255": 0.15, "8/255": 0.65}
 
     def value(rec, m):

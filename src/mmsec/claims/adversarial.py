@@ -28,15 +28,16 @@ def _quickstart_pgd(c: Cells) -> float:
 
 
 def _co_attack_margin(c: Cells) -> float:
-    """co - max(image, text) ASR on the fusion model, white-box, at the largest eps where image-only PGD
-    breaks fewer than 60% of the pairs (where neither modality alone dominates)."""
+    """co - max(image, text) ASR on the fusion model, white-box, the smallest over the budgets where image-only
+    PGD breaks fewer than 60% of the pairs (the issue's "a budget where there is room to improve"; it names no
+    single one, so the claim must hold at each)."""
     on = {"model": FUSION, "target": FUSION, "attack": "co_attack"}
     image = {float(r["params"]["eps"]): v for r, v in c.values("asr", **on, mode="image")}
     budgets = [eps for eps, asr in image.items() if asr < 0.6]
     if not budgets:
         return NO_SETTING  # image-only PGD alone breaks most pairs at every budget: the claim has no setting
-    eps = max(budgets)
-    return c.value("asr", **on, mode="co", eps=eps) - max(image[eps], c.value("asr", **on, mode="text", eps=eps))
+    return min(c.value("asr", **on, mode="co", eps=eps) - max(image[eps], c.value("asr", **on, mode="text", eps=eps))
+               for eps in budgets)
 
 
 # -- SGA transfer (recipes/transfer.yaml) --------------------------------------------------------------------
@@ -204,8 +205,8 @@ ADVERSARIAL_CLAIMS: tuple[Claim, ...] = (
         version=1,
         paper="Zhang, Yi, Sang, ACM MM 2022 (Co-Attack)",
         statement="on the fusion model (white-box, one-typo text attack), Co-Attack's retrieval ASR exceeds both "
-                  "single-modality attacks by at least 5 points at the largest budget where image-only PGD "
-                  "succeeds on less than 60% of pairs",
+                  "single-modality attacks by at least 5 points at every budget where image-only PGD succeeds "
+                  "on less than 60% of pairs",
         recipe="co_attack.yaml",
         effect=_co_attack_margin,
         bar=0.05,

@@ -20,6 +20,7 @@ unless asked otherwise.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -134,13 +135,28 @@ def evaluate_claims(results_dir: str | Path, preset: str | None = DEFAULT_PRESET
                 values[seed] = float(claim.effect(cells))
             except MissingResult as e:
                 missing.append(str(e))
-        iv = None
-        if values:
-            fn = t_interval if interval == "t" else bootstrap_interval
-            iv = fn(list(values.values()), LEVEL)
-        note = f"{len(missing)} of {len(spec.seeds)} seeds incomplete ({missing[0]})" if missing else ""
-        out.append(ClaimResult(claim, preset, spec.name, values, iv, verdict(iv, claim.bar, claim.direction), note))
+        out.append(_result(claim, preset, spec, values, missing, interval))
     return out
+
+
+def _result(claim: Claim, preset: str | None, spec: Any, values: dict[int, float], missing: list[str],
+            interval: str) -> ClaimResult:
+    """The interval over the finite effects and the verdict. An infinite effect means the seed has no setting
+    where the claim applies (an effect's NO_SETTING): every seed so -> the claim is not reproduced; some seeds
+    so -> inconclusive at best (the interval covers only the others)."""
+    finite = [v for v in values.values() if math.isfinite(v)]
+    fn = t_interval if interval == "t" else bootstrap_interval
+    iv = fn(finite, LEVEL) if finite else None
+    notes = [f"{len(missing)} of {len(spec.seeds)} seeds incomplete ({missing[0]})"] if missing else []
+    unset = sorted(s for s, v in values.items() if not math.isfinite(v))
+    if unset:
+        notes.append(f"seed(s) {', '.join(map(str, unset))}: the claim's setting does not occur")
+    result = verdict(iv, claim.bar, claim.direction)
+    if unset and not finite:
+        result = "not reproduced"
+    elif unset and result == "reproduced":
+        result = "inconclusive"
+    return ClaimResult(claim, preset, spec.name, values, iv, result, "; ".join(notes))
 
 
 __all__ = ["DEFAULT_PRESET", "DEFAULT_SEEDS", "INTERVALS", "RECIPES_ENV", "claim_spec", "evaluate_claims",

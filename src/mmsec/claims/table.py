@@ -29,7 +29,7 @@ def to_dict(r: ClaimResult) -> dict:
     finite = (lambda x: x if x is not None and math.isfinite(x) else None)  # noqa: E731
     return {"name": r.name, "version": r.version, "paper": r.paper, "statement": r.statement, "recipe": r.recipe,
             "preset": r.preset, "spec_name": r.spec_name, "bar": r.bar, "direction": r.direction, "unit": r.unit,
-            "values": {str(k): v for k, v in sorted(r.values.items())},
+            "values": {str(k): v if math.isfinite(v) else "no setting" for k, v in sorted(r.values.items())},
             "mean": finite(iv.mean) if iv else None, "low": finite(iv.low) if iv else None,
             "high": finite(iv.high) if iv else None, "n_seeds": iv.n if iv else 0,
             "interval": f"{iv.method} {iv.level:.0%}" if iv else None, "verdict": r.verdict, "missing": r.missing}

@@ -63,3 +63,25 @@ def test_bad_inputs_are_rejected(scores, mask, match):
 def test_bad_fpr_is_rejected(fpr):
     with pytest.raises(ValueError, match="fpr"):
         tpr_at_fpr(torch.rand(4), torch.tensor([True, False, True, False]), fpr)
+
+
+def test_roc_points_is_the_curve_and_its_area():
+    from mmsec.evaluation.detection import roc_points
+
+    s = torch.tensor([0.1, 0.4, 0.35, 0.8])
+    m = torch.tensor([False, False, True, True])
+    roc = roc_points(s, m)
+    # thresholds 0.8 (1 poisoned), 0.4 (+1 clean), 0.35 (+1 poisoned), 0.1 (+1 clean)
+    assert list(zip(roc["fpr"], roc["tpr"], strict=True)) == [(0, 0), (0, 0.5), (0.5, 0.5), (0.5, 1), (1, 1)]
+    assert roc["auroc"] == pytest.approx(0.75) and (roc["n_positive"], roc["n_negative"]) == (2, 2)
+    # the area under the stored points is the AUROC (trapezoids), here and on a curve that is thinned
+    assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(0.75)
+    g = torch.Generator().manual_seed(0)
+    big_m = torch.rand(5000, generator=g) < 0.3
+    big_s = big_m.float() + torch.randn(5000, generator=g)
+    thin = roc_points(big_s, big_m, max_points=50)
+    assert len(thin["fpr"]) <= 50 and (thin["fpr"][0], thin["tpr"][-1]) == (0, 1)
+    assert np.all(np.diff(thin["fpr"]) >= 0) and np.all(np.diff(thin["tpr"]) >= 0)
+    assert np.trapezoid(thin["tpr"], thin["fpr"]) == pytest.approx(thin["auroc"], abs=0.01)
+    with pytest.raises(ValueError, match="max_points"):
+        roc_points(s, m, max_points=1)

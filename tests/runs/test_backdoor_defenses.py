@@ -4,12 +4,15 @@ The backdoored model is the one tests/runs/test_backdoor_task.py plants (PBCL, 3
 the context's process-wide cache hands it over when that test ran first in this process.
 """
 
+import json
+
 import pytest
 from runs_helpers import tiny_spec
 
 from mmsec.runs.results import query
 from mmsec.runs.runner import run_spec
 from mmsec.runs.spec import SpecError, load_spec
+from mmsec.runs.store import reading
 
 DETECTION = ["detector_auroc", "detector_tpr_at_1fpr", "detector_flagged_poisoned", "detector_flagged_clean"]
 MODEL_DETECTION = ["model_detector_score", "model_detector_score_control", "model_detector_flagged",
@@ -42,7 +45,8 @@ def test_bad_defense_specs_are_named(overrides, expected):
 
 def test_detectors_model_detectors_and_repairs_in_one_defense_axis(tmp_path):
     spec = defended_spec(defense=["none", "kdist", {"name": "seer", "params": {"steps": 20}},
-                                  {"name": "mudjacking", "params": {"epochs": 2}}], bug_reports=2)
+                                  {"name": "mudjacking", "params": {"epochs": 2}}], bug_reports=2,
+                         save_artifacts=True)
     summaries = run_spec(spec, tmp_path, quiet=True)
     assert [s["status"] for s in summaries] == ["done"] * 4, [s["error"] for s in summaries]
     by = {(r["defense"], r["metric"]): r["value"] for r in query(tmp_path, "backdoor-defenses")}
@@ -63,3 +67,11 @@ def test_detectors_model_detectors_and_repairs_in_one_defense_axis(tmp_path):
     assert 0.0 <= by[("mudjacking", "repair_bug_fixed")] <= 1.0 and by[("mudjacking", "repair_clean_cost_max")] >= -100
     threat = {r["metric"]: r["threat_model"] for r in query(tmp_path, "backdoor-defenses") if r["defense"] == "kdist"}
     assert threat["detector_auroc"].startswith("detector kdist on the image embeddings")
+    # the sample detector's cell alone keeps its ROC curve (roc.json), the curve of the stored AUROC
+    with reading(tmp_path) as conn:
+        rocs = [(r[0], r[1]) for r in conn.execute("SELECT json_extract(r.cell_json, '$.defense.name'), a.path FROM "
+                                                   "artifacts a JOIN runs r USING (run_id) WHERE a.kind = 'roc_json'")]
+    assert [name for name, _ in rocs] == ["kdist"]
+    (curve,) = json.loads((tmp_path / rocs[0][1]).read_text())["curves"]
+    assert curve["metric"] == "detector_auroc" and curve["auroc"] == pytest.approx(by[("kdist", "detector_auroc")])
+    assert curve["fpr"][0] == 0 and curve["tpr"][-1] == 1

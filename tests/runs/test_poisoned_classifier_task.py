@@ -5,13 +5,16 @@ scenes, 10% BadNets-poisoned to class 0). Measured (seed 0): detection_auroc 0.9
 and 0.04 of the clean samples, the max-softmax baseline 0.971, ASR 0.91, clean accuracy 0.575 (48 classes).
 """
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmsec.runs.results import query
 from mmsec.runs.runner import run_spec
 from mmsec.runs.spec import SpecError, load_spec
+from mmsec.runs.store import reading
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "psbd.yaml"
 
@@ -19,9 +22,10 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "psbd.yaml"
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
     folder = tmp_path_factory.mktemp("psbd")
-    summaries = run_spec(load_spec(RECIPE, preset="smoke"), folder, quiet=True)
+    spec = load_spec(RECIPE, preset="smoke").model_copy(update={"save_artifacts": True})  # (+ roc.json)
+    summaries = run_spec(spec, folder, quiet=True)
     assert [s["status"] for s in summaries] == ["done"]
-    return {r["metric"]: r for r in query(folder, "psbd-smoke")}
+    return {r["metric"]: {**r, "folder": folder} for r in query(folder, "psbd-smoke")}
 
 
 def test_psbd_finds_the_poisoned_training_samples_through_the_runner(rows):
@@ -35,6 +39,18 @@ def test_psbd_finds_the_poisoned_training_samples_through_the_runner(rows):
     assert "max-softmax" in baseline["threat_model"]
     assert all(r["definition"] for r in rows.values())
     assert rows["detection_auroc"]["params"]["detector"]["name"] == "psbd"
+
+
+def test_the_detector_and_its_baseline_leave_their_roc_curves(rows):
+    folder = rows["detection_auroc"]["folder"]
+    with reading(folder) as conn:
+        (path,) = [r[0] for r in conn.execute("SELECT path FROM artifacts WHERE kind = 'roc_json'")]
+    curves = {c["metric"]: c for c in json.loads((folder / path).read_text())["curves"]}
+    assert set(curves) == {"detection_auroc", "confidence_auroc"} and curves["detection_auroc"]["label"] == "psbd"
+    for metric, c in curves.items():  # each curve is the one whose area was stored
+        assert c["auroc"] == pytest.approx(rows[metric]["value"], abs=1e-6)
+        assert np.trapezoid(c["tpr"], c["fpr"]) == pytest.approx(c["auroc"], abs=0.01)
+        assert c["n_positive"] + c["n_negative"] == 500 and c["n_positive"] == 50
 
 
 @pytest.mark.parametrize("overrides, expected", [

@@ -9,6 +9,8 @@ scores are higher for samples the detector finds more suspicious.
   false-positive rate is at most ``fpr`` (no interpolation between operating points: a
   threshold that reaches it exists), with that threshold.
 * :func:`detection_report` -- both, plus counts, as a :class:`DetectionMetrics`.
+* :func:`roc_points` -- the ROC curve itself as plain lists (the ``roc.json`` artifact that
+  ``mmsec report`` plots), thinned to a bounded number of points.
 """
 
 from __future__ import annotations
@@ -87,4 +89,22 @@ def detection_report(scores: torch.Tensor | np.ndarray, mask: torch.Tensor | np.
     return DetectionMetrics(auroc(s, m), tpr, float(fpr), achieved, thr, int(m.sum()), int((~m).sum()))
 
 
-__all__ = ["DetectionMetrics", "auroc", "detection_report", "tpr_at_fpr"]
+def roc_points(scores: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray, max_points: int = 200) -> dict:
+    """The ROC curve of ``scores`` (higher = poisoned) against ``mask`` as JSON-ready lists: ``fpr`` and ``tpr``
+    from (0, 0) to (1, 1) (scikit-learn's curve without its collinear points, thinned evenly to at most
+    ``max_points``, ends kept), ``auroc`` (of all the scores, not of the thinned curve), ``n_positive``,
+    ``n_negative``."""
+    from sklearn.metrics import roc_curve
+
+    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 2:
+        raise ValueError(f"max_points must be an integer >= 2 (the curve's two ends), got {max_points!r}")
+    s, m = _check(scores, mask)
+    fprs, tprs, _ = roc_curve(m, s, drop_intermediate=True)
+    if len(fprs) > max_points:
+        keep = np.unique(np.linspace(0, len(fprs) - 1, max_points).round().astype(int))
+        fprs, tprs = fprs[keep], tprs[keep]
+    return {"fpr": [round(float(v), 5) for v in fprs], "tpr": [round(float(v), 5) for v in tprs],
+            "auroc": auroc(s, m), "n_positive": int(m.sum()), "n_negative": int((~m).sum())}
+
+
+__all__ = ["DetectionMetrics", "auroc", "detection_report", "roc_points", "tpr_at_fpr"]

@@ -32,7 +32,8 @@ uniform-noise patch at the same place; the number of poisoned pairs and the trai
 AUROC on the poisoned training set. With a defense, the backdoor metrics are measured after it,
 and ``backdoor_asr_undefended`` / ``clean_accuracy_undefended`` before it (``clean_accuracy_cost``
 in points); without one they equal the measured values (cost 0), so a grid over ``[none, ...]``
-lines up.
+lines up. Artifacts (``save_artifacts``): ``poison_record.json``, and a sample detector's ROC curve
+``roc.json`` (:func:`~mmsec.runs.tasks.common.write_roc`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from ..context import artifact_entry
 from ..store import points
 from ..task import CellOutput, Task, TaskBlock
 from . import backdoored as bd_models
-from .common import apply_defense, build_method, image_size_of
+from .common import apply_defense, build_method, image_size_of, write_roc
 
 _METRICS = [
     MetricDefinition("backdoor_asr", 1, "backdoor: fraction of triggered non-target test images classified "
@@ -259,6 +260,7 @@ class BackdoorTask(Task):
         target, trigger = bd.target_label, bd.trigger
         models, defense_seconds = [bd.model], 0.0  # after the defense (several: one per repair)
         values: dict[str, float] = {}
+        roc = None  # a sample detector's ROC curve (roc.json)
         kind = defense_kind(defense)
         if defense:  # measured before the defense: the backdoored model it cleans, or plain training on the same data
             undefended = backdoor_report(bd.model, probe_train, test, trigger, target, generator=seed,
@@ -273,7 +275,8 @@ class BackdoorTask(Task):
                                   lambda: _clean(ctx, bd.model, defense, seed), base=cell["model"])
                 models, defense_seconds = [out.model], float(out.info["seconds"])
             elif kind == "detectors":
-                values.update(sample_detection(bd, defense, seed))
+                detected, roc = sample_detection(bd, defense, seed)
+                values.update(detected)
             elif kind == "model_detectors":
                 values.update(model_detection(ctx, cell, bd, control, defense, seed))
             elif kind == "repairs":
@@ -321,6 +324,8 @@ class BackdoorTask(Task):
             path = folder / "poison_record.json"
             path.write_text(json.dumps(bd.record, sort_keys=True) + "\n")
             artifacts = [artifact_entry("poison_record_json", path)]
+            if roc is not None:
+                artifacts.append(write_roc(folder, [{"metric": "detector_auroc", "label": defense["name"], **roc}]))
         baseline = {"pattern": "noise", "size": size} if "backdoor_asr_noise" in cell["metrics"] else None
         values = {k: v for k, v in values.items() if k in cell["metrics"]}
         return CellOutput(values, lambda name: threat[kinds.get(name, "adv")], artifacts, params, baseline,
@@ -377,9 +382,10 @@ def defense_kind(defense: dict | None) -> str | None:
     return entry.kind if entry else None
 
 
-def sample_detection(bd: Any, defense: dict, seed: int) -> dict[str, float]:
-    """The cell's sample detector on the poisoned training set's embeddings, scored against the record."""
-    from ...evaluation.detection import detection_report
+def sample_detection(bd: Any, defense: dict, seed: int) -> tuple[dict[str, float], dict]:
+    """The cell's sample detector on the poisoned training set's embeddings, scored against the record: its
+    metrics and its ROC curve (:func:`~mmsec.evaluation.detection.roc_points`)."""
+    from ...evaluation.detection import detection_report, roc_points
 
     if bd.training_embeddings is None:
         raise ValueError(f"detector {defense['name']!r} scores the poisoned training pairs, but this backdoor has no "
@@ -392,7 +398,7 @@ def sample_detection(bd: Any, defense: dict, seed: int) -> dict[str, float]:
     flagged = torch.as_tensor(result.decisions, dtype=torch.bool)
     return {"detector_auroc": report.auroc, "detector_tpr_at_1fpr": report.tpr_at_fpr,
             "detector_flagged_poisoned": flagged[mask].float().mean().item(),
-            "detector_flagged_clean": flagged[~mask].float().mean().item()}
+            "detector_flagged_clean": flagged[~mask].float().mean().item()}, roc_points(result.scores, mask)
 
 
 def model_detection(ctx: Any, cell: dict, bd: Any, control: Any, defense: dict, seed: int) -> dict[str, float]:

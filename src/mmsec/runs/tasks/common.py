@@ -6,6 +6,8 @@ Nothing here knows a task by name; each function takes the cell (a plain dict) a
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +15,7 @@ import torch
 
 from ...methods import build
 from ..cells import derive_seed
+from ..context import artifact_entry
 
 # Class-prompt templates for image folders (CLIP-style; the shapes world has its own prompts).
 IMAGEFOLDER_TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}")
@@ -106,5 +109,19 @@ def apply_defense(ctx: Any, model: Any, defense: dict, seed: int,
     return result.model.eval(), float(result.seconds)
 
 
-__all__ = ["IMAGEFOLDER_TEMPLATES", "apply_defense", "build_method", "choose_targets", "class_prompts",
-           "evaluation_data", "first_caption", "first_n", "hardened", "image_size_of"]
+ROC_FILE = "roc.json"  # the ROC curves of a cell's detector (and its baseline), plotted by `mmsec report`
+
+
+def write_roc(folder: Path, curves: list[dict]) -> dict:
+    """``roc.json`` in ``folder``: ``{"curves": [...]}``, each curve a dict with ``metric`` (the stored AUROC it
+    draws), ``label`` and :func:`mmsec.evaluation.detection.roc_points`' fields; returns its artifact record."""
+    for c in curves:
+        if not {"metric", "label", "fpr", "tpr", "auroc"} <= set(c):
+            raise ValueError(f"a ROC curve needs metric, label, fpr, tpr and auroc, got keys {sorted(c)}")
+    path = Path(folder) / ROC_FILE
+    path.write_text(json.dumps({"curves": curves}, sort_keys=True) + "\n")
+    return artifact_entry("roc_json", path)
+
+
+__all__ = ["IMAGEFOLDER_TEMPLATES", "ROC_FILE", "apply_defense", "build_method", "choose_targets", "class_prompts",
+           "evaluation_data", "first_caption", "first_n", "hardened", "image_size_of", "write_roc"]

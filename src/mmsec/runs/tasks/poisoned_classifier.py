@@ -23,6 +23,7 @@ The victim is trained once per (model, trigger, victim settings, world, seed) an
 every detector (persisted in the results folder when it has the model's architecture). The baseline is in
 every cell: the victim's max-softmax confidence on its own training label ranks the same samples
 (``confidence_auroc``): a detector that does not beat it adds nothing over the victim's confidence.
+With ``save_artifacts``, ``roc.json`` holds both ROC curves (:func:`~mmsec.runs.tasks.common.write_roc`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from ...registry import register
 from ..cells import method_params
 from ..context import Trained
 from ..task import CellOutput, Task, TaskBlock
-from .common import build_method, evaluation_data
+from .common import build_method, evaluation_data, write_roc
 
 _METRICS = [
     MetricDefinition("detection_auroc", 1, "poisoned_classifier: AUROC of the detector's scores (higher = flagged "
@@ -137,7 +138,7 @@ class PoisonedClassifierTask(Task):
 
     def run(self, cell: dict, ctx: Any) -> CellOutput:
         from ...data.shapes import ShapesWorld
-        from ...evaluation.detection import auroc
+        from ...evaluation.detection import auroc, roc_points
 
         base = ctx.load_model(cell["model"], family="classifier")
         victim_cfg, seed = cell["victim"], int(cell["seed"])
@@ -174,7 +175,14 @@ class PoisonedClassifierTask(Task):
         params = dict(method_params(_trigger(cell)))
         params["detector"] = {"name": cell["defense"]["name"], **dict(result.params)}
         values = {k: v for k, v in values.items() if k in cell["metrics"]}
-        return CellOutput(values, lambda m: threat[THREAT_KINDS.get(m, "adv")], [], params, None,
+        artifacts = []
+        folder = ctx.staging_folder() if cell.get("save_artifacts") else None
+        if folder is not None:  # the detector's ROC curve beside the victim's confidence (the baseline)
+            artifacts = [write_roc(folder, [
+                {"metric": "detection_auroc", "label": cell["defense"]["name"], **roc_points(result.scores, mask)},
+                {"metric": "confidence_auroc", "label": "max-softmax confidence (baseline)",
+                 **roc_points(confidence, mask)}])]
+        return CellOutput(values, lambda m: threat[THREAT_KINDS.get(m, "adv")], artifacts, params, None,
                           int(mask.numel()))
 
 

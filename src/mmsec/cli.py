@@ -368,6 +368,25 @@ def claims(
         raise typer.Exit(1)
 
 
+@app.command()
+def report(
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help="The results directory to read (never written)."),
+    out_file: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write (replaced whole)."),
+    spec: list[str] = typer.Option(None, "--spec", help="Only this spec (repeatable); default: every spec."),
+    claims_preset: str = typer.Option("dev", help="The preset whose claims the claims section shows."),
+    claims_seeds: int = typer.Option(3, min=1, help="The seeds a claim is read over (as `mmsec claims --seeds`)."),
+    recipes: Path = typer.Option(None, help="The folder of recipes the claims read (default: the repository's)."),
+) -> None:
+    """Write one self-contained HTML page from the results store: the claims with their verdicts, then per spec
+    the plot that fits, its sortable table (seeds aggregated) with each number's provenance, and its images."""
+    from .report.page import build_report
+
+    info = build_report(results_dir, out_file, spec or None, claims_preset=claims_preset, claims_seeds=claims_seeds,
+                        recipes=recipes)
+    out.print(f"{escape(str(info.path))}: {info.bytes / 1e6:.2f} MB ({info.specs} specs, {info.cells} cells, "
+              f"{info.images} images)", highlight=False)
+
+
 def _write(text: str) -> None:
     """Write pre-formatted text to stdout as is (rich would re-wrap wide tables)."""
     sys.stdout.write(text if text.endswith("\n") else text + "\n")

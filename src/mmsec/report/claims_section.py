@@ -69,7 +69,8 @@ def claims_section(results: Sequence[Any], anchors: dict[str, str], preset: str 
             "inconclusive when it straddles it (or one seed).</p>"
             '<div class="tools"><input type="search" class="filter" data-table="claims-table" '
             'placeholder="filter claims" aria-label="filter claims"><span class="count" data-table="claims-table">'
-            f'{len(results)} rows</span></div><div class="scroll"><table class="results" id="claims-table">'
+            f'{len(results)} row{"" if len(results) == 1 else "s"}</span></div>'
+            '<div class="scroll"><table class="results" id="claims-table">'
             "<thead><tr><th>claim</th><th>paper</th><th>recipe</th><th>effect: mean [95% interval]</th><th>bar</th>"
             "<th>verdict</th></tr></thead><tbody>" + "\n".join(rows) + "</tbody></table></div></section>")
 

@@ -26,6 +26,7 @@ from .store_view import SpecView, axis_values, format_axis, group_label, varying
 
 MAX_LINES = 10
 MAX_PANELS = 4  # heatmaps
+MAX_SIDE = 30  # rows or columns of a heatmap
 MAX_BARS = 30
 MAX_ROC_CURVES = 10
 MAX_LABEL = 40  # characters of a tick or legend label
@@ -154,31 +155,35 @@ def _heatmaps(view: SpecView, choice: PlotChoice) -> tuple[Any, list[str]]:
     values = [g["metrics"][metric] for name in names for g in panels[name]]
     low, high = min(values), max(values)
     if 0 <= low and high <= 1:
-        low, high = 0.0, 1.0
-    fig = None
+        low, high = 0.0, 1.0  # rates and accuracies: one scale for every spec
+
+    def labels(groups: list[dict], axis: str) -> list[str]:
+        return list(dict.fromkeys(format_axis(axis, axis_values(g)[axis]) for g in groups))
+
+    shape = {name: (labels(panels[name], rows_axis), labels(panels[name], cols_axis)) for name in names}
+    if any(len(r) > MAX_SIDE or len(c) > MAX_SIDE for r, c in shape.values()):
+        notes.append(f"rows or columns beyond the first {MAX_SIDE} not drawn")
+    shape = {name: (r[:MAX_SIDE], c[:MAX_SIDE]) for name, (r, c) in shape.items()}
+    n_rows = max(len(r) for r, _ in shape.values())
+    n_cols = max(len(c) for _, c in shape.values())
+    grid = (math.ceil(len(names) / 2), min(2, len(names)))
+    fig = _figure(min(12.0, 2.8 + 0.55 * n_cols) * grid[1], (1.2 + 0.32 * n_rows) * grid[0] + 0.3)
     for i, name in enumerate(names):
-        groups = panels[name]
-        rows = list(dict.fromkeys(format_axis(rows_axis, axis_values(g)[rows_axis]) for g in groups))
-        cols = list(dict.fromkeys(format_axis(cols_axis, axis_values(g)[cols_axis]) for g in groups))
-        if fig is None:
-            ncols = min(2, len(names))
-            fig = _figure(min(12.0, 1.6 + 0.55 * len(cols) + 1.2) * ncols,
-                          (1.2 + 0.32 * len(rows)) * math.ceil(len(names) / ncols) + 0.3)
-            ax_grid = (math.ceil(len(names) / ncols), ncols)
+        rows, cols = shape[name]
         cells = np.full((len(rows), len(cols)), np.nan)
-        for g in groups:
-            r = rows.index(format_axis(rows_axis, axis_values(g)[rows_axis]))
-            c = cols.index(format_axis(cols_axis, axis_values(g)[cols_axis]))
-            cells[r, c] = g["metrics"][metric]
-        ax = fig.add_subplot(*ax_grid, i + 1)
+        for g in panels[name]:
+            r, c = format_axis(rows_axis, axis_values(g)[rows_axis]), format_axis(cols_axis, axis_values(g)[cols_axis])
+            if r in rows and c in cols:
+                cells[rows.index(r), cols.index(c)] = g["metrics"][metric]
+        ax = fig.add_subplot(*grid, i + 1)
         image = ax.imshow(np.ma.masked_invalid(cells), cmap="viridis", vmin=low, vmax=high, aspect="auto")
         ax.set_xticks(range(len(cols)), [_short(c) for c in cols], rotation=30, ha="right")
         ax.set_yticks(range(len(rows)), [_short(r) for r in rows])
         ax.set_xlabel(cols_axis)
         ax.set_ylabel(rows_axis)
-        ax.set_title(f"{metric}" + (f" | {_short(name)}" if name else ""))
+        ax.set_title(metric + (f" | {_short(name)}" if name else ""))
         ax.spines[:].set_visible(False)
-        if len(rows) * len(cols) <= 144:
+        if len(rows) * len(cols) <= 144:  # the numbers themselves, where they fit
             for (r, c), v in np.ndenumerate(cells):
                 if v == v:
                     ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
@@ -250,10 +255,14 @@ def _bars(view: SpecView, choice: PlotChoice) -> tuple[Any, list[str]]:
         ax.barh(ys, widths, xerr=err if any(e for side in err for e in side) else None, color=f"C{i}",
                 height=0.7, capsize=2, error_kw={"lw": 0.8})
         top = max([w + e for w, e in zip(widths, err[1], strict=True)] + [0.0])
-        for y, w, e in zip(ys, widths, err[1], strict=True):  # the value itself (a bar of 0 is still read as 0)
-            ax.text(max(w, 0) + e + 0.02 * (top or 1), y, f"{w:.3g}", va="center", fontsize=6.5)
+        pad = 0.02 * (max(top, -min(widths, default=0)) or 1)
+        for y, w, below, above in zip(ys, widths, err[0], err[1], strict=True):  # the value (a bar of 0 reads 0)
+            x, side = (w + above + pad, "left") if w >= 0 else (w - below - pad, "right")
+            ax.text(x, y, f"{w:.3g}", va="center", ha=side, fontsize=6.5)
         if min(widths, default=0) >= 0:
             ax.set_xlim(0, (top or 1) * 1.25)
+        elif max(widths, default=0) <= 0:
+            ax.set_xlim(min(w - e for w, e in zip(widths, err[0], strict=True)) * 1.35, 0)
         if i == 0:  # (the y axis is shared: ticks, labels and direction set once)
             ax.set_yticks(range(len(groups)), labels)
             ax.invert_yaxis()  # the first cell at the top, as in the table
@@ -264,4 +273,4 @@ def _bars(view: SpecView, choice: PlotChoice) -> tuple[Any, list[str]]:
     return fig, notes
 
 
-__all__ = ["MAX_BARS", "MAX_LINES", "MAX_PANELS", "MAX_ROC_CURVES", "render_plot", "svg_of"]
+__all__ = ["MAX_BARS", "MAX_LINES", "MAX_PANELS", "MAX_SIDE", "MAX_ROC_CURVES", "render_plot", "svg_of"]

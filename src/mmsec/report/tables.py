@@ -22,6 +22,10 @@ def _number(value: Any) -> str:
     return repr(float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
 
 
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
 def metric_cell(metric: str, group: dict) -> str:
     """One metric of one row: the value (mean and interval with several seeds), its sort key and its metric."""
     mean = group["metrics"].get(metric)
@@ -50,7 +54,7 @@ def results_table(view: SpecView, table_id: str) -> str:
                                                      for k, v in context.items()) + "</p>")
     out.append(f'<div class="tools"><input type="search" class="filter" data-table="{escape(table_id)}" '
                f'placeholder="filter rows (all words must match)" aria-label="filter rows">'
-               f'<span class="count" data-table="{escape(table_id)}">{len(view.groups)} rows</span></div>')
+               f'<span class="count" data-table="{escape(table_id)}">{_rows(len(view.groups))}</span></div>')
     out.append(f'<div class="scroll"><table class="results" id="{escape(table_id)}">')
     out.append("<thead><tr>" + "".join(f'<th scope="col">{escape(h)}</th>' for h in head) + "</tr></thead><tbody>")
     for g in view.groups:

@@ -67,7 +67,8 @@
         row.hidden = !ok;
         shown += ok ? 1 : 0;
       }
-      if (count) count.textContent = terms.length ? shown + " of " + rows.length + " rows" : rows.length + " rows";
+      const total = rows.length + (rows.length === 1 ? " row" : " rows");
+      if (count) count.textContent = terms.length ? shown + " of " + total : total;
     });
   }
 

@@ -3,16 +3,16 @@ shaped as :func:`mmsec.runs.results.pivot` shapes stored runs (so an effect read
 
 from mmsec.claims import Cells
 from mmsec.runs import expand
-from mmsec.runs.results import _CELL_KEYS, _axis_value
+from mmsec.runs.results import CELL_KEYS, axis_value
 
 
 def record_of(config: dict, metrics: dict) -> dict:
     """A pivot record for one cell config (attack parameters as the spec gave them, plus the task's axes)."""
     params = dict(config["attack"]["params"])
     for key, value in config.items():  # (as results.query adds a task's axis values)
-        if key not in _CELL_KEYS and (isinstance(value, (str, int, float)) or
+        if key not in CELL_KEYS and (isinstance(value, (str, int, float)) or
                                       (isinstance(value, dict) and "name" in value)):
-            params[key] = _axis_value(value)
+            params[key] = axis_value(value)
     defense = config.get("defense") or {}
     return {"run_id": None, "spec_name": config["spec_name"], "model": config["model"], "target": config.get("target"),
             "defense": defense.get("name", "none"), "defense_params": defense.get("params", {}),

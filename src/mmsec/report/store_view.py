@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..runs.results import (
-    _ALWAYS_SHOWN_PARAMS,
-    _fmt_param,
-    _label_defenses,
+    ALWAYS_SHOWN_PARAMS,
     aggregate_seeds,
+    format_param,
+    label_defenses,
     pivot,
     query,
     spec_names,
@@ -84,7 +84,7 @@ def read_specs(results_dir: str | Path, names: list[str] | None = None) -> list[
         rows = query(results_dir, spec_name=name)
         params, metrics, records = pivot(rows)
         groups = aggregate_seeds(records)
-        _label_defenses(groups)
+        label_defenses(groups)
         run_ids = {r["run_id"] for r in rows}
         views.append(SpecView(name, rows, params, metrics, groups, [a for a in artifacts if a["run_id"] in run_ids],
                               unfinished(results_dir, spec_name=name)))
@@ -125,7 +125,7 @@ def shown_axes(groups: list[dict], params: list[str]) -> list[str]:
     """The columns a table shows: the varying axes, plus a budget parameter that every cell shares
     (``eps``, ``norm``, ``steps``: what ``mmsec results`` always shows)."""
     varying = varying_axes(groups)
-    always = [p for p in params if p in _ALWAYS_SHOWN_PARAMS and p not in varying]
+    always = [p for p in params if p in ALWAYS_SHOWN_PARAMS and p not in varying]
     ordered = [a for a in CONTEXT_AXES if a in varying]
     ordered += [p for p in params if p in varying or p in always]
     return ordered + [a for a in varying if a not in ordered]
@@ -146,7 +146,7 @@ def format_axis(name: str, value: Any) -> str:
         return ""
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
-    return _fmt_param(name.removeprefix("defense."), value)
+    return format_param(name.removeprefix("defense."), value)
 
 
 def group_label(group: dict, axes: list[str], skip: tuple[str, ...] = ()) -> str:

@@ -14,7 +14,7 @@ import math
 from html import escape
 from typing import Any
 
-from ..runs.results import _fmt_value
+from ..runs.results import format_value
 from .store_view import SpecView, axis_values, constant_context, format_axis, shown_axes
 
 
@@ -31,11 +31,11 @@ def metric_cell(metric: str, group: dict) -> str:
     mean = group["metrics"].get(metric)
     if mean is None or mean != mean:
         return '<td class="num" data-v=""></td>'
-    text = escape(_fmt_value(metric, mean))
+    text = escape(format_value(metric, mean))
     iv = group.get("intervals", {}).get(metric)
     if iv is not None and iv.n > 1 and math.isfinite(iv.low):
-        text += (f'<span class="ci"> [{escape(_fmt_value(metric, iv.low))}, '
-                 f'{escape(_fmt_value(metric, iv.high))}]</span>')
+        text += (f'<span class="ci"> [{escape(format_value(metric, iv.low))}, '
+                 f'{escape(format_value(metric, iv.high))}]</span>')
     return f'<td class="num prov" data-m="{escape(metric)}" data-v="{_number(mean)}">{text}</td>'
 
 

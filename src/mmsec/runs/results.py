@@ -39,16 +39,16 @@ _METRIC_ORDER = ("clean_accuracy", "top5_accuracy", "noise_accuracy", "robust_ac
                  "i2t_r5_adv", "i2t_r10_adv", "t2i_r1_adv", "mean_perturbation_linf", "defense_train_seconds",
                  "clean_i2t_r1", "clean_t2i_r1", "asr_noise", "asr", "asr_i2t", "asr_t2i", "adv_i2t_r1",
                  "adv_t2i_r1", "words_changed")
-_ALWAYS_SHOWN_PARAMS = ("eps", "norm", "steps")
+ALWAYS_SHOWN_PARAMS = ("eps", "norm", "steps")
 _PARAM_ORDER = ("eps", "alpha", "steps", "norm")
 
 
 # The generic keys of a cell (runs/grid.py) and task blocks that are settings, not axes.
-_CELL_KEYS = {"spec_name", "model", "seed", "data", "task", "attack", "targeted", "baseline", "metrics", "batch_size",
+CELL_KEYS = {"spec_name", "model", "seed", "data", "task", "attack", "targeted", "baseline", "metrics", "batch_size",
               "save_artifacts", "defense", "inputs", "target", "training"}
 
 
-def _axis_value(value: Any) -> Any:
+def axis_value(value: Any) -> Any:
     if isinstance(value, dict):
         params = value.get("params") or {}
         inner = ",".join(f"{k}={v}" for k, v in params.items())
@@ -95,9 +95,9 @@ def query(results_dir: str | Path, spec_name: str | None = None) -> list[dict]:
         d["defense_params"] = (cell.get("defense") or {}).get("params", {})
         d["task"] = cell.get("task")
         for key, value in cell.items():  # a task's own axis values (universal's world, merging's method), as params
-            if key not in _CELL_KEYS and (isinstance(value, (str, int, float)) or
+            if key not in CELL_KEYS and (isinstance(value, (str, int, float)) or
                                           (isinstance(value, dict) and "name" in value)):
-                d["params"] = {**d["params"], key: _axis_value(value)}
+                d["params"] = {**d["params"], key: axis_value(value)}
         d["data"] = cell.get("data")
         d["higher_is_better"] = bool(d["higher_is_better"])
         out.append(d)
@@ -136,8 +136,8 @@ def unfinished(results_dir: str | Path, spec_name: str | None = None) -> list[di
     for r in rows:  # label: the budget and what tells the cell apart from the others listed of its spec and attack
         peers = [o["params"] for o in rows if (o["spec_name"], o["attack"]) == (r["spec_name"], r["attack"])]
         shown = [k for k, v in r["params"].items() if not isinstance(v, (dict, list)) and (
-            k in _ALWAYS_SHOWN_PARAMS or len({json.dumps(p.get(k)) for p in peers}) > 1)]
-        r["label"] = " ".join(f"{k}={_fmt_param(k, r['params'][k])}" for k in shown)
+            k in ALWAYS_SHOWN_PARAMS or len({json.dumps(p.get(k)) for p in peers}) > 1)]
+        r["label"] = " ".join(f"{k}={format_param(k, r['params'][k])}" for k in shown)
         r["error"] = (str(r["error"] or "").strip().splitlines() or [""])[0]
         if r["status"] == "running" and r["host"] == host and r["pid"] is not None and not _pid_alive(r["pid"]):
             r["status"] = "interrupted"
@@ -189,7 +189,7 @@ def _sort_key(v: Any) -> tuple:
     return (2, 0, str(v))
 
 
-def _fmt_value(name: str, v: Any) -> str:
+def format_value(name: str, v: Any) -> str:
     if v is None:
         return ""
     if name == "mean_perturbation_linf":
@@ -203,11 +203,11 @@ def _fmt_interval(name: str, iv: Any) -> str:
     if iv is None:
         return ""
     if iv.n < 2:
-        return _fmt_value(name, iv.mean)
-    return f"{_fmt_value(name, iv.mean)} ± {_fmt_value(name, iv.half_width)}"
+        return format_value(name, iv.mean)
+    return f"{format_value(name, iv.mean)} ± {format_value(name, iv.half_width)}"
 
 
-def _fmt_param(name: str, v: Any) -> str:
+def format_param(name: str, v: Any) -> str:
     if v is None:
         return ""
     if name in ("eps", "alpha", "step_size") and isinstance(v, (int, float)) and 0 <= v <= 1:  # pixel budgets: k/255
@@ -317,10 +317,10 @@ def _table(params: list[str], metrics: list[str], records: list[dict],
 
     if not records:
         return "(no finished runs)\n"
-    shown = [p for p in params if p in _ALWAYS_SHOWN_PARAMS
+    shown = [p for p in params if p in ALWAYS_SHOWN_PARAMS
              or len({json.dumps(rec["params"].get(p)) for rec in records}) > 1]
     # Context columns that are the same on every line move to the title, to keep the table narrow.
-    _label_defenses(records)
+    label_defenses(records)
     context = {"spec": "spec_name", "model": "model", "target": "target", "defense": "defense_label",
                "attack": "attack"}
     if all(rec["defense"] == "none" for rec in records):
@@ -342,14 +342,14 @@ def _table(params: list[str], metrics: list[str], records: list[dict],
     table.add_column("time_s", justify="right")
     for rec in records:
         cells = [rec[key] for col, key in context.items() if col not in constant]
-        cells += [*[_fmt_param(p, rec["params"].get(p)) for p in shown],
+        cells += [*[format_param(p, rec["params"].get(p)) for p in shown],
                   str(rec["n_seeds"]) if aggregated else str(rec["seed"])]
         if targeted:
             cells.append("yes" if rec["targeted"] else "no")
         if aggregated:
             cells += [_fmt_interval(m, rec["intervals"].get(m)) for m in metrics]
         else:
-            cells += [_fmt_value(m, rec["metrics"].get(m)) for m in metrics]
+            cells += [format_value(m, rec["metrics"].get(m)) for m in metrics]
         if not aggregated and rec["run_id"] in cached:
             cells.append("cached")
         else:
@@ -364,7 +364,7 @@ def _table(params: list[str], metrics: list[str], records: list[dict],
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 
 
-def _label_defenses(records: list[dict]) -> None:
+def label_defenses(records: list[dict]) -> None:
     """``defense_label``: the defense's name, with the parameters that tell apart entries of the same name."""
     by_name: dict[str, list[dict]] = {}
     for rec in records:
@@ -375,7 +375,7 @@ def _label_defenses(records: list[dict]) -> None:
         for r in recs:
             p = r.get("defense_params", {})
             shown = [k for k in differing if k in p]  # (an entry that leaves a parameter at its default omits it)
-            r["defense_label"] = f"{name}({', '.join(f'{k}={_fmt_param(k, p[k])}' for k in shown)})" if shown else name
+            r["defense_label"] = f"{name}({', '.join(f'{k}={format_param(k, p[k])}' for k in shown)})" if shown else name
 
 
 def format_matrix(rows: list[dict], metric: str = "asr") -> str:
@@ -389,11 +389,11 @@ def format_matrix(rows: list[dict], metric: str = "asr") -> str:
                tuple((p, json.dumps(rec["params"][p])) for p in params if p in rec["params"]), rec["seed"])
         groups.setdefault(key, {})[(rec["model"], rec["target"])] = rec["metrics"].get(metric)
     varying = [p for p in params if len({json.dumps(rec["params"].get(p)) for rec in records}) > 1
-               or p in _ALWAYS_SHOWN_PARAMS]
+               or p in ALWAYS_SHOWN_PARAMS]
     out = []
     for (spec, attack, ps, seed), cells in groups.items():
         values = dict(ps)
-        shown = ", ".join(f"{p}={_fmt_param(p, json.loads(values[p]))}" for p in varying if p in values)
+        shown = ", ".join(f"{p}={format_param(p, json.loads(values[p]))}" for p in varying if p in values)
         sources = list(dict.fromkeys(s for s, _ in cells))
         targets = list(dict.fromkeys(t for _, t in cells))
         lines = [f"{spec} | {attack} ({shown}) | seed {seed} | {metric}: rows = source, columns = target"]
@@ -401,10 +401,11 @@ def format_matrix(rows: list[dict], metric: str = "asr") -> str:
         lines.append(" " * width + "  " + "  ".join(t.rjust(width) for t in targets))
         for s in sources:
             lines.append(s.ljust(width) + "  " + "  ".join(
-                (_fmt_value(metric, cells.get((s, t))) or "-").rjust(width) for t in targets))
+                (format_value(metric, cells.get((s, t))) or "-").rjust(width) for t in targets))
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
 
-__all__ = ["FORMATS", "format_matrix", "format_results", "format_unfinished", "pivot", "query", "spec_names",
-           "unfinished"]
+__all__ = ["ALWAYS_SHOWN_PARAMS", "CELL_KEYS", "FORMATS", "aggregate_seeds", "axis_value", "format_matrix",
+           "format_param", "format_results", "format_unfinished", "format_value", "label_defenses", "pivot", "query",
+           "spec_names", "unfinished"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mmsec.claims import Cells, MissingResult, claim_spec, get_claim
-from mmsec.claims.backdoor import BACKDOOR_CLAIMS, MERGING_METHODS, OUTLIER_DETECTORS
+from mmsec.claims.backdoor import BACKDOOR_CLAIMS, MERGING_METHODS, OUTLIER_DETECTORS, YANG_ATTACKS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claims_helpers import synthetic_cells  # noqa: E402
@@ -121,6 +121,15 @@ CASES = {
     "mudjacking.worst_repair_clean_cost": single({"defense": "mudjacking"}, "repair_clean_cost_max", 1.0, 6.0),
     "invertune.cuts_asr": cut({"attack": "pbcl_backdoor", "defense": "invertune"}),
     "invertune.clean_cost": single({"defense": "invertune"}, "clean_accuracy_cost", 0.5, 4.0),
+    "targeted_poisoning.yang_attacks_retrieve_target": (
+        # every Yang attack at Hit@10 1.0 over baselines of 0; PBCL's targeted cell (not claimed) at 0
+        rules(*[({"attack": a}, "hit_at_10", 1.0) for a in YANG_ATTACKS], default=0.0),
+        [*[rules(({"attack": a}, "hit_at_10", 0.5), (ANY, "hit_at_10", 1.0), default=0.0)
+           for a in YANG_ATTACKS],  # each attack in turn is the weak one
+         rules((ANY, "hit_at_10", 1.0), (ANY, "hit_at_10_control", 0.3), default=0.0),  # the control retrieves too
+         rules((ANY, "hit_at_10", 1.0), (ANY, "random_hit_at_10", 0.3), default=0.0)]),  # random captions too
+    "corruptencoder.probe_asr": single({"attack": "corruptencoder"}, "probe_asr", 0.95, 0.05),
+    "psbd.detection_auroc": single({"defense": "psbd"}, "detection_auroc", 0.95, 0.7),
 }
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 from .base import Cells, Claim, MissingResult
 
 RESNET = "zoo:shapes-clip-resnet"
+JUDGE = "zoo:shapes-judge"  # (PSBD's victim architecture)
+YANG_ATTACKS = ("yang_single_target_image", "yang_single_target_label", "yang_multiple_target_label")
 MERGING_METHODS = ("weight_averaging", "task_arithmetic", "ties", "regmean", "adamerging")
 OUTLIER_DETECTORS = ("kdist", "slof", "lid", "dao")
 
@@ -162,6 +164,27 @@ def _invertune_cost(c: Cells) -> float:
     return c.value("clean_accuracy_cost", model=RESNET, attack="pbcl_backdoor", defense="invertune")
 
 
+# -- further poisoning attacks and a poisoned-sample detector --------------------------------------------------
+def _yang_worst_attack_margin(c: Cells) -> float:
+    """Hit@10 of the poisoned model minus the larger of the control's and random captions' Hit@10, the lowest
+    over Yang et al.'s attacks I, II and III."""
+    def margin(attack: str) -> float:
+        on = {"model": RESNET, "attack": attack}
+        baseline = max(c.value("hit_at_10_control", **on), c.value("random_hit_at_10", **on))
+        return c.value("hit_at_10", **on) - baseline
+    return min(margin(a) for a in YANG_ATTACKS)
+
+
+def _corruptencoder_probe_asr(c: Cells) -> float:
+    """ASR of a linear probe fit on clean labelled data after SimCLR pre-training on CorruptEncoder's images."""
+    return c.value("probe_asr", model=RESNET, attack="corruptencoder")
+
+
+def _psbd_auroc(c: Cells) -> float:
+    """AUROC of PSBD's prediction-shift score ranking the BadNets-poisoned training images first."""
+    return c.value("detection_auroc", model=JUDGE, attack="patch", defense="psbd")
+
+
 PBCL = "Carlini, Terzis, ICLR 2022 (PBCL)"
 BADENCODER = "Jia, Liu, Gong, IEEE S&P 2022 (BadEncoder)"
 BADCLIP = "Liang, Zhu, Liu, Wu, Cao, Chang, CVPR 2024 (BadCLIP)"
@@ -173,6 +196,9 @@ OUTLIERS = "Huang, Erfani, Li, Ma, Bailey, ICLR 2025 (local outlier scores)"
 SEER = "Zhu, Ning, Li, Xin, Wu, AAAI 2024 (SEER)"
 MUDJACKING = "Liu, Reiter, Gong, USENIX Security 2024 (Mudjacking)"
 INVERTUNE = "Sun, Li, Liu, Du, Ge, arXiv 2025 (InverTune)"
+YANG = "Yang, He, Li, Backes, Humbert, Berrang, Zhang, ICML 2023 (multimodal targeted poisoning)"
+CORRUPTENCODER = "Zhang, Liu, Jia, Gong, CVPR 2024 (CorruptEncoder)"
+PSBD = "Li, Chen, Liu, Wang, CVPR 2025 (PSBD)"
 ASR = "ASR (fraction)"
 ASR_POINTS = "ASR points (fraction)"
 CLEAN_POINTS = "clean-accuracy points (0-100)"
@@ -304,6 +330,25 @@ BACKDOOR_CLAIMS: tuple[Claim, ...] = (
         statement="InverTune's clean-up costs at most 3 points of clean zero-shot accuracy",
         recipe="invertune.yaml", effect=_invertune_cost, bar=3.0, direction="<=", unit=CLEAN_POINTS,
         metrics=("clean_accuracy_cost",)),
+    Claim(
+        name="targeted_poisoning.yang_attacks_retrieve_target", version=1, paper=YANG,
+        statement="after fine-tuning on pairs poisoned by each of Yang et al.'s attacks I, II and III, the class-A "
+                  "test captions retrieve the attacker's target in the top 10 at least 90 points more often than "
+                  "on the clean control or for random captions (issue 6 gives no bar; 0.9 is its bar for backdoor "
+                  "ASR, and 'far above' the recipe's words)",
+        recipe="targeted_poisoning.yaml", effect=_yang_worst_attack_margin, bar=0.9, unit="Hit@10 points (fraction)",
+        metrics=("hit_at_10", "hit_at_10_control", "random_hit_at_10")),
+    Claim(
+        name="corruptencoder.probe_asr", version=1, paper=CORRUPTENCODER,
+        statement="SimCLR pre-training on a set with CorruptEncoder's poisoned images gives a backdoor a linear "
+                  "probe fit afterwards inherits: probe ASR of at least 90% (issue 6 gives no bar for "
+                  "CorruptEncoder; 0.9 is its bar for BadEncoder's probe ASR)",
+        recipe="corruptencoder.yaml", effect=_corruptencoder_probe_asr, bar=0.9, unit=ASR, metrics=("probe_asr",)),
+    Claim(
+        name="psbd.detection_auroc", version=1, paper=PSBD,
+        statement="PSBD ranks the BadNets-poisoned training images of a shapes classifier (10%, all-to-one) above "
+                  "the clean ones with an AUROC of at least 0.9",
+        recipe="psbd.yaml", effect=_psbd_auroc, bar=0.9, unit="AUROC", metrics=("detection_auroc",)),
 )
 
 __all__ = ["BACKDOOR_CLAIMS"]

@@ -6,9 +6,11 @@ comment states the claim and its setting, and ``benchmarks/README.md`` has the o
 claims were first read from.
 
 Bars are the acceptance bars of the issues that asked for each method (issue 6: attacks; issue 7:
-defenses). Where an issue asks two things at once ("ASR >= 90% at a clean cost of at most 2 points"),
-each is its own claim, so a verdict says which half holds. Rates and costs are as the backdoor task
-stores them: ASR and AUROC as fractions, clean-accuracy drops and costs in points (0-100).
+defenses; issue 18: PSBD, whose victim is a shapes classifier). Where an issue states a claim without a
+number ("clearly higher", "cuts ASR") or not at all, the claim's statement says which bar it borrows and
+from where. Where an issue asks two things at once ("ASR >= 90% at a clean cost of at most 2 points"),
+each is its own claim, so a verdict says which half holds. Rates and costs are as the tasks store them:
+ASR, Hit@10 and AUROC as fractions, clean-accuracy drops and costs in points (0-100).
 """
 
 from __future__ import annotations

@@ -232,3 +232,14 @@ def test_a_villa_entry_the_claim_needs_but_the_seed_lacks_is_missing_not_misread
     doubled = Cells(cells.records + [r for r in cells.records if "adv_lr_img" in r["defense_params"]], 0)
     with pytest.raises(ValueError, match="2 villa cells"):
         claim.effect(doubled)
+
+
+@pytest.mark.parametrize("world", ["standard", "scenes", "48px"])
+def test_a_patch_that_lowers_nothing_is_not_3x_a_random_patch_that_lowers_nothing(world):
+    """Measured at dev on 48px: both drops 0.000 on every seed; 0 >= 3 x 0, but the claim is about lowering the
+    probes, so the effect must miss the bar."""
+    name = {"standard": "advclip.probes_3x_random_own_world", "scenes": "advclip.probes_3x_random_scenes",
+            "48px": "advclip.probes_3x_random_48px"}[world]
+    claim = get_claim(name)
+    nothing = claim.effect(synthetic_cells(_spec(claim.recipe), 0, lambda rec, m: 0.0 if "_drop" in m else 0.5))
+    assert not clears(claim, nothing)

@@ -60,15 +60,17 @@ def _sga_transfer_margin(c: Cells) -> float:
 
 # -- AdvCLIP vs a random patch (recipes/advclip.yaml) --------------------------------------------------------
 PROBES = ("probe_color", "probe_position")  # the linear probes downstream users fit after the patch exists
+MIN_DROP = 0.01  # one accuracy point: the smallest drop that counts as lowering the probes at all
 
 
 def _advclip_vs_random(c: Cells, world: str) -> float:
     """AdvCLIP's drop of the post-hoc probes' accuracy minus 3x the random patch's (mean over the colour and
-    position probes), on the ResNet CLIP in ``world``: >= 0 when the patch lowers them at least 3x more."""
+    position probes), on the ResNet CLIP in ``world``: >= 0 when the patch lowers them at least 3x more *and* by
+    at least one point (MIN_DROP): a patch that lowers nothing is not "3x a random patch that lowers nothing"."""
     at = {"model": RESNET, "attack": "advclip", "world": world}
     patch = sum(c.value(f"{p}_drop", **at) for p in PROBES) / len(PROBES)
     random_patch = sum(c.value(f"{p}_drop_noise", **at) for p in PROBES) / len(PROBES)
-    return patch - 3 * random_patch
+    return min(patch - 3 * random_patch, patch - MIN_DROP)
 
 
 def _advclip_own_world(c: Cells) -> float:
@@ -232,7 +234,7 @@ ADVERSARIAL_CLAIMS: tuple[Claim, ...] = (
         paper="Zhou, Hu, Li, Zhang, Zhang, Jin, ACM MM 2023 (AdvCLIP)",
         statement="on the ResNet CLIP, in the attacker's own world, AdvCLIP's patch lowers the accuracy of linear "
                   "probes fit after it was made (colour and position, mean drop) at least 3x more than a random "
-                  "patch of the same size: drop - 3 x random drop >= 0",
+                  "patch of the same size, and by at least one point: min(drop - 3 x random drop, drop - 0.01) >= 0",
         recipe="advclip.yaml",
         effect=_advclip_own_world,
         bar=0.0,
@@ -245,7 +247,8 @@ ADVERSARIAL_CLAIMS: tuple[Claim, ...] = (
         paper="Zhou, Hu, Li, Zhang, Zhang, Jin, ACM MM 2023 (AdvCLIP)",
         statement="on the ResNet CLIP, in the held-out world 'scenes' (other world seed, striped backgrounds, "
                   "second objects), AdvCLIP's patch still lowers the post-hoc probes (colour and position, mean "
-                  "drop) at least 3x more than a random patch: drop - 3 x random drop >= 0",
+                  "drop) at least 3x more than a random patch, and by at least one point: min(drop - 3 x random drop, drop - "
+                  "0.01) >= 0",
         recipe="advclip.yaml",
         effect=_advclip_scenes,
         bar=0.0,
@@ -258,7 +261,8 @@ ADVERSARIAL_CLAIMS: tuple[Claim, ...] = (
         paper="Zhou, Hu, Li, Zhang, Zhang, Jin, ACM MM 2023 (AdvCLIP)",
         statement="on the ResNet CLIP, in the held-out world '48px' (other world seed at 48 px, the patch "
                   "rescaled), AdvCLIP's patch still lowers the post-hoc probes (colour and position, mean drop) "
-                  "at least 3x more than a random patch: drop - 3 x random drop >= 0",
+                  "at least 3x more than a random patch, and by at least one point: min(drop - 3 x random drop, "
+                  "drop - 0.01) >= 0",
         recipe="advclip.yaml",
         effect=_advclip_48px,
         bar=0.0,

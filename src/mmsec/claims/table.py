@@ -42,7 +42,7 @@ def format_claims(results: list[ClaimResult], fmt: str = "table") -> str:
         return json.dumps([to_dict(r) for r in results], indent=2, allow_nan=False)
     header = ("claim", "recipe", "effect: mean [95% interval]", "bar", "verdict")
     rows = [(f"{r.name} v{r.version}", f"{r.recipe} ({r.preset or 'recipe'})", effect_text(r),
-             f"{r.direction} {r.bar:g}", r.verdict) for r in results]
+             f"{r.direction} {r.bar:g}" + (f" ({r.unit})" if r.unit else ""), r.verdict) for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
              "  ".join("-" * w for w in widths)]

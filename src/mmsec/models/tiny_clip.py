@@ -4,6 +4,10 @@ Two image towers with different inductive biases, so transfer between them means
 a small ResNet (basic blocks, global average pooling) and a small ViT (patch embedding,
 pre-norm transformer, class token). Both share the text tower: a small causal transformer
 over word tokens, pooled at ``<eos>`` as in CLIP (Radford et al., ICML 2021).
+
+The ViT's options (``vit_pos_embed``, ``vit_pool``, ``vit_stem``) default to the first zoo ViT
+(``zoo:shapes-clip-vit``: learnt positions, class token, one strided patch conv), which loads and
+initialises unchanged; ``zoo:shapes-clip-vit2`` uses fixed 2D sin-cos positions and a conv stem.
 """
 
 from __future__ import annotations

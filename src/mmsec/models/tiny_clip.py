@@ -4,6 +4,10 @@ Two image towers with different inductive biases, so transfer between them means
 a small ResNet (basic blocks, global average pooling) and a small ViT (patch embedding,
 pre-norm transformer, class token). Both share the text tower: a small causal transformer
 over word tokens, pooled at ``<eos>`` as in CLIP (Radford et al., ICML 2021).
+
+The ViT's options (``vit_pos_embed``, ``vit_pool``, ``vit_stem``) default to the first zoo ViT
+(``zoo:shapes-clip-vit``: learnt positions, class token, one strided patch conv), which loads and
+initialises unchanged; ``zoo:shapes-clip-vit2`` uses fixed 2D sin-cos positions and a conv stem.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ class TinyCLIPConfig:
     vit_width: int = 96
     vit_layers: int = 4
     vit_heads: int = 4
+    # ViT options; the defaults are the first ViT's (zoo:shapes-clip-vit), whose checkpoint they load unchanged.
+    vit_pos_embed: str = "learned"  # "learned" (CLIP, init N(0, 0.02)) or "sincos": fixed 2D sin-cos (MAE)
+    vit_pool: str = "cls"  # "cls": the class token (CLIP), or "mean": the mean of the patch tokens (no class token)
+    vit_stem: str = "patch"  # "patch": one strided conv (ViT), or "conv": 3x3 stride-2 convs (Xiao et al. 2021)
     # text tower
     vocab: list[str] = field(default_factory=list)
     context_length: int = 16
@@ -94,15 +102,70 @@ class ResNetTower(nn.Module):
         return self.proj(x.mean(dim=(2, 3)))  # (B, D)
 
 
+def sincos_2d(grid: int, width: int) -> torch.Tensor:
+    """Fixed 2D sin-cos position embeddings of a ``grid`` x ``grid`` patch grid, (grid * grid, width), row-major
+    as the patches are flattened: half the channels encode the row, half the column, each as sines and cosines
+    of the index at frequencies 1 / 10000^(k / (width / 4)) (MAE, He et al., CVPR 2022; MoCo v3)."""
+    if width % 4:
+        raise ValueError(f"vit_width must be a multiple of 4 for sin-cos position embeddings, got {width}")
+    omega = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))  # (W/4,)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+
+    def encode(index: torch.Tensor) -> torch.Tensor:
+        angle = index.flatten()[:, None] * omega[None]  # (N, W/4)
+        return torch.cat([angle.sin(), angle.cos()], dim=1)  # (N, W/2)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).float()  # (N, W)
+
+
+def conv_stem(patch: int, width: int) -> nn.Sequential:
+    """Xiao et al. (NeurIPS 2021), "Early convolutions help transformers see better": in place of the strided
+    patch conv, 3x3 stride-2 convs (BN, ReLU) doubling the channels up to width / 2 until the image is down to
+    one token per ``patch`` x ``patch`` cell, then a 1x1 conv to ``width``."""
+    if patch < 2 or patch & (patch - 1):
+        raise ValueError(f"vit_stem 'conv' needs vit_patch a power of two >= 2, got {patch}")
+    n = patch.bit_length() - 1  # stride-2 convs
+    layers, cin = [], 3
+    for k in range(n):
+        cout = width // 2 ** (n - k)
+        layers += [nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        cin = cout
+    return nn.Sequential(*layers, nn.Conv2d(cin, width, 1))
+
+
+VIT_POS_EMBEDS = ("learned", "sincos")
+VIT_POOLS = ("cls", "mean")
+VIT_STEMS = ("patch", "conv")
+
+
 class ViTTower(nn.Module):
     def __init__(self, cfg: TinyCLIPConfig):
         super().__init__()
         if cfg.image_size % cfg.vit_patch:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of vit_patch {cfg.vit_patch}")
-        n_patches = (cfg.image_size // cfg.vit_patch) ** 2
-        self.patch = nn.Conv2d(3, cfg.vit_width, cfg.vit_patch, cfg.vit_patch)
-        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.vit_width))
-        self.pos = nn.Parameter(torch.randn(1, n_patches + 1, cfg.vit_width) * 0.02)
+        # TinyALBEF's config has no ViT options: its tower is the default one.
+        pos_embed, pool, stem = (getattr(cfg, f"vit_{k}", d) for k, d in
+                                 (("pos_embed", "learned"), ("pool", "cls"), ("stem", "patch")))
+        for name, value, options in (("vit_pos_embed", pos_embed, VIT_POS_EMBEDS), ("vit_pool", pool, VIT_POOLS),
+                                     ("vit_stem", stem, VIT_STEMS)):
+            if value not in options:
+                raise ValueError(f"{name} must be one of {list(options)}, got {value!r}")
+        self.pool = pool
+        grid = cfg.image_size // cfg.vit_patch
+        n_tokens = grid * grid + (pool == "cls")
+        # Parameters are created in the first ViT's order, so its seeded initialisation is unchanged.
+        self.patch = (nn.Conv2d(3, cfg.vit_width, cfg.vit_patch, cfg.vit_patch) if stem == "patch"
+                      else conv_stem(cfg.vit_patch, cfg.vit_width))
+        if pool == "cls":
+            self.cls = nn.Parameter(torch.zeros(1, 1, cfg.vit_width))
+        if pos_embed == "learned":
+            self.pos = nn.Parameter(torch.randn(1, n_tokens, cfg.vit_width) * 0.02)
+        else:  # fixed, a function of the config: not in the checkpoint; the class token's is zero (MAE)
+            fixed = sincos_2d(grid, cfg.vit_width)
+            if pool == "cls":
+                fixed = torch.cat([torch.zeros(1, cfg.vit_width), fixed])
+            self.register_buffer("pos", fixed[None], persistent=False)  # (1, n_tokens, W)
         layer = nn.TransformerEncoderLayer(cfg.vit_width, cfg.vit_heads, 4 * cfg.vit_width, dropout=0.0,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.vit_layers, enable_nested_tensor=False)
@@ -115,9 +178,10 @@ class ViTTower(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, W)
-        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
-        x = self.norm(self.encoder(x))
-        return self.proj(x[:, 0])  # (B, D)
+        if self.pool == "cls":
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, W)
+        x = self.norm(self.encoder(x + self.pos))
+        return self.proj(x[:, 0] if self.pool == "cls" else x.mean(1))  # (B, D)
 
 
 class TextTower(nn.Module):

@@ -35,7 +35,12 @@ import torch
 from mmsec.attacks.universal import AdvCLIP, UAPPatch, apply_patch, patch_side, random_patch
 from mmsec.attacks.universal.advclip import fixed_corner, info_nce, topology_deviation, topology_divergence
 from mmsec.data.shapes import ShapesWorld
-from mmsec.evaluation.downstream import DownstreamSuite, linear_probe_accuracy, scene_labels
+from mmsec.evaluation.downstream import (
+    DownstreamSuite,
+    linear_probe_accuracy,
+    scene_labels,
+    zero_shot_accuracy,
+)
 
 FRACTION = AdvCLIP().fraction
 
@@ -239,6 +244,26 @@ def test_uap_patch_contract(zoo_resnet, surrogate):
     assert result.patch.shape == (3, 6, 6) and result.patch.min() >= 0 and result.patch.max() <= 1
     assert result.loss.shape == (20,) and result.loss[-5:].mean() > result.loss[:5].mean()
     assert result.apply(torch.rand(2, 3, 48, 48)).shape == (2, 3, 48, 48)
+
+
+def test_uap_patch_beats_its_own_starting_noise(zoo_resnet, surrogate):
+    """UAP patch's distinguishing test: the optimised patch against the same patch unoptimised (lr 0: its uniform
+    starting noise), 60 steps (~1 CPU-s). Measured on 300 test scenes (seeds 0 / 1 / 2): zero-shot accuracy
+    0.58 / 0.56 / 0.64 vs 1.00 for a noise patch, cos(f(patched), f(clean)) 0.76 / 0.77 / 0.78 vs 0.95."""
+    test = ShapesWorld(32).batch("test", 0, 300)
+    x = test.pixels()
+
+    def effect(result) -> tuple[float, float]:
+        patched = result.apply(x)
+        with torch.no_grad():
+            cos = torch.nn.functional.cosine_similarity(zoo_resnet.encode_image(patched), zoo_resnet.encode_image(x))
+        return zero_shot_accuracy(zoo_resnet, patched, test.labels), cos.mean().item()
+
+    optimised = UAPPatch(max_steps=60)(zoo_resnet, surrogate, generator=0)
+    start = UAPPatch(max_steps=1, lr=0.0)(zoo_resnet, surrogate, generator=0)
+    (acc, cos), (acc0, cos0) = effect(optimised), effect(start)
+    assert acc0 >= 0.95 and acc <= acc0 - 0.2, (acc, acc0)
+    assert cos <= cos0 - 0.1, (cos, cos0)
 
 
 def test_losses():

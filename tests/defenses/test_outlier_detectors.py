@@ -121,6 +121,22 @@ def test_isolated_points_score_highest(name):
     assert int(res.decisions[800:].sum()) >= 7  # the top 1% (9 samples) holds them
 
 
+@pytest.mark.parametrize("name", OUTLIER_DETECTORS)
+def test_points_in_the_dense_cores_are_not_flagged(name):
+    # The must-not-fire case: points at the blobs' centres are the least locally sparse of the set (measured
+    # AUROC 0.00 and none flagged, every detector, blob seeds 4-6), where a score that is not local sparsity
+    # (an embedding's norm, a constant) would rank them anywhere or flag them.
+    clean = _blobs(800, 16, 4, 1.0, 4)
+    centres = torch.randn(4, 16, generator=torch.Generator().manual_seed(4)) * 3  # _blobs' centres for seed 4
+    core = centres[torch.arange(8) % 4] + 0.05 * torch.randn(8, 16, generator=torch.Generator().manual_seed(9))
+    x = torch.cat([clean, core])
+    mask = torch.zeros(808, dtype=torch.bool)
+    mask[800:] = True
+    res = DETECTORS[name](batch_size=None)(x)
+    assert auroc(res.scores, mask) <= 0.05
+    assert not res.decisions[800:].any()
+
+
 def _tight_cluster():
     # the paper's regime: 1% poisoned samples, tightly clustered (the trigger dominates their
     # embedding), fewer per batch of 1,024 than k, so their k-th neighbour is a distant clean sample

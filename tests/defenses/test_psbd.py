@@ -76,8 +76,14 @@ def test_the_victim_learnt_the_backdoor(world, victim, poisoned):
     with torch.no_grad():
         asr = (victim.logits(PatchTrigger()(test.pixels()[others])).argmax(1) == TARGET).float().mean().item()
         fit = (victim.logits(poisoned.pixels).argmax(1) == poisoned.labels).float().mean().item()
+        trig = PatchTrigger()
+        noise = PatchTrigger(pattern="noise", size=trig.size, position=trig.position, seed=1)
+        noise_asr = (victim.logits(noise(test.pixels()[others])).argmax(1) == TARGET).float().mean().item()
     assert poisoned.poisoned.sum() == 50 and bool((poisoned.labels[poisoned.poisoned] == TARGET).all())
     assert asr >= 0.9 and fit >= 0.98  # measured 0.91 and 1.00 (the 2 px checkerboard on 16 px images)
+    # the poisoning's own component, the trigger-target pairing: a noise patch of the same size and place does
+    # not send images to the target (measured 0.03)
+    assert noise_asr <= 0.1, noise_asr
 
 
 def test_psbd_ranks_the_poisoned_training_samples_first(result, poisoned, victim, validation):

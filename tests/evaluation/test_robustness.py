@@ -8,7 +8,11 @@ Measured (seed 0, first 100 images, L-inf): clean 1.00; fast ensemble at 4/255: 
 The checks must pass on the undefended model and must fail on a gradient-masked copy of it (its
 input rounded to 16 levels, a step function whose gradient is zero everywhere): there the
 white-box ensemble reports 100% robust accuracy at 8/255 while Square, a black-box attack, takes
-it to 0.55.
+it to 0.55. That model fails zero_gradients, large_eps and black_box; each of the other three checks has its
+own model built to fail it (12 test images of one class, ~6 CPU-s together): a front end that snaps inputs
+beyond 6/255 of every clean image back to the nearest one (robust accuracy rises with eps: monotone_eps,
+large_eps, unbounded) and one whose gradient exists only at the clean images (one FGSM step from there beats
+the randomly started iterative ensemble: single_step).
 """
 
 from __future__ import annotations
@@ -207,3 +211,89 @@ def test_deterministic_under_a_seed(objective, data):
     b = robust_accuracy(objective, pixels, labels, 4 / 255, attacks="fast", generator=torch.Generator().manual_seed(7))
     assert torch.equal(a.robust, b.robust) and torch.equal(a.adv_pixels, b.adv_pixels)
     assert a.broken_by == b.broken_by
+
+
+# ------------------------------------------------------------------------------------------------
+# Each check on a model built to fail it (the undefended model passes all six, above). The rounded
+# input fails zero_gradients, large_eps and black_box; the two front ends below fail the other three.
+# ------------------------------------------------------------------------------------------------
+
+
+def _nearest(pixels: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) L-inf distance of each image to its nearest clean image, and that image's index."""
+    return (pixels.flatten(1)[:, None] - clean.flatten(1)[None]).abs().amax(-1).min(1)
+
+
+class SnapsBack(ZeroShotObjective):
+    """A "purifier" that knows the clean images: an input further than ``radius`` (L-inf) from every clean image
+    is replaced by the nearest one. Below ``radius`` it is the plain model; beyond it every point an attack can
+    start from is put back (gradient zero), so robust accuracy *rises* with the budget, up to an unbounded one.
+    (On images of one class, so that a far start snapped to another clean image still gets its label.)"""
+
+    def __init__(self, inner: ZeroShotObjective, clean: torch.Tensor, radius: float):
+        self.model, self.classifier = inner.model, inner.classifier
+        self.clean, self.radius = clean, radius
+
+    def logits(self, pixels):
+        dist, idx = _nearest(pixels, self.clean)
+        far = (dist > self.radius).view(-1, 1, 1, 1)
+        return super().logits(torch.where(far, self.clean[idx].to(pixels), pixels))
+
+
+class GradientOnlyAtData(ZeroShotObjective):
+    """The plain model's outputs everywhere, its gradient only at the clean images themselves (a shattered
+    gradient): one FGSM step from the clean image follows the true gradient; every iterative attack of the
+    ensemble starts at a random point of the ball, where the gradient is zero."""
+
+    def __init__(self, inner: ZeroShotObjective, clean: torch.Tensor):
+        self.model, self.classifier = inner.model, inner.classifier
+        self.clean = clean
+
+    def logits(self, pixels):
+        at_data = (_nearest(pixels, self.clean)[0] == 0).view(-1, 1, 1, 1)
+        return super().logits(torch.where(at_data, pixels, pixels.detach()))
+
+
+@pytest.fixture(scope="module")
+def one_class():
+    """The first 12 test images of the most frequent test class (yellow circle)."""
+    batch = ShapesWorld(32).batch("test", 0, 400)
+    keep = (batch.labels == 3).nonzero().flatten()[:12]
+    return batch.pixels()[keep], batch.labels[keep]
+
+
+@pytest.fixture(scope="module")
+def snapped_report(objective, one_class):
+    pixels, labels = one_class
+    snaps = SnapsBack(objective, pixels, radius=6 / 255)  # between eps (4/255) and 2 eps
+    assert torch.equal(snaps.predict(pixels), objective.predict(pixels))  # the plain model on clean images
+    return gradient_masking_checks(snaps, pixels, labels, 4 / 255, attacks="fast", generator=SEED,
+                                   checks=["zero_gradients", "large_eps", "monotone_eps", "unbounded"])
+
+
+def test_monotone_eps_fails_when_robust_accuracy_rises_with_the_budget(snapped_report):
+    # Measured: robust accuracy 0.67 / 0.08 / 1.00 / 1.00 at eps 2, 4, 8, 64 /255: a rise of 0.92.
+    report = snapped_report
+    accs = [report.accuracy_by_eps[e] for e in sorted(report.accuracy_by_eps)]
+    assert accs[1] < 0.5 and accs[2] > 0.9, accs  # below the radius the plain model, beyond it "robust"
+    assert not report["monotone_eps"].passed and report["monotone_eps"].value >= 0.5, report.summary()
+    assert report["zero_gradients"].passed  # the gradient at the clean images is the plain model's
+
+
+def test_large_eps_fails_when_a_large_budget_leaves_the_model_robust(snapped_report):
+    assert not snapped_report["large_eps"].passed and snapped_report["large_eps"].value >= 0.9  # measured 1.00
+
+
+def test_unbounded_fails_when_an_unbounded_attack_cannot_break_the_model(snapped_report):
+    assert not snapped_report["unbounded"].passed and snapped_report["unbounded"].value >= 0.9  # measured 1.00
+
+
+def test_single_step_fails_when_one_fgsm_step_beats_the_iterative_ensemble(objective, one_class):
+    pixels, labels = one_class
+    masked = GradientOnlyAtData(objective, pixels)
+    report = gradient_masking_checks(masked, pixels, labels, 8 / 255, attacks="fast", generator=SEED,
+                                     checks=["zero_gradients", "single_step"])
+    # Measured: the ensemble (random starts, zero gradients) leaves 1.00; FGSM breaks all of those (1.00).
+    assert report.details["robust_accuracy"] > 0.9, report.summary()
+    assert report["zero_gradients"].passed  # so this check alone would not see it
+    assert not report["single_step"].passed and report["single_step"].value >= 0.5, report.summary()

@@ -93,10 +93,12 @@ def test_cleanclip_cuts_the_backdoor_further_than_clean_finetuning_at_the_same_b
     assert asr0 >= 0.8  # planted (measured 0.83)
     asr_cc, clean_cc = _score(cc, trigger)
     asr_ft, _ = _score(ft, trigger)
-    # measured: 0.83 -> 0.03 (CleanCLIP) vs 0.16 (the CLIP loss alone), clean accuracy 1.00 throughout; seed 0
-    # only: at defense seeds 1 and 2 the gap is 0.01 and 0.07 (see the module docstring)
+    # measured: 0.83 -> 0.03 (CleanCLIP) vs 0.16 (the CLIP loss alone), clean accuracy 1.00 throughout. The margin
+    # over clean fine-tuning is not a stable effect at this scale (gaps 0.13 / 0.01 / 0.07 at defense seeds 0 / 1 / 2,
+    # see the module docstring), so only "no worse than it" is asserted here; what separates CleanCLIP from its
+    # ablation on every seed is tested below (the triggered image's embedding).
     assert asr_cc <= asr0 - 0.7, (asr0, asr_cc)
-    assert asr_cc <= asr_ft - 0.1, (asr_cc, asr_ft)
+    assert asr_cc <= asr_ft + 0.02, (asr_cc, asr_ft)
     assert clean_cc >= clean0 - 0.05
     assert untouched  # the input model is untouched
 

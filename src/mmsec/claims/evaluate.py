@@ -115,18 +115,19 @@ def evaluate_claims(results_dir: str | Path, preset: str | None = DEFAULT_PRESET
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
     claims = _selected(names)
     specs = _specs(claims, preset, seeds, recipes)
-    rows_by_spec: dict[str, list[dict]] = {}
+    records_by_spec: dict[str, list[dict]] = {}  # (claims sharing a recipe read its cells once)
     out = []
     for claim in claims:
         spec = specs[claim.recipe]
-        if spec.name not in rows_by_spec:
+        if spec.name not in records_by_spec:
             try:
                 rows = query(results_dir, spec_name=spec.name)
             except (StoreError, FileNotFoundError):
                 rows = []  # (no store yet: every claim is "not run")
-            wanted = {c.cell_hash: c.config["seed"] for c in expand(spec)}
-            rows_by_spec[spec.name] = [r for r in rows if r["cell_hash"] in wanted]
-        records = pivot(rows_by_spec[spec.name])[2] if rows_by_spec[spec.name] else []
+            wanted = {c.cell_hash for c in expand(spec)}
+            rows = [r for r in rows if r["cell_hash"] in wanted]
+            records_by_spec[spec.name] = pivot(rows)[2] if rows else []
+        records = records_by_spec[spec.name]
         values: dict[int, float] = {}
         missing = []
         for seed in spec.seeds:

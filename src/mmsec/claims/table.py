@@ -5,23 +5,34 @@ from __future__ import annotations
 import json
 import math
 
-from .base import ClaimResult
+from .base import VERDICTS, ClaimResult
 
 FORMATS = ("table", "json")
 
 
-def _num(v: float) -> str:
-    return "-inf" if v == float("-inf") else "inf" if v == float("inf") else f"{v:+.3f}"
+def number_text(v: float) -> str:
+    """An effect as text: signed, 3 decimals (``-inf`` where the claim's setting does not occur)."""
+    return f"{v:+.3f}" if math.isfinite(v) else str(v)
+
+
+def effect_numbers(r: ClaimResult) -> tuple[str, str, str, int] | None:
+    """The effect's mean, interval low and high as text and its number of seeds (low and high empty when there
+    is no interval: one seed); None when no seed is complete. The terminal table and the report format these."""
+    iv = r.interval
+    if iv is None or iv.n == 0:
+        return None
+    if iv.n < 2 or not (math.isfinite(iv.low) and math.isfinite(iv.high)):
+        return number_text(iv.mean), "", "", iv.n
+    return number_text(iv.mean), number_text(iv.low), number_text(iv.high), iv.n
 
 
 def effect_text(r: ClaimResult) -> str:
-    """``mean [low, high] (n)``, or what is missing."""
-    if r.interval is None:
+    """``mean [low, high] (n seeds)``, ``mean (1 seed)``, or ``-``."""
+    numbers = effect_numbers(r)
+    if numbers is None:
         return "-"
-    iv = r.interval
-    if iv.n < 2 or not (math.isfinite(iv.low) and math.isfinite(iv.high)):
-        return f"{_num(iv.mean)} (1 seed)"
-    return f"{_num(iv.mean)} [{_num(iv.low)}, {_num(iv.high)}] ({iv.n} seeds)"
+    mean, low, high, n = numbers
+    return f"{mean} [{low}, {high}] ({n} seeds)" if low else f"{mean} (1 seed)"
 
 
 def to_dict(r: ClaimResult) -> dict:
@@ -50,10 +61,9 @@ def format_claims(results: list[ClaimResult], fmt: str = "table") -> str:
     for r in results:
         if r.missing:
             lines.append(f"  {r.name}: missing {r.missing}")
-    counts = {v: sum(r.verdict == v for r in results) for v in ("reproduced", "not reproduced", "inconclusive",
-                                                                   "not run")}
+    counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
     lines.append(", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no claims")
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["FORMATS", "effect_text", "format_claims", "to_dict"]
+__all__ = ["FORMATS", "effect_numbers", "effect_text", "format_claims", "number_text", "to_dict"]

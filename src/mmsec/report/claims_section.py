@@ -11,26 +11,24 @@ links to its spec's section when the page has one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from ..claims.table import effect_numbers, number_text
+
 VERDICT_CLASS = {"reproduced": "ok", "not reproduced": "bad", "inconclusive": "maybe", "not run": "none"}
-
-
-def _num(v: float) -> str:
-    return f"{v:+.3f}" if math.isfinite(v) else str(v)
 
 
 def effect_html(result: Any) -> str:
     """``mean [low, high]`` and ``n seeds`` (the mean alone with one seed; a dash when nothing ran)."""
-    iv = result.interval
-    if iv is None or iv.n == 0:
+    numbers = effect_numbers(result)
+    if numbers is None:
         return "–"
-    if iv.n < 2 or not (math.isfinite(iv.low) and math.isfinite(iv.high)):
-        return f'{_num(iv.mean)} <span class="ci">(1 seed)</span>'
-    return f'{_num(iv.mean)} <span class="ci">[{_num(iv.low)}, {_num(iv.high)}] n={iv.n}</span>'
+    mean, low, high, n = numbers
+    if not low:
+        return f'{mean} <span class="ci">(1 seed)</span>'
+    return f'{mean} <span class="ci">[{low}, {high}] n={n}</span>'
 
 
 def claims_section(results: Sequence[Any], anchors: dict[str, str], preset: str | None,
@@ -52,7 +50,7 @@ def claims_section(results: Sequence[Any], anchors: dict[str, str], preset: str 
         recipe = f'<a href="#{escape(spec)}">{recipe}</a>' if spec else recipe
         unit = f" {escape(r.unit)}" if r.unit else ""
         verdict = escape(r.verdict)
-        per_seed = ", ".join(f"seed {s}: {_num(v)}" for s, v in sorted(r.values.items())) or "no complete seed"
+        per_seed = ", ".join(f"seed {s}: {number_text(v)}" for s, v in sorted(r.values.items())) or "no complete seed"
         more = f"<p>{escape(per_seed)}</p>"
         if r.missing:
             more += f'<p class="warn">missing: {escape(r.missing)}</p>'

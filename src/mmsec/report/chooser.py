@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..runs.tasks.common import ROC_KIND
 from .store_view import SpecView, axis_values, group_label, varying_axes
 
 ROC, MATRIX, CURVE, ATTACK_DEFENSE, BARS, NONE = "roc", "matrix", "curve", "attack_defense", "bars", "none"
-ROC_KIND = "roc_json"  # the artifact kind of roc.json (runs/tasks/common.write_roc)
 # What a study is about, most telling first (a spec's first match measured in half its cells is its headline).
 HEADLINE = ("robust_accuracy", "asr", "attack_success_rate", "backdoor_asr", "detector_auroc", "detection_auroc",
             "input_detector_auroc", "target_hit_rate", "asr_i2t", "asr_t2i", "i2t_r1_adv", "adv_i2t_r1",

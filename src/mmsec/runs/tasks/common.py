@@ -110,6 +110,7 @@ def apply_defense(ctx: Any, model: Any, defense: dict, seed: int,
 
 
 ROC_FILE = "roc.json"  # the ROC curves of a cell's detector (and its baseline), plotted by `mmsec report`
+ROC_KIND = "roc_json"  # its artifact kind in the store
 
 
 def write_roc(folder: Path, curves: list[dict]) -> dict:
@@ -120,8 +121,8 @@ def write_roc(folder: Path, curves: list[dict]) -> dict:
             raise ValueError(f"a ROC curve needs metric, label, fpr, tpr and auroc, got keys {sorted(c)}")
     path = Path(folder) / ROC_FILE
     path.write_text(json.dumps({"curves": curves}, sort_keys=True) + "\n")
-    return artifact_entry("roc_json", path)
+    return artifact_entry(ROC_KIND, path)
 
 
-__all__ = ["IMAGEFOLDER_TEMPLATES", "ROC_FILE", "apply_defense", "build_method", "choose_targets", "class_prompts",
+__all__ = ["IMAGEFOLDER_TEMPLATES", "ROC_FILE", "ROC_KIND", "apply_defense", "build_method", "choose_targets", "class_prompts",
            "evaluation_data", "first_caption", "first_n", "hardened", "image_size_of", "write_roc"]
